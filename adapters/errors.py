@@ -1,0 +1,36 @@
+"""Typed errors for adapter files. Each message is one line that names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AdapterError(Exception):
+    """Base class: something is wrong with an adapter file or its contents. The message is shown to the user."""
+
+    def __init__(self, problem: str, path: str | Path | None = None):
+        self.problem = problem
+        self.path = Path(path) if path is not None else None
+        super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+
+    def with_path(self, path: str | Path) -> AdapterError:
+        """The same error, naming ``path`` (used when a parser without a path raised it)."""
+        if self.path is not None:
+            return self
+        return type(self)(self.problem, path)
+
+
+class AdapterFileError(AdapterError):
+    """The file cannot be read as a weights file: missing, a directory, empty, truncated, a corrupt header."""
+
+
+class NotAnAdapterError(AdapterError):
+    """The file is a valid weights file but holds no adapter (a full checkpoint, an embedding, nothing known)."""
+
+
+class InvalidAdapterError(AdapterError):
+    """The file holds adapter keys whose tensors are inconsistent: wrong shapes, dtypes, missing halves."""
+
+
+class UnsupportedAdapterError(AdapterError):
+    """A valid adapter that this operation cannot handle (pickle refused, a layer kind a format cannot express)."""

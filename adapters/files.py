@@ -1,0 +1,296 @@
+"""Reading and writing weight files: safetensors (validated), opt-in pickle, hashes, atomic writes.
+
+The safetensors header is parsed and checked here before the file is handed to ``safetensors``: the library
+reports every malformed file with the same generic ``SafetensorError``, and users deserve to be told whether the
+file is truncated, its header is not JSON, or a tensor's byte range does not match its dtype and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import AdapterFileError, UnsupportedAdapterError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+#: Header size limit of the safetensors format (100 MB), enforced by the library too.
+MAX_HEADER_BYTES = 100_000_000
+HASH_CHUNK = 1 << 20
+
+#: safetensors dtype codes → (bytes per element, torch dtype or None when torch lacks it).
+DTYPES: dict[str, tuple[float, torch.dtype | None]] = {
+    "F64": (8, torch.float64),
+    "F32": (4, torch.float32),
+    "F16": (2, torch.float16),
+    "BF16": (2, torch.bfloat16),
+    "I64": (8, torch.int64),
+    "I32": (4, torch.int32),
+    "I16": (2, torch.int16),
+    "I8": (1, torch.int8),
+    "U8": (1, torch.uint8),
+    "BOOL": (1, torch.bool),
+    "F8_E4M3": (1, getattr(torch, "float8_e4m3fn", None)),
+    "F8_E5M2": (1, getattr(torch, "float8_e5m2", None)),
+    "U16": (2, getattr(torch, "uint16", None)),
+    "U32": (4, getattr(torch, "uint32", None)),
+    "U64": (8, getattr(torch, "uint64", None)),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The parsed, validated header of a safetensors file."""
+
+    header_size: int
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+    @property
+    def data_offset(self) -> int:
+        return 8 + self.header_size
+
+
+def check_path(path: str | Path) -> Path:
+    """The path as a :class:`Path`, or a typed error if it is missing, a directory or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise AdapterFileError("no such file", path)
+    if path.is_dir():
+        raise AdapterFileError("is a directory, not an adapter file", path)
+    if not os.access(path, os.R_OK):
+        raise AdapterFileError("permission denied", path)
+    return path
+
+
+def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
+    """Parse and validate a safetensors header without loading tensor data."""
+    path = check_path(path)
+    file_size = path.stat().st_size
+    if file_size == 0:
+        raise AdapterFileError("file is empty", path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise AdapterFileError(f"file is truncated ({file_size} bytes; a safetensors file needs at least 8)", path)
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER_BYTES:
+            raise AdapterFileError(f"header length {size} is over the format's 100 MB limit; not safetensors", path)
+        if 8 + size > file_size:
+            raise AdapterFileError(f"header length {size} runs past the end of the file ({file_size} bytes)", path)
+        raw = f.read(size)
+    return parse_safetensors_header(raw, file_size, path)
+
+
+def parse_safetensors_header(raw: bytes, file_size: int, path: str | Path | None = None) -> SafetensorsHeader:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdapterFileError(
+            f"header is not valid JSON ({e.__class__.__name__}); not a safetensors file", path
+        ) from None
+    if not isinstance(header, dict):
+        raise AdapterFileError("header is not a JSON object; not a safetensors file", path)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise AdapterFileError("header __metadata__ must map strings to strings", path)
+    data_size = file_size - 8 - len(raw)
+    tensors: dict[str, TensorInfo] = {}
+    for name, info in header.items():
+        tensors[name] = _tensor_info(name, info, data_size, path)
+    _check_layout(tensors, data_size, path)
+    return SafetensorsHeader(len(raw), tensors, dict(metadata))
+
+
+def _tensor_info(name: str, info: object, data_size: int, path) -> TensorInfo:
+    if not isinstance(info, dict):
+        raise AdapterFileError(f"header entry {name!r} is not an object", path)
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        raise AdapterFileError(f"tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", path)
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise AdapterFileError(f"tensor {name!r} has an invalid shape {shape!r}", path)
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise AdapterFileError(f"tensor {name!r} has invalid data_offsets {offsets!r}", path)
+    start, end = offsets
+    if not 0 <= start <= end <= data_size:
+        raise AdapterFileError(
+            f"tensor {name!r} spans bytes {start}..{end} but the data section has {data_size}; file truncated?", path
+        )
+    expected = math.prod(shape) * DTYPES[dtype][0]
+    if end - start != expected:
+        raise AdapterFileError(
+            f"tensor {name!r} ({dtype}, shape {shape}) needs {expected:g} bytes but its range holds {end - start}",
+            path,
+        )
+    return TensorInfo(dtype, tuple(shape), start, end)
+
+
+def _check_layout(tensors: dict[str, TensorInfo], data_size: int, path) -> None:
+    position = 0
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start != position:
+            raise AdapterFileError(f"tensor {name!r} starts at byte {info.start}, expected {position}", path)
+        position = info.end
+    if position != data_size:
+        raise AdapterFileError(f"the data section has {data_size - position} bytes that no tensor owns", path)
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Validate, then load all tensors (on CPU) and the header metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_safetensors_header(path)
+    for name, info in header.tensors.items():
+        if DTYPES[info.dtype][1] is None:
+            raise UnsupportedAdapterError(
+                f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold", path
+            )
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise AdapterFileError(f"cannot load tensors: {e}", path) from e
+    return tensors, header.metadata
+
+
+def load_pickle(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a pickled state dict with ``weights_only=True`` (no code execution). Callers opt in explicitly."""
+    path = check_path(path)
+    if path.stat().st_size == 0:
+        raise AdapterFileError("file is empty", path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe pickles
+        raise AdapterFileError(f"cannot load pickle with weights_only=True: {str(e).splitlines()[0]}", path) from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise AdapterFileError(f"pickle holds a {type(obj).__name__}, not a state dict", path)
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return tensors, {}
+
+
+def load_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a weights file by its suffix. Pickle files are refused unless ``allow_pickle``."""
+    path = check_path(path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UnsupportedAdapterError(
+                f"is a pickle file ({suffix}), which can run code when loaded; convert it to .safetensors or pass "
+                "--allow-pickle to load it with weights_only=True",
+                path,
+            )
+        return load_pickle(path)
+    return load_safetensors(path)
+
+
+# --- hashes ----------------------------------------------------------------------------------------------------
+
+
+def _iter_chunks(f, start: int = 0) -> Iterator[bytes]:
+    f.seek(start)
+    while chunk := f.read(HASH_CHUNK):
+        yield chunk
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of the whole file (the Hub's LFS oid, civitai's SHA256/AutoV2), read in chunks."""
+    h = hashlib.sha256()
+    with open(check_path(path), "rb") as f:
+        for chunk in _iter_chunks(f):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_sha256(path: str | Path) -> str:
+    """sha256 of the tensor data only, after the header (kohya ``sshs_model_hash``, civitai AutoV3).
+
+    It survives edits of the header metadata. For non-safetensors files it equals :func:`file_sha256`.
+    """
+    path = check_path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return file_sha256(path)
+    header = read_safetensors_header(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in _iter_chunks(f, header.data_offset):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_and_tensor_sha256(path: str | Path) -> tuple[str, str]:
+    """Both hashes in a single read of the file."""
+    path = check_path(path)
+    offset = read_safetensors_header(path).data_offset if path.suffix.lower() in SAFETENSORS_SUFFIXES else 0
+    whole, data = hashlib.sha256(), hashlib.sha256()
+    seen = 0
+    with open(path, "rb") as f:
+        for chunk in _iter_chunks(f):
+            whole.update(chunk)
+            if seen + len(chunk) > offset:
+                data.update(chunk[max(0, offset - seen) :])
+            seen += len(chunk)
+    return whole.hexdigest(), data.hexdigest()
+
+
+def autov2(file_hash: str) -> str:
+    """civitai's short AutoV2 hash: the first 10 hex digits of the file sha256."""
+    return file_hash[:10].upper()
+
+
+def autov3(tensor_hash: str) -> str:
+    """civitai's short AutoV3 hash (A1111's "addnet" short hash): the first 12 hex digits of the tensor sha256."""
+    return tensor_hash[:12].upper()
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+def atomic_write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+    """Write a safetensors file to a temporary name beside ``path``, fsync it, then rename it into place."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.is_dir():
+        raise AdapterFileError("is a directory; give a file name to write", path)
+    if not path.parent.is_dir():
+        raise AdapterFileError("the folder to write into does not exist", path)
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,97 @@
+"""Which base-model family an adapter was made for, from its module names and tensor shapes.
+
+Each piece of evidence narrows the set of candidate families; the answer is a family only when exactly one is
+left. Full-size models are told apart by widths (cross-attention 768 / 1024 / 2048, text encoder 768 / 1024 /
+1280); models of the same topology but other widths (the tiny test models, research variants) by topology: SDXL
+has no attention in its first level, attention in its first up block, several transformer layers per block and a
+second text encoder; SD1.x projects into attention with 1×1 convolutions where SD2.x and SDXL use linear layers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .layers import Layer
+from .naming import split_component
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+UNKNOWN = "unknown"
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", UNKNOWN: "unknown"}
+
+CROSS_ATTENTION_DIMS = {768: {"sd1"}, 1024: {"sd2"}, 2048: {"sdxl"}}
+TEXT_ENCODER_DIMS = {768: {"sd1", "sdxl"}, 1024: {"sd2"}}
+TEXT_ENCODER_2_DIMS = {1280: {"sdxl"}}
+
+_TRANSFORMER_INDEX = re.compile(r"\.transformer_blocks\.(\d+)\.")
+_TE_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The probed family (or ``"unknown"``), the families still possible, and why."""
+
+    family: str
+    candidates: tuple[str, ...]
+    evidence: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def known(self) -> bool:
+        return self.family != UNKNOWN
+
+
+def probe_family(layers: Mapping[str, Layer]) -> Probe:
+    candidates = set(FAMILIES)
+    evidence: list[str] = []
+
+    def narrow(allowed: set[str], why: str) -> None:
+        nonlocal candidates
+        if why not in evidence:
+            evidence.append(why)
+            candidates &= allowed
+
+    for name, layer in layers.items():
+        component, path = split_component(name)
+        if component == "text_encoder_2":
+            narrow({"sdxl"}, "has text_encoder_2 layers")
+            if path.endswith(".q_proj") and layer.in_features in TEXT_ENCODER_2_DIMS:
+                narrow(TEXT_ENCODER_2_DIMS[layer.in_features], f"text_encoder_2 width {layer.in_features}")
+        elif component == "text_encoder":
+            if path.endswith(".q_proj") and layer.in_features in TEXT_ENCODER_DIMS:
+                narrow(TEXT_ENCODER_DIMS[layer.in_features], f"text_encoder width {layer.in_features}")
+            m = _TE_LAYER_INDEX.search(path)
+            if m and int(m.group(1)) >= 12:
+                narrow({"sd2"}, "text_encoder has more than 12 layers")
+        elif component == "unet":
+            _unet_evidence(path, layer, narrow)
+    if not layers:
+        evidence.append("no layers")
+        candidates = set()
+    family = next(iter(candidates)) if len(candidates) == 1 else UNKNOWN
+    if not candidates:
+        evidence.append("the evidence contradicts itself")
+    return Probe(family, tuple(sorted(candidates)), tuple(evidence))
+
+
+def _unet_evidence(path: str, layer: Layer, narrow) -> None:
+    if ".attn2.to_k" in path or ".attn2.to_v" in path:
+        dim = layer.in_features if layer.natural_shape is not None else layer.in_numel
+        if dim in CROSS_ATTENTION_DIMS:
+            narrow(CROSS_ATTENTION_DIMS[dim], f"cross-attention width {dim}")
+    if path.endswith((".proj_in", ".proj_out")) and layer.natural_shape is not None:
+        if len(layer.natural_shape) == 4:
+            narrow({"sd1"}, "attention projections are 1x1 convolutions")
+        else:
+            narrow({"sd2", "sdxl"}, "attention projections are linear")
+    if path.startswith("down_blocks.0.attentions."):
+        narrow({"sd1", "sd2"}, "attention in the first down block")
+    if path.startswith("up_blocks.0.attentions."):
+        narrow({"sdxl"}, "attention in the first up block")
+    if path.startswith(("down_blocks.3.", "up_blocks.3.")):
+        narrow({"sd1", "sd2"}, "four UNet levels")
+    if path.startswith("add_embedding."):
+        narrow({"sdxl"}, "text_time added conditioning")
+    m = _TRANSFORMER_INDEX.search("." + path)
+    if m and int(m.group(1)) >= 1:
+        narrow({"sdxl"}, "several transformer layers per attention block")

@@ -1,0 +1,262 @@
+"""Read any supported adapter file into an :class:`~lorastack.adapters.adapter.Adapter`.
+
+diffusers ships converters for kohya keys (``_convert_non_diffusers_lora_to_diffusers``), but they reject LoHa,
+LoKr and LoCon-Tucker, drop DoRA scales, and convert into peft loading arguments rather than per-module records;
+so the key grammar is parsed here, once, for every format, and diffusers serves as the oracle in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adapter import Adapter
+from .errors import AdapterError, InvalidAdapterError, NotAnAdapterError
+from .files import load_weights
+from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer
+from .metadata import parse_metadata
+from .naming import KOHYA_PREFIXES, kohya_to_canonical, normalize_text_encoder_path
+
+# kohya / LyCORIS key suffix → layer field.
+KOHYA_SUFFIXES = {
+    "lora_down.weight": "down",
+    "lora_up.weight": "up",
+    "lora_mid.weight": "mid",
+    "alpha": "alpha",
+    "dora_scale": "dora_scale",
+    "hada_w1_a": "w1_a",
+    "hada_w1_b": "w1_b",
+    "hada_w2_a": "w2_a",
+    "hada_w2_b": "w2_b",
+    "hada_t1": "t1",
+    "hada_t2": "t2",
+    "lokr_w1": "lokr.w1",
+    "lokr_w1_a": "lokr.w1_a",
+    "lokr_w1_b": "lokr.w1_b",
+    "lokr_w2": "lokr.w2",
+    "lokr_w2_a": "lokr.w2_a",
+    "lokr_w2_b": "lokr.w2_b",
+    "lokr_t2": "lokr.t2",
+    "diff": "diff",
+    "diff_b": "diff_b",
+}
+# diffusers / peft key suffix → (layer field, key style). Longest suffixes first.
+DIFFUSERS_SUFFIXES = (
+    (".lora_linear_layer.down.weight", "down", "diffusers-old"),
+    (".lora_linear_layer.up.weight", "up", "diffusers-old"),
+    (".lora_magnitude_vector.weight", "dora_scale", "peft"),
+    (".lora_magnitude_vector", "dora_scale", "peft"),
+    (".lora.down.weight", "down", "diffusers"),
+    (".lora.up.weight", "up", "diffusers"),
+    (".lora_A.weight", "down", "peft"),
+    (".lora_B.weight", "up", "peft"),
+    (".alpha", "alpha", "diffusers"),
+)
+# peft state dicts that still carry the adapter name: "….lora_A.<name>.weight".
+_PEFT_NAMED = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.[^.]+\.weight$")
+# The attention-processor format of diffusers < 0.21: "….processor.to_q_lora.down.weight".
+_OLD_PROCESSOR = re.compile(
+    r"^(?P<module>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ud>down|up)\.weight$"
+)
+_OLD_UNET_PROJ = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+_OLD_TE_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+_DIFFUSERS_COMPONENT_PREFIXES = ("unet.", "text_encoder_2.", "text_encoder.")
+_UNET_TOPS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "time_embedding.", "add_embedding.")
+_FULL_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+_EMBEDDING_KEYS = ("emb_params", "string_to_param", "clip_l", "clip_g")
+
+
+@dataclass
+class _Parts:
+    """Tensors and alpha gathered for one module before they become a layer record."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+
+
+def read_adapter(path: str | Path, allow_pickle: bool = False) -> Adapter:
+    """Read an adapter file (safetensors; pickle only with ``allow_pickle``) into canonical form."""
+    path = Path(path)
+    tensors, header = load_weights(path, allow_pickle=allow_pickle)
+    try:
+        adapter = parse_state_dict(tensors, header)
+    except AdapterError as e:
+        raise e.with_path(path) from None
+    adapter.path = path
+    return adapter
+
+
+def parse_state_dict(tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None) -> Adapter:
+    """Parse a state dict (and its header metadata) into an :class:`Adapter`."""
+    header = header or {}
+    if not tensors:
+        raise NotAnAdapterError("holds no tensors")
+    kohya = any(k.startswith(tuple(p for p, _ in KOHYA_PREFIXES)) for k in tensors)
+    grouped: dict[str, _Parts] = {}
+    styles: set[str] = set()
+    unrecognized: list[str] = []
+    for key, value in tensors.items():
+        located = _locate_kohya(key) if kohya else _locate_diffusers(key)
+        if located is None:
+            unrecognized.append(key)
+            continue
+        module, fld, style = located
+        styles.add(style)
+        parts = grouped.setdefault(module, _Parts())
+        if fld in parts.tensors:
+            raise InvalidAdapterError(f"{key!r} duplicates another key for module {module}")
+        parts.tensors[fld] = value
+        parts.keys.append(key)
+    if not grouped:
+        raise NotAnAdapterError(_not_an_adapter_reason(tensors))
+    metadata = parse_metadata(header)
+    peft_config = metadata.peft_config
+    alpha_source = "file"
+    layers: dict[str, Layer] = {}
+    for module, parts in sorted(grouped.items()):
+        layer = _build_layer(module, parts)
+        if layer.alpha is None and not kohya:
+            layer.alpha, source = _peft_alpha(module, layer, peft_config)
+            if source != "file":
+                alpha_source = source
+        try:
+            layer.validate()
+        except InvalidAdapterError as e:
+            raise InvalidAdapterError(f"{parts.keys[0]}: {e.problem}") from None
+        layers[module] = layer
+    return Adapter(
+        layers=layers,
+        metadata=metadata,
+        source_format="kohya" if kohya else "diffusers",
+        key_styles=tuple(sorted(styles)),
+        unrecognized_keys=tuple(sorted(unrecognized)),
+        alpha_source=alpha_source,
+    )
+
+
+def _locate_kohya(key: str) -> tuple[str, str, str] | None:
+    lora_name, _, suffix = key.partition(".")
+    fld = KOHYA_SUFFIXES.get(suffix)
+    if fld is None:
+        return None
+    module = kohya_to_canonical(lora_name)
+    if module is None:
+        return None
+    sgm = lora_name.startswith("lora_unet_") and lora_name[len("lora_unet_") :].startswith(
+        ("input_blocks", "middle_block", "output_blocks", "time_embed_", "label_emb", "out_")
+    )
+    return module, fld, "kohya-sgm" if sgm else "kohya"
+
+
+def _locate_diffusers(key: str) -> tuple[str, str, str] | None:
+    k = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
+    component = next((p[:-1] for p in _DIFFUSERS_COMPONENT_PREFIXES if k.startswith(p)), None)
+    if component is not None:
+        k = k[len(component) + 1 :]
+    located = _diffusers_suffix(k)
+    if located is None:
+        return None
+    path, fld, style = located
+    if component is None:  # un-prefixed files (peft/unet-only saves): tell the component by the path
+        if path.startswith(_UNET_TOPS):
+            component = "unet"
+        elif path.startswith(("text_model.", "encoder.layers.")):
+            component = "text_encoder"
+        else:
+            return None
+    if component != "unet":
+        path = normalize_text_encoder_path(path)
+    return f"{component}.{path}", fld, "diffusers-old" if style == "diffusers-old-processor" else style
+
+
+def _diffusers_suffix(k: str) -> tuple[str, str, str] | None:
+    for suffix, fld, style in DIFFUSERS_SUFFIXES:
+        if k.endswith(suffix):
+            return k[: -len(suffix)], fld, style
+    m = _OLD_PROCESSOR.match(k)
+    if m:
+        module, proj = m.group("module"), m.group("proj")
+        te = module.endswith("self_attn")
+        path = f"{module}.{(_OLD_TE_PROJ if te else _OLD_UNET_PROJ)[proj]}"
+        return path, "down" if m.group("ud") == "down" else "up", "diffusers-old-processor"
+    m = _PEFT_NAMED.match(k)
+    if m:
+        return m.group("module"), "down" if m.group("ab") == "A" else "up", "peft"
+    return None
+
+
+def _build_layer(module: str, parts: _Parts) -> Layer:
+    t = dict(parts.tensors)
+    alpha_t = t.pop("alpha", None)
+    alpha = None
+    if alpha_t is not None:
+        if alpha_t.numel() != 1 or alpha_t.dtype == torch.bool:
+            raise InvalidAdapterError(f"{module}: alpha must be a single number, got shape {tuple(alpha_t.shape)}")
+        alpha = float(alpha_t.reshape(()).item())
+        if not math.isfinite(alpha):
+            raise InvalidAdapterError(f"{module}: alpha is {alpha}")
+    dora = t.pop("dora_scale", None)
+    lokr = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("lokr.")}
+    fields_ = set(t)
+    try:
+        if lokr and fields_ == {f"lokr.{k}" for k in lokr}:
+            return LoKrLayer(**lokr, alpha=alpha, dora_scale=dora)
+        if fields_ in ({"down", "up"}, {"down", "up", "mid"}):
+            return LoRALayer(t["down"], t["up"], t.get("mid"), alpha=alpha, dora_scale=dora)
+        if {"w1_a", "w1_b", "w2_a", "w2_b"} <= fields_ <= {"w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2"}:
+            return LoHaLayer(**t, alpha=alpha, dora_scale=dora)
+        if fields_ in ({"diff"}, {"diff", "diff_b"}):
+            return FullLayer(t["diff"], t.get("diff_b"), alpha=alpha, dora_scale=dora)
+    except TypeError:
+        pass
+    present = ", ".join(sorted(parts.keys))
+    if fields_ == {"down"} or fields_ == {"up"}:
+        missing = "lora_up" if fields_ == {"down"} else "lora_down"
+        raise InvalidAdapterError(f"{module}: has {present} but no {missing}")
+    raise InvalidAdapterError(f"{module}: keys {present} do not form a known layer type")
+
+
+def _peft_alpha(module: str, layer: Layer, peft_config: dict[str, dict]) -> tuple[float | None, str]:
+    """Alpha for a diffusers-format layer from ``lora_adapter_metadata``; ``None`` (alpha = rank) without it."""
+    component, _, path = module.partition(".")
+    config = peft_config.get(component) or peft_config.get("")
+    if not config:
+        return None, "assumed"
+    alpha = config.get("lora_alpha")
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if _peft_pattern_matches(pattern, path):
+            alpha = value
+            break
+    if alpha is None:
+        return None, "assumed"
+    alpha = float(alpha)
+    if config.get("use_rslora") and layer.rank:
+        alpha = alpha * math.sqrt(layer.rank)  # rsLoRA scales by alpha/sqrt(r); keep scale = alpha/r exact
+    return alpha, "metadata"
+
+
+def _peft_pattern_matches(pattern: str, path: str) -> bool:
+    """peft's rule: a pattern matches a module whose name ends with it at a dot boundary (or as a regex)."""
+    if path == pattern or path.endswith("." + pattern):
+        return True
+    try:
+        return re.fullmatch(rf"(.*\.)?({pattern})", path) is not None
+    except re.error:
+        return False
+
+
+def _not_an_adapter_reason(tensors: dict[str, torch.Tensor]) -> str:
+    keys = list(tensors)
+    if any(k.startswith(_FULL_CHECKPOINT_PREFIXES) for k in keys):
+        return "is a full Stable Diffusion checkpoint (original layout), not an adapter; use it as a base model"
+    if any(k.endswith((".conv1.weight", ".to_q.weight", ".q_proj.weight")) for k in keys):
+        return "holds full model weights, not an adapter; use it as a base model"
+    if any(k in _EMBEDDING_KEYS or k.startswith("string_to_param") for k in keys):
+        return "is a textual-inversion embedding, not a LoRA adapter"
+    sample = ", ".join(repr(k) for k in keys[:3])
+    return f"holds no LoRA/LyCORIS keys lorastack knows (first keys: {sample})"

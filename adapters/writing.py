@@ -1,0 +1,201 @@
+"""Write an :class:`~lorastack.adapters.adapter.Adapter` as a diffusers/peft or a kohya file.
+
+diffusers has a kohya exporter (``convert_state_dict_to_kohya``) but it writes alpha = rank whatever the real
+alpha is, keeps diffusers block names for SDXL, and under transformers 5 drops the ``text_model_`` level that
+A1111 and ComfyUI need in text-encoder keys; so both writers live here, and the tests load their output back
+through diffusers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .adapter import FORMATS, Adapter
+from .errors import UnsupportedAdapterError
+from .files import atomic_write_safetensors
+from .layers import FullLayer, LoKrLayer, LoRALayer
+from .metadata import LORA_ADAPTER_METADATA_KEY, build_header
+from .naming import canonical_to_kohya, split_component
+
+# layer field → kohya / LyCORIS key suffix
+KOHYA_FIELD_SUFFIX = {
+    "down": "lora_down.weight",
+    "up": "lora_up.weight",
+    "mid": "lora_mid.weight",
+    "dora_scale": "dora_scale",
+    "w1_a": "hada_w1_a",
+    "w1_b": "hada_w1_b",
+    "w2_a": "hada_w2_a",
+    "w2_b": "hada_w2_b",
+    "t1": "hada_t1",
+    "t2": "hada_t2",
+    "diff": "diff",
+    "diff_b": "diff_b",
+}
+LOKR_FIELD_SUFFIX = {f: f"lokr_{f}" for f in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")}
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def write_adapter(
+    adapter: Adapter,
+    path: str | Path,
+    format: str = "diffusers",
+    family: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``adapter`` to ``path`` atomically in ``format`` (``"diffusers"`` or ``"kohya"``).
+
+    ``family`` picks family-specific key spellings (SDXL kohya files use SGM block names); by default the probed
+    family. ``dtype`` casts the weights (alphas stay float32).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
+    family = family or adapter.family
+    if format == "diffusers":
+        tensors, header = diffusers_state_dict(adapter, family, dtype)
+    else:
+        tensors, header = kohya_state_dict(adapter, family, dtype)
+    header["sshs_model_hash"] = tensor_data_sha256(tensors)
+    return atomic_write_safetensors(tensors, path, header)
+
+
+def tensor_data_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the data section the file will have (kohya's ``sshs_model_hash``; metadata does not change it)."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    header_size = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(memoryview(blob)[8 + header_size :]).hexdigest()
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+
+def _network_module(adapter: Adapter) -> str:
+    plain = all(
+        isinstance(layer, LoRALayer) and layer.mid is None and not layer.is_dora for layer in adapter.layers.values()
+    )
+    return "networks.lora" if plain else "lycoris.kohya"
+
+
+def kohya_state_dict(
+    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header of the kohya file: ``lora_unet_*``/``lora_te*_*`` keys, a real ``.alpha`` per module."""
+    sdxl = family == "sdxl"
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in adapter.layers.items():
+        base = canonical_to_kohya(name, sgm=sdxl, te_numbered=sdxl)
+        suffixes = LOKR_FIELD_SUFFIX if isinstance(layer, LoKrLayer) else KOHYA_FIELD_SUFFIX
+        for fld, t in layer.tensors().items():
+            tensors[f"{base}.{suffixes.get(fld, KOHYA_FIELD_SUFFIX.get(fld))}"] = _cast(t, dtype)
+        if not isinstance(layer, FullLayer):
+            # No stored alpha means scale 1, which kohya spells alpha = rank; write it so no reader has to guess.
+            alpha = layer.alpha if layer.alpha is not None else (layer.rank or 1)
+            tensors[f"{base}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    header = build_header(
+        adapter.metadata,
+        family=family,
+        rank=adapter.rank,
+        alpha=adapter.alpha if adapter.alpha is not None else adapter.rank,
+        network_module=_network_module(adapter),
+        implementation="https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
+    )
+    if header["ss_network_module"] == "lycoris.kohya" and "ss_network_args" not in header:
+        algos = {layer.kind for layer in adapter.layers.values()}
+        algo = "loha" if "loha" in algos else "lokr" if "lokr" in algos else "full" if algos == {"full"} else "locon"
+        args = {"algo": algo}
+        if any(layer.is_dora for layer in adapter.layers.values()):
+            args["dora_wd"] = "True"
+        header["ss_network_args"] = json.dumps(args)
+    return tensors, header
+
+
+def diffusers_state_dict(
+    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header of the diffusers/peft file, with the ``lora_adapter_metadata`` diffusers reads.
+
+    Only LoRA/LoCon layers (optionally DoRA with one magnitude per output) exist in this format.
+    """
+    bad = sorted(
+        {
+            layer.kind_label
+            for layer in adapter.layers.values()
+            if not isinstance(layer, LoRALayer) or layer.mid is not None or not _peft_dora_ok(layer)
+        }
+    )
+    if bad:
+        raise UnsupportedAdapterError(
+            f"the diffusers/peft format holds only LoRA layers, and this adapter has {', '.join(bad)} layers; "
+            "write it with --to kohya"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    per_component: dict[str, dict[str, LoRALayer]] = {}
+    for name, layer in adapter.layers.items():
+        component, path = split_component(name)
+        per_component.setdefault(component, {})[path] = layer
+        tensors[f"{name}.lora_A.weight"] = _cast(layer.down, dtype)
+        tensors[f"{name}.lora_B.weight"] = _cast(layer.up, dtype)
+        if layer.is_dora:
+            tensors[f"{name}.lora_magnitude_vector"] = _cast(layer.dora_scale.reshape(-1), dtype)
+    header = build_header(
+        adapter.metadata,
+        family=family,
+        rank=adapter.rank,
+        alpha=adapter.alpha if adapter.alpha is not None else adapter.rank,
+        network_module="networks.lora",
+        implementation="diffusers",
+    )
+    peft_meta = {}
+    for component, layers in per_component.items():
+        for key, value in peft_lora_config(layers).items():
+            peft_meta[f"{component}.{key}"] = value
+    header[LORA_ADAPTER_METADATA_KEY] = json.dumps(peft_meta, indent=2, sort_keys=True)
+    header["format"] = "pt"
+    return tensors, header
+
+
+def _peft_dora_ok(layer) -> bool:
+    return not layer.is_dora or layer.dora_scale.numel() == layer.out_features
+
+
+def _peft_path(path: str) -> str:
+    # peft matches target names as suffixes at a dot boundary; dropping "text_model." matches CLIP modules under
+    # transformers 4 (which have that level) and 5 (whose CLIPTextModel does not).
+    return path[len("text_model.") :] if path.startswith("text_model.") else path
+
+
+def peft_lora_config(layers: dict[str, LoRALayer]) -> dict:
+    """A peft ``LoraConfig`` (as a dict) that reproduces each layer's rank and alpha exactly."""
+    from peft import LoraConfig
+
+    ranks = Counter(layer.rank for layer in layers.values())
+    r = ranks.most_common(1)[0][0]
+    alphas = Counter(float(layer.alpha if layer.alpha is not None else layer.rank) for layer in layers.values())
+    lora_alpha = alphas.most_common(1)[0][0]
+    rank_pattern = {_peft_path(p): layer.rank for p, layer in layers.items() if layer.rank != r}
+    alpha_pattern = {
+        _peft_path(p): float(layer.alpha if layer.alpha is not None else layer.rank)
+        for p, layer in layers.items()
+        if float(layer.alpha if layer.alpha is not None else layer.rank) != lora_alpha
+    }
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        target_modules=sorted(_peft_path(p) for p in layers),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_dora=any(layer.is_dora for layer in layers.values()),
+        init_lora_weights=True,
+    ).to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+
+__all__ = ["DIFFUSERS_WEIGHT_NAME", "diffusers_state_dict", "kohya_state_dict", "write_adapter"]

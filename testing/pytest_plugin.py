@@ -1,0 +1,69 @@
+"""pytest plugin: offline Stable Diffusion fixtures for lorastack and for plugin authors.
+
+Installed with lorastack (entry point ``pytest11``), so any test suite in the same environment can use:
+
+* ``tiny_sd1_dir`` / ``tiny_sdxl_dir`` — session-scoped folders holding tiny pipelines saved with
+  ``save_pretrained`` (built once per session, deterministic);
+* ``tiny_sd1_pipe`` / ``tiny_sdxl_pipe`` — a fresh pipeline loaded from that folder with ``from_pretrained`` for each
+  test, so a test may patch it freely;
+* ``tiny_pipe_dir`` — a factory ``tiny_pipe_dir("sd1" | "sdxl")``.
+
+Heavy imports happen inside the fixtures, so merely having lorastack installed costs other test suites nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_configure(config):
+    # Tests never reach the network; huggingface_hub reads this when first imported.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_dir(tmp_path_factory):
+    """Factory: the saved folder of the tiny pipeline of a family (``"sd1"`` or ``"sdxl"``), built once."""
+    built: dict[str, object] = {}
+
+    def get(family: str = "sd1"):
+        if family not in built:
+            from lorastack.testing.models import save_tiny_pipeline
+
+            built[family] = save_tiny_pipeline(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_dir(tiny_pipe_dir):
+    return tiny_pipe_dir("sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tiny_pipe_dir):
+    return tiny_pipe_dir("sdxl")
+
+
+def _load(folder):
+    from lorastack.testing.models import load_pipeline
+
+    pipe = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_sd1_pipe(tiny_sd1_dir):
+    return _load(tiny_sd1_dir)
+
+
+@pytest.fixture
+def tiny_sdxl_pipe(tiny_sdxl_dir):
+    return _load(tiny_sdxl_dir)

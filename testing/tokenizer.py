@@ -1,0 +1,89 @@
+"""A tiny, deterministic CLIP tokenizer generated from a word list.
+
+Real CLIP vocabularies cannot be downloaded where lorastack is tested, so the test models use a tokenizer
+built here. It is a genuine byte-level BPE CLIP tokenizer: every byte has a token (so any prompt encodes and
+decodes without UNK), and each listed word gets whole-word merges so it becomes a single token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: Words that become single tokens. Anything else still tokenizes, byte by byte.
+DEFAULT_WORDS = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "painting", "drawing", "style",
+    "portrait", "cat", "dog", "figurine", "person", "man", "woman", "red", "green", "blue", "yellow", "purple",
+    "orange", "white", "black", "gray", "circle", "square", "triangle", "star", "background", "small", "large",
+)  # fmt: skip
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MODEL_MAX_LENGTH = 77
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The GPT-2/CLIP table mapping each byte to a printable unicode character (256 entries)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def clip_vocab_and_merges(words: tuple[str, ...] | list[str] = DEFAULT_WORDS) -> tuple[dict[str, int], list[str]]:
+    """Build a CLIP BPE vocabulary and merge list in which each of ``words`` is one token."""
+    base = list(bytes_to_unicode().values())
+    # transformers 5 needs every byte both plain and word-final ("</w>"), or word-final bytes become UNK.
+    vocab_list = base + [c + "</w>" for c in base]
+    known = set(vocab_list)
+    merges: list[str] = []
+    seen_merges: set[str] = set()
+    for word in words:
+        symbols = [*list(word[:-1]), word[-1] + "</w>"]
+        current = symbols[0]
+        for sym in symbols[1:]:
+            merge = f"{current} {sym}"
+            current += sym
+            if merge not in seen_merges:
+                seen_merges.add(merge)
+                merges.append(merge)
+                if current not in known:  # every merge result must itself be in the vocabulary
+                    known.add(current)
+                    vocab_list.append(current)
+    vocab_list += [BOS_TOKEN, EOS_TOKEN]
+    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] | list[str] = DEFAULT_WORDS) -> Path:
+    """Write ``vocab.json``, ``merges.txt`` and a ``tokenizer_config.json`` loadable by ``CLIPTokenizer``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab_and_merges(words)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MODEL_MAX_LENGTH,  # without it the pipeline pads prompts to ~1e30 tokens
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
+def tiny_clip_tokenizer(folder: str | Path, words: tuple[str, ...] | list[str] = DEFAULT_WORDS):
+    """Write the tokenizer files to ``folder`` and load them with ``CLIPTokenizer``."""
+    from transformers import CLIPTokenizer
+
+    # from_pretrained reads vocab.json/merges.txt under both transformers 4 (slow tokenizer) and 5.
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder, words), model_max_length=MODEL_MAX_LENGTH)
