@@ -41,7 +41,7 @@ class Adapter:
 
     @cached_property
     def probe(self) -> Probe:
-        return probe_family(self.layers)
+        return probe_family(self.layers, self.metadata.raw)
 
     @property
     def family(self) -> str:

@@ -381,7 +381,7 @@ class LoKrLayer(Layer):
             w2 = self.w2_a.float() @ self.w2_b.float()
         if w2.ndim == 4:
             w1 = w1[:, :, None, None]
-        return torch.kron(w1, w2)
+        return torch.kron(w1.contiguous(), w2.contiguous())
 
 
 @dataclass(eq=False)

@@ -13,6 +13,7 @@ UNets and CLIP text encoders (a test checks the vocabulary against the full-size
 
 from __future__ import annotations
 
+from collections.abc import Container
 from functools import lru_cache
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -29,11 +30,11 @@ UNET_WORDS = frozenset(
     "down_blocks up_blocks mid_block attentions resnets transformer_blocks downsamplers upsamplers attn1 attn2 "
     "to_q to_k to_v to_out ff net proj proj_in proj_out norm norm1 norm2 norm3 conv conv1 conv2 conv_shortcut "
     "time_emb_proj conv_in conv_out conv_norm_out time_embedding linear_1 linear_2 add_embedding "
-    "class_embedding add_k_proj add_v_proj".split()
+    "class_embedding add_k_proj add_v_proj time_proj add_time_proj act conv_act nonlinearity dropout".split()
 )
 CLIP_WORDS = frozenset(
     "text_model embeddings token_embedding position_embedding encoder layers self_attn q_proj k_proj v_proj "
-    "out_proj mlp fc1 fc2 layer_norm1 layer_norm2 final_layer_norm text_projection".split()
+    "out_proj mlp fc1 fc2 layer_norm1 layer_norm2 final_layer_norm text_projection activation_fn".split()
 )
 SGM_WORDS = frozenset(
     "input_blocks middle_block output_blocks in_layers out_layers emb_layers skip_connection op time_embed "
@@ -137,9 +138,13 @@ def sgm_to_diffusers(path: str, layers_per_block: int = DEFAULT_LAYERS_PER_BLOCK
 
 
 def diffusers_to_sgm(
-    path: str, layers_per_block: int = DEFAULT_LAYERS_PER_BLOCK, up_attention: bool = True
+    path: str, layers_per_block: int = DEFAULT_LAYERS_PER_BLOCK, up_blocks_with_attention: Container[int] | None = None
 ) -> str | None:
-    """Inverse of :func:`sgm_to_diffusers`. ``up_attention``: the up blocks that upsample have attention (SDXL)."""
+    """Inverse of :func:`sgm_to_diffusers`.
+
+    ``up_blocks_with_attention``: indices of the up blocks that have attention, which moves their upsampler from
+    sub-index 1 to 2 (SD1.x: ``{1, 2, 3}``). ``None`` means all of them, true of every SDXL up block that upsamples.
+    """
     for diffusers, sgm in _DIFFUSERS_TOP.items():
         if path == diffusers or path.startswith(diffusers + "."):
             return sgm + path[len(diffusers) :]
@@ -162,7 +167,8 @@ def diffusers_to_sgm(
         k = n * i + j + 1
     elif block == "up_blocks":
         if kind == "upsamplers" and rest == "conv":
-            return f"output_blocks.{n * i + layers_per_block}.{2 if up_attention else 1}.conv"
+            attention = up_blocks_with_attention is None or i in up_blocks_with_attention
+            return f"output_blocks.{n * i + layers_per_block}.{2 if attention else 1}.conv"
         k = n * i + j
     else:
         return None

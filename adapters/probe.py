@@ -41,7 +41,25 @@ class Probe:
         return self.family != UNKNOWN
 
 
-def probe_family(layers: Mapping[str, Layer]) -> Probe:
+def family_from_header(header: Mapping[str, str]) -> tuple[str, str] | None:
+    """The family a header declares (ModelSpec architecture or kohya base version), with the key that said so."""
+    arch = header.get("modelspec.architecture", "")
+    for prefix, family in (
+        ("stable-diffusion-xl", "sdxl"),
+        ("stable-diffusion-v2", "sd2"),
+        ("stable-diffusion-v1", "sd1"),
+    ):
+        if arch.startswith(prefix):
+            return family, f"modelspec.architecture is {arch}"
+    version = header.get("ss_base_model_version", "")
+    for prefix, family in (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_2", "sd2"), ("sd_v1", "sd1"), ("sd_1", "sd1")):
+        if version.startswith(prefix):
+            return family, f"ss_base_model_version is {version}"
+    return None
+
+
+def probe_family(layers: Mapping[str, Layer], header: Mapping[str, str] | None = None) -> Probe:
+    """Probe the family from the layers, and from what the header declares (which must agree with the shapes)."""
     candidates = set(FAMILIES)
     evidence: list[str] = []
 
@@ -65,6 +83,9 @@ def probe_family(layers: Mapping[str, Layer]) -> Probe:
                 narrow({"sd2"}, "text_encoder has more than 12 layers")
         elif component == "unet":
             _unet_evidence(path, layer, narrow)
+    declared = family_from_header(header or {})
+    if declared is not None:
+        narrow({declared[0]}, declared[1])
     if not layers:
         evidence.append("no layers")
         candidates = set()

@@ -144,7 +144,10 @@ def diffusers_state_dict(
         tensors[f"{name}.lora_A.weight"] = _cast(layer.down, dtype)
         tensors[f"{name}.lora_B.weight"] = _cast(layer.up, dtype)
         if layer.is_dora:
-            tensors[f"{name}.lora_magnitude_vector"] = _cast(layer.dora_scale.reshape(-1), dtype)
+            # diffusers maps a UNet's "lora_magnitude_vector" but loads a text encoder's only when spelled
+            # "lora_magnitude_vector.weight" (otherwise transformers re-initialises the magnitudes).
+            suffix = "lora_magnitude_vector" if component == "unet" else "lora_magnitude_vector.weight"
+            tensors[f"{name}.{suffix}"] = _cast(layer.dora_scale.reshape(-1), dtype)
     header = build_header(
         adapter.metadata,
         family=family,

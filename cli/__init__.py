@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The lorastack command line."""

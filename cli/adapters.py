@@ -1,0 +1,101 @@
+"""``lorastack inspect`` and ``lorastack convert``: adapter files on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from lorastack.adapters import FORMATS, convert_file, inspect_file
+from lorastack.adapters.probe import FAMILIES, FAMILY_NAMES
+
+_ALLOW_PICKLE = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Also read pickle files (.ckpt/.pt/.bin), loading them with weights_only=True.",
+)
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@_ALLOW_PICKLE
+def inspect_cmd(file: Path, as_json: bool, allow_pickle: bool) -> None:
+    """Show what is inside an adapter FILE: format, base family, layer kinds, ranks, hashes, metadata."""
+    info = inspect_file(file, allow_pickle=allow_pickle)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(format_inspect(info))
+
+
+def format_inspect(info: dict) -> str:
+    """The human-readable ``inspect`` report."""
+    lines = []
+
+    def row(label: str, value) -> None:
+        if value not in (None, "", [], {}):
+            lines.append(f"{label:<14}{value}")
+
+    row("file", f"{info['path']} ({_size(info['size'])})")
+    row("format", f"{info['format']} (keys: {', '.join(info['key_styles'])})")
+    family = FAMILY_NAMES.get(info["family"], info["family"])
+    if info["family"] == "unknown" and info["family_candidates"]:
+        family += " (could be " + " or ".join(FAMILY_NAMES[c] for c in info["family_candidates"]) + ")"
+    row("family", family)
+    row("evidence", "; ".join(info["family_evidence"]))
+    row("kinds", ", ".join(f"{k} x{n}" for k, n in info["kinds"].items()))
+    row("rank", ", ".join(map(str, info["ranks"])))
+    alpha = ", ".join(f"{a:g}" for a in info["alphas"])
+    if info["alpha_source"] == "assumed":
+        alpha = "not stored (diffusers assumes alpha = rank)"
+    row("alpha", alpha)
+    row("modules", ", ".join(f"{c} {n}" for c, n in info["modules"].items()))
+    row("parameters", f"{info['parameters']:,}")
+    row("sha256", f"{info['sha256']}  (AutoV2 {info['autov2']})")
+    row("tensor sha256", f"{info['tensor_sha256']}  (AutoV3 {info['autov3']})")
+    meta = info["metadata"]
+    row("title", meta["title"])
+    row("trigger words", ", ".join(meta["trigger_words"]))
+    row("base model", meta["base_model"])
+    row("architecture", meta["architecture"])
+    row("resolution", meta["resolution"])
+    row("description", meta["description"])
+    training = [f"{k}={', '.join(v) if isinstance(v, list) else v}" for k, v in sorted(meta["training"].items())]
+    row("training", "; ".join(training))
+    if info["unrecognized_keys"]:
+        n = len(info["unrecognized_keys"])
+        row("ignored keys", f"{n} not understood, e.g. {info['unrecognized_keys'][0]}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.command("convert")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, type=click.Choice(FORMATS), help="Format to write.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="File to write.")
+@click.option(
+    "--family",
+    type=click.Choice(FAMILIES),
+    default=None,
+    help="Base family for family-specific key names (default: probed from the file).",
+)
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@_ALLOW_PICKLE
+def convert_cmd(file: Path, to: str, output: Path, family: str | None, force: bool, allow_pickle: bool) -> None:
+    """Convert an adapter FILE to the diffusers/peft or kohya (A1111/ComfyUI) format."""
+    written = convert_file(file, output, to, allow_pickle=allow_pickle, family=family, overwrite=force)
+    click.echo(f"wrote {written} ({to} format)")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(inspect_cmd)
+    group.add_command(convert_cmd)

@@ -1,0 +1,72 @@
+"""``python -m lorastack.testing``: build offline test models and adapters from the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@click.group()
+def main() -> None:
+    """Offline models and adapters for trying lorastack without downloading anything."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+@main.command("tiny-base")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--family", type=click.Choice(["sd1", "sdxl"]), default="sd1", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def tiny_base(out: Path, family: str, seed: int) -> None:
+    """Save a tiny random-weight SD pipeline (real architecture, ~17 MB) as a diffusers folder OUT."""
+    from .models import save_tiny_pipeline
+
+    if out.exists() and any(out.iterdir()) and not (out / "model_index.json").exists():
+        raise click.ClickException(f"{out} exists, is not empty and holds no pipeline; choose another folder")
+    save_tiny_pipeline(out, family, seed)
+    click.echo(f"saved tiny {family} pipeline to {out}")
+
+
+@main.command("random-adapter")
+@click.argument("base", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "kohya"]), default="diffusers", show_default=True)
+@click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--alpha", type=float, default=8.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trigger", default=None, help="Trigger words to record in the file's metadata.")
+def random_adapter(base: Path, out: Path, fmt: str, rank: int, alpha: float, seed: int, trigger: str | None) -> None:
+    """Make a random LoRA for the pipeline in BASE and save it to OUT, the way peft/diffusers or kohya would."""
+    from safetensors.torch import load_file, save_file
+
+    from .adapters import make_kohya_lora, make_peft_lora, save_diffusers_lora
+    from .models import load_pipeline
+
+    pipe = load_pipeline(base)
+    components = ("unet", "text_encoder")
+    family = "sdxl" if hasattr(pipe, "text_encoder_2") else "sd1"
+    architecture = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}[family]
+    metadata = {"modelspec.title": out.stem, "modelspec.architecture": architecture}
+    if trigger:
+        metadata["modelspec.trigger_phrase"] = trigger
+    if fmt == "diffusers":
+        save_diffusers_lora(pipe, out, make_peft_lora(pipe, components, rank=rank, alpha=alpha, seed=seed))
+        from safetensors import safe_open
+
+        with safe_open(str(out), "pt") as f:
+            metadata = {**(f.metadata() or {}), **metadata}
+        save_file(load_file(str(out)), str(out), metadata=metadata)
+    else:
+        save_file(make_kohya_lora(pipe, components, rank=rank, alpha=alpha, seed=seed), str(out), metadata=metadata)
+    click.echo(f"saved random {fmt} LoRA (rank {rank}, alpha {alpha:g}) to {out}")
+
+
+if __name__ == "__main__":
+    main()

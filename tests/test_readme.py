@@ -1,0 +1,76 @@
+"""The README's commands and examples run as written."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+INSTALL = re.compile(
+    r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip install torch==2\.13\.0 (.+?)(?: && |$)"
+)
+
+
+def readme_block(name: str) -> str:
+    match = re.search(rf"<!-- readme-test: {name} -->\n```bash\n(.+?)\n```", README, re.S)
+    assert match, f"README has no {name} block"
+    return match.group(1).strip()
+
+
+def fenced(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.+?)\n```", README, re.S)
+
+
+def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_install_steps_pin_the_cpu_torch_first():
+    for name in ("main-job", "tests"):
+        assert INSTALL.match(readme_block(name)), name
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    assert readme_block("tests") in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """Run the README's first command, minus the install steps this environment has already done."""
+    cwd = tmp_path_factory.mktemp("readme")
+    command = INSTALL.sub("", readme_block("main-job"), count=1)
+    assert command.startswith("python -m lorastack.testing tiny-base")
+    result = run(command, cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the same command must run again on the folder it made
+    again = run(command, cwd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    return cwd, result
+
+
+def test_main_job(main_job):
+    cwd, result = main_job
+    assert "format        diffusers" in result.stdout and "family        SD 1.x" in result.stdout
+    assert "trigger words aawxbc style" in result.stdout and "wrote demo/style-kohya.safetensors" in result.stdout
+    assert (cwd / "demo" / "tiny-sd1" / "model_index.json").exists()
+
+
+def test_usage_examples(main_job):
+    cwd, _ = main_job
+    shutil.copy(cwd / "demo" / "style.safetensors", cwd / "style.safetensors")
+    shutil.copy(cwd / "demo" / "style-kohya.safetensors", cwd / "civitai.safetensors")
+    bash_examples = next(block for block in fenced("bash") if "lorastack inspect style.safetensors " in block)
+    for line in bash_examples.splitlines():
+        command = line.split("#")[0].strip()
+        result = run(command, cwd)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+    (python_example,) = fenced("python")
+    result = subprocess.run([sys.executable, "-c", python_example], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (cwd / "style-kohya.safetensors").exists()
