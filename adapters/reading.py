@@ -203,17 +203,14 @@ def _build_layer(module: str, parts: _Parts) -> Layer:
     dora = t.pop("dora_scale", None)
     lokr = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("lokr.")}
     fields_ = set(t)
-    try:
-        if lokr and fields_ == {f"lokr.{k}" for k in lokr}:
-            return LoKrLayer(**lokr, alpha=alpha, dora_scale=dora)
-        if fields_ in ({"down", "up"}, {"down", "up", "mid"}):
-            return LoRALayer(t["down"], t["up"], t.get("mid"), alpha=alpha, dora_scale=dora)
-        if {"w1_a", "w1_b", "w2_a", "w2_b"} <= fields_ <= {"w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2"}:
-            return LoHaLayer(**t, alpha=alpha, dora_scale=dora)
-        if fields_ in ({"diff"}, {"diff", "diff_b"}):
-            return FullLayer(t["diff"], t.get("diff_b"), alpha=alpha, dora_scale=dora)
-    except TypeError:
-        pass
+    if lokr and fields_ == {f"lokr.{k}" for k in lokr}:
+        return LoKrLayer(**lokr, alpha=alpha, dora_scale=dora)
+    if fields_ in ({"down", "up"}, {"down", "up", "mid"}):
+        return LoRALayer(t["down"], t["up"], t.get("mid"), alpha=alpha, dora_scale=dora)
+    if {"w1_a", "w1_b", "w2_a", "w2_b"} <= fields_ <= {"w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2"}:
+        return LoHaLayer(**t, alpha=alpha, dora_scale=dora)
+    if fields_ in ({"diff"}, {"diff", "diff_b"}):
+        return FullLayer(t["diff"], t.get("diff_b"), alpha=alpha, dora_scale=dora)
     present = ", ".join(sorted(parts.keys))
     if fields_ == {"down"} or fields_ == {"up"}:
         missing = "lora_up" if fields_ == {"down"} else "lora_down"

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The plugin system: hook specifications, the plugin manager and the built-in plugins."""
