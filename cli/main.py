@@ -13,9 +13,10 @@ import click
 
 from lorastack import __version__
 from lorastack.adapters.errors import AdapterError
+from lorastack.core.errors import LorastackError
 
 #: Exceptions whose message is meant for the user: shown without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (AdapterError,)
+USER_ERRORS: tuple[type[BaseException], ...] = (AdapterError, LorastackError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,10 +25,22 @@ def cli() -> None:
     """Manage, stack, train and share LoRA adapters for Stable Diffusion."""
 
 
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers progress bars and info logs out of command output (warnings still show)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def _register_commands() -> None:
-    from . import adapters
+    from . import adapters, generate
 
     adapters.register(cli)
+    generate.register(cli)
 
 
 _register_commands()

@@ -55,8 +55,10 @@ TINY_SDXL_UNET = dict(
     use_linear_projection=True,
     addition_embed_type="text_time",
     addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=80,  # text_embeds (32) + 6 time ids x 8
-    cross_attention_dim=64,  # text_encoder (32) + text_encoder_2 (32) hidden states, concatenated
+    projection_class_embeddings_input_dim=96,  # text_embeds (48) + 6 time ids x 8
+    # text_encoder (32) + text_encoder_2 (48) hidden states, concatenated. The two encoders have different widths,
+    # as in SDXL (768 / 1280): single-file loaders tell them apart by width.
+    cross_attention_dim=80,
     norm_num_groups=32,
 )
 TINY_VAE = dict(
@@ -144,7 +146,9 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, tokenizer_dir: str |
         )
     unet = _seeded(seed, lambda: UNet2DConditionModel(**TINY_SDXL_UNET))
     text_encoder = _seeded(seed, lambda: CLIPTextModel(_text_config(tokenizer)))
-    text_encoder_2 = _seeded(seed + 1, lambda: CLIPTextModelWithProjection(_text_config(tokenizer, act="gelu")))
+    text_encoder_2 = _seeded(
+        seed + 1, lambda: CLIPTextModelWithProjection(_text_config(tokenizer, hidden_size=48, act="gelu"))
+    )
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -1,0 +1,132 @@
+"""``lorastack generate`` and ``lorastack reproduce``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lorastack.core.base import DTYPES
+from lorastack.core.config import default_base
+from lorastack.core.generate import SCHEDULERS, GenerateOptions
+
+_BASE_OPTIONS = [
+    click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps."),
+    click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+]
+
+
+def _size(value: str | None) -> tuple[int | None, int | None]:
+    if value is None:
+        return None, None
+    parts = value.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give WIDTHxHEIGHT, e.g. 512x768, or one number") from None
+    if len(numbers) == 1:
+        return numbers[0], numbers[0]
+    if len(numbers) != 2:
+        raise click.BadParameter(f"{value!r}: give WIDTHxHEIGHT, e.g. 512x768, or one number")
+    return numbers[0], numbers[1]
+
+
+def _with(options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+@click.command("generate")
+@click.argument("prompt")
+@click.option("--base", "base", default=None, help="Base model: folder, checkpoint, Hub id or alias.")
+@click.option("--lora", "loras", multiple=True, metavar="[NAME=]SOURCE[:SCALE]", help="Adapter to stack (repeat).")
+@click.option("--negative", default="", help="Negative prompt.")
+@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--guidance", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=None, help="Random when left out.")
+@click.option("--size", default=None, metavar="WxH", help="Image size (default: the model's native size).")
+@click.option("--num-images", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default=None, help="Default: the model's own.")
+@click.option("--init-image", type=click.Path(path_type=Path), default=None, help="Start from this image (img2img).")
+@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Repaint where white (inpainting).")
+@click.option("--strength", type=float, default=0.75, show_default=True, help="img2img/inpaint strength.")
+@click.option("--compare", is_flag=True, help="One grid: base vs each adapter vs the whole stack, same seed.")
+@click.option("--trigger", is_flag=True, help="Add the adapters' trigger words to the prompt.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints and adapters (loaded weights_only).")
+@_with(_BASE_OPTIONS)
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("outputs"), show_default=True)
+def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num_images, scheduler, init_image, mask,
+                 strength, compare, trigger, allow_pickle, device, dtype, out_dir):  # fmt: skip
+    """Generate images for PROMPT with adapters stacked on a base model.
+
+    Adapters come from --lora and from <lora:name:scale> tags in the prompt. Every PNG records its recipe;
+    `lorastack reproduce IMAGE` makes it again.
+    """
+    from lorastack.core.base import load_base
+    from lorastack.core.generate import Generator
+    from lorastack.core.recipe import next_free, save_png
+    from lorastack.core.sources import parse_lora_option, unique_names
+
+    from .main import quiet_libraries
+
+    quiet_libraries()
+    base = base or default_base()
+    if not base:
+        raise click.UsageError("give --base (a folder, checkpoint, Hub id or alias) or set default_base in the config")
+    width, height = _size(size)
+    requests = unique_names([parse_lora_option(v) for v in loras])
+    options = GenerateOptions(
+        prompt=prompt, negative_prompt=negative, steps=steps, guidance=guidance, width=width, height=height,
+        seed=seed, num_images=num_images, scheduler=scheduler, init_image=init_image, mask=mask,
+        strength=strength, trigger=trigger, adapters={r.name: r.scale for r in requests},
+    )  # fmt: skip
+    for path in (init_image, mask):
+        if path is not None and not path.is_file():
+            raise click.BadParameter(f"{path}: no such file", param_hint="--init-image/--mask")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe = load_base(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    generator = Generator(pipe)
+    for request in requests:
+        report = generator.stack.load(request.name, request.source, allow_pickle=allow_pickle)
+        if not report.complete:
+            click.echo(f"warning: {report.summary()}", err=True)
+    if compare:
+        result = generator.compare(options)
+        path = save_png(result.image, next_free(out_dir, f"{result.recipe['seed']}-compare"), result.recipe)
+        click.echo(f"{path}  (columns: {', '.join(result.recipe['compare']['columns'])})")
+        return
+    for result in generator.generate(options):
+        path = save_png(result.image, next_free(out_dir, str(result.recipe["seed"])), result.recipe)
+        click.echo(f"{path}  (seed {result.recipe['seed']})")
+
+
+@click.command("reproduce")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--base", default=None, help="Use this base instead of the recorded one (its digest is not checked).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Where to write the new image.")
+@click.option("--check", is_flag=True, help="Exit with status 1 unless the new image is pixel-identical.")
+def reproduce_cmd(image: Path, base: str | None, device: str, output: Path | None, check: bool) -> None:
+    """Make IMAGE again from the recipe lorastack stored in it, and compare the pixels."""
+    from lorastack.core.recipe import save_png
+    from lorastack.core.reproduce import reproduce
+
+    from .main import quiet_libraries
+
+    quiet_libraries()
+    result = reproduce(image, base=base, device=device)
+    output = output or image.with_name(image.stem + "-reproduced.png")
+    save_png(result.result.image, output, result.result.recipe)
+    verdict = "identical" if result.identical else f"differs (max pixel difference {result.max_difference}/255)"
+    click.echo(f"{output}: {verdict}")
+    if check and not result.identical:
+        raise SystemExit(1)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(generate_cmd)
+    group.add_command(reproduce_cmd)

@@ -1,0 +1,289 @@
+"""Load a base model: a diffusers folder, a single-file checkpoint, a Hub repo id, or an alias.
+
+Single-file checkpoints load offline: lorastack ships the diffusers configs of SD1.5, SD2.1 and SDXL and the CLIP
+tokenizer, and passes them to ``from_single_file`` (which would otherwise download them from the Hub).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import weakref
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastack.adapters.files import PICKLE_SUFFIXES, read_safetensors_header
+
+from .config import aliases, cache_dir
+from .errors import BaseModelError
+from .modules import pipeline_family
+from .tokenizers import clip_tokenizer
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEVICES = ("cpu", "cuda", "mps")
+CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# single-file checkpoint family → (shipped config folder, pipeline class, inpainting class)
+_SINGLE_FILE = {
+    "sd1": ("sd15", "StableDiffusionPipeline", "StableDiffusionInpaintPipeline"),
+    "sd2": ("sd21", "StableDiffusionPipeline", "StableDiffusionInpaintPipeline"),
+    "sdxl": ("sdxl", "StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"),
+}
+
+
+@dataclass
+class BaseInfo:
+    """Where a loaded base came from; recorded in image recipes."""
+
+    source: str
+    kind: str  # "folder", "single_file" or "hub"
+    location: str  # the resolved path or repo id
+    family: str
+    revision: str | None = None  # the Hub commit
+    dtype: str = "fp32"
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def base_info(pipe) -> BaseInfo | None:
+    """The :class:`BaseInfo` of a pipeline made by :func:`load_base` (``None`` for other pipelines)."""
+    return _INFO.get(pipe)
+
+
+def load_base(
+    source: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    config: str | Path | None = None,
+    prediction_type: str | None = None,
+    hf_cache_dir: str | Path | None = None,
+    allow_pickle: bool = False,
+    attention_slicing: bool = False,
+    vae_tiling: bool = False,
+    cpu_offload: bool = False,
+):
+    """Load a base model and return an ordinary diffusers pipeline.
+
+    ``source``: a diffusers folder, a single-file checkpoint (``.safetensors``; pickles with ``allow_pickle``), a
+    Hub repo id (served from the huggingface_hub cache when offline) or an alias from the user config.
+    ``config``: a diffusers folder whose configs describe a single-file checkpoint (default: the shipped config
+    of the detected family). ``prediction_type`` overrides the scheduler's (SD 2.x 512 px models use
+    ``"epsilon"``). ``hf_cache_dir``: the huggingface_hub cache to use for repo ids. The memory switches are
+    diffusers' own.
+    """
+    if dtype not in DTYPES:
+        raise BaseModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    _check_device(device)
+    torch_dtype = DTYPES[dtype]
+    resolved, via_alias = _resolve_alias(str(source))
+    path = Path(resolved).expanduser()
+    if path.is_dir():
+        pipe, info = _load_folder(path, torch_dtype), ("folder", str(path.resolve()), None)
+    elif path.is_file():
+        pipe, info = (
+            _load_single_file(path, torch_dtype, config, allow_pickle),
+            ("single_file", str(path.resolve()), None),
+        )
+    elif path.suffix.lower() in CHECKPOINT_SUFFIXES or ("/" in resolved and not _HUB_ID.match(resolved)):
+        raise BaseModelError(f"{resolved}: no such file or folder")
+    elif _HUB_ID.match(resolved):
+        pipe, revision = _load_hub(resolved, torch_dtype, hf_cache_dir)
+        info = ("hub", resolved, revision)
+    else:
+        known = ", ".join(sorted(aliases())) or "none defined"
+        raise BaseModelError(
+            f"{resolved!r} is not a folder, a checkpoint file, a Hub repo id (owner/name) or an alias "
+            f"(aliases: {known})"
+        )
+    if prediction_type is not None:
+        _set_prediction_type(pipe, prediction_type)
+    _configure(pipe, device, attention_slicing, vae_tiling, cpu_offload)
+    kind, location, revision = info
+    _INFO[pipe] = BaseInfo(
+        source=str(source),
+        kind=kind,
+        location=location,
+        family=pipeline_family(pipe),
+        revision=revision,
+        dtype=dtype,
+        device=device,
+        extra={"alias": via_alias} if via_alias else {},
+    )
+    return pipe
+
+
+def _check_device(device: str) -> None:
+    kind = device.split(":")[0]
+    if kind not in DEVICES:
+        raise BaseModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BaseModelError("device 'cuda' was asked for but torch sees no CUDA GPU here; use --device cpu")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise BaseModelError("device 'mps' was asked for but this torch has no Apple GPU backend; use --device cpu")
+
+
+def _resolve_alias(source: str) -> tuple[str, str | None]:
+    if Path(source).expanduser().exists():
+        return source, None
+    table = aliases()
+    if source in table:
+        return table[source], source
+    return source, None
+
+
+def _dtype_kwargs(torch_dtype) -> dict[str, Any]:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (and warns about the old name); older releases know only it."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        new = hasattr(deprecation_utils, "_resolve_dtype")
+    except ImportError:
+        new = False
+    return {"dtype" if new else "torch_dtype": torch_dtype}
+
+
+def _load_folder(path: Path, torch_dtype):
+    from diffusers import DiffusionPipeline
+
+    if not (path / "model_index.json").exists():
+        raise BaseModelError(f"{path}: a folder, but not a diffusers pipeline (it has no model_index.json)")
+    try:
+        return DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **_dtype_kwargs(torch_dtype))
+    except (OSError, ValueError, KeyError) as e:
+        raise BaseModelError(f"{path}: cannot load the pipeline: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# --- single-file checkpoints -----------------------------------------------------------------------------------
+
+
+def checkpoint_family(path: Path, allow_pickle: bool = False) -> tuple[str, bool]:
+    """The family of an original-layout checkpoint and whether it is an inpainting model, from its keys."""
+    if path.suffix.lower() == ".safetensors":
+        try:
+            tensors = read_safetensors_header(path).tensors
+        except Exception as e:
+            raise BaseModelError(f"{path}: not a readable checkpoint: {_first_line(e)}") from e
+        shapes = {name: info.shape for name, info in tensors.items()}
+    else:
+        if not allow_pickle:
+            raise BaseModelError(
+                f"{path}: a pickle checkpoint can run code when loaded; convert it to .safetensors or pass "
+                "--allow-pickle"
+            )
+        state = torch.load(str(path), map_location="meta", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else {}
+        shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith("conditioner.embedders.1.") for k in shapes):
+        family = "sdxl"
+    elif any(k.startswith("cond_stage_model.model.") for k in shapes):
+        family = "sd2"
+    elif any(k.startswith("cond_stage_model.transformer.") for k in shapes):
+        family = "sd1"
+    elif not any(k.startswith("model.diffusion_model.") for k in shapes):
+        raise BaseModelError(f"{path}: not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
+    else:
+        raise BaseModelError(f"{path}: has a UNet but no text encoder lorastack recognises (SD1.x, SD2.x, SDXL)")
+    conv_in = shapes.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))
+    return family, conv_in[1] == 9
+
+
+def shipped_config_dir(family: str, inpainting: bool = False) -> Path:
+    """The shipped diffusers config folder for a family (an inpainting variant is written to the cache)."""
+    name = _SINGLE_FILE[family][0]
+    folder = Path(str(resources.files("lorastack.core") / "configs" / name))
+    if not inpainting:
+        return folder
+    variant = cache_dir() / "configs" / f"{name}-inpainting"
+    if not (variant / "model_index.json").exists():
+        tmp = variant.with_name(variant.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder, tmp)
+        unet_config = json.loads((tmp / "unet" / "config.json").read_text())
+        (tmp / "unet" / "config.json").write_text(json.dumps({**unet_config, "in_channels": 9}, indent=2))
+        index = json.loads((tmp / "model_index.json").read_text())
+        index["_class_name"] = _SINGLE_FILE[family][2]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        shutil.rmtree(variant, ignore_errors=True)
+        tmp.replace(variant)
+    return variant
+
+
+def _load_single_file(path: Path, torch_dtype, config, allow_pickle: bool):
+    import diffusers
+
+    family, inpainting = checkpoint_family(path, allow_pickle)
+    kwargs: dict[str, Any] = {"local_files_only": True, **_dtype_kwargs(torch_dtype)}
+    if config is None:
+        config = shipped_config_dir(family, inpainting)
+        # the shipped folders hold configs only: hand over the tokenizers lorastack builds offline
+        kwargs["tokenizer"] = clip_tokenizer("!" if family == "sd2" else "<|endoftext|>")
+        if family == "sdxl":
+            kwargs["tokenizer_2"] = clip_tokenizer("!")
+    else:
+        config = Path(config)
+        if not (config / "model_index.json").exists():
+            raise BaseModelError(f"{config}: not a diffusers config folder (no model_index.json)")
+    if family != "sdxl":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    cls_name = json.loads((Path(config) / "model_index.json").read_text())["_class_name"]
+    cls = getattr(diffusers, cls_name, None) or getattr(diffusers, _SINGLE_FILE[family][2 if inpainting else 1])
+    try:
+        return cls.from_single_file(str(path), config=str(config), **kwargs)
+    except Exception as e:  # diffusers raises many types for files it cannot map
+        raise BaseModelError(f"{path}: cannot load as a {family} checkpoint: {_first_line(e)}") from e
+
+
+# --- Hub -------------------------------------------------------------------------------------------------------
+
+
+def _load_hub(repo_id: str, torch_dtype, hf_cache_dir):
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(repo_id, cache_dir=hf_cache_dir, **_dtype_kwargs(torch_dtype))
+    except Exception as e:
+        offline = " (offline: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise BaseModelError(
+            f"{repo_id}: not in the Hugging Face cache and not downloadable{offline}; download it once online or "
+            f"pass a local folder ({_first_line(e)})"
+        ) from e
+    cached = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=hf_cache_dir)
+    revision = Path(cached).parent.name if isinstance(cached, str) else None
+    return pipe, revision
+
+
+# --- options ---------------------------------------------------------------------------------------------------
+
+
+def _set_prediction_type(pipe, prediction_type: str) -> None:
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise BaseModelError(f"unknown prediction type {prediction_type!r}; choose epsilon or v_prediction")
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+
+
+def _configure(pipe, device: str, attention_slicing: bool, vae_tiling: bool, cpu_offload: bool) -> None:
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device if device != "cpu" else None)
+    else:
+        pipe.to(device)
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=True)

@@ -1,0 +1,305 @@
+"""Generation with the active adapter stack: txt2img, img2img, inpainting, base-vs-adapter comparison grids."""
+
+from __future__ import annotations
+
+import platform
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastack import __version__
+
+from .base import BaseInfo, base_info
+from .errors import GenerationError
+from .modules import pipeline_family
+from .prompts import add_trigger_words, extract_tags
+from .recipe import RECIPE_VERSION, base_digest
+from .stack import AdapterStack
+
+# scheduler name → (diffusers class, extra config)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+MODES = ("txt2img", "img2img", "inpaint")
+
+
+@dataclass
+class GenerateOptions:
+    """What to generate. ``None`` sizes mean the model's native size; a ``None`` seed picks one at random."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 25
+    guidance: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    num_images: int = 1
+    scheduler: str | None = None
+    init_image: str | Path | None = None
+    mask: str | Path | None = None
+    strength: float = 0.75
+    trigger: bool = False
+    adapters: dict[str, Any] = field(default_factory=dict)  # name → scale, on top of the prompt's tags
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # PIL.Image.Image
+    recipe: dict[str, Any]
+
+
+def _check(options: GenerateOptions, pipe) -> tuple[str, int, int]:
+    if options.steps < 1:
+        raise GenerationError(f"steps must be at least 1, got {options.steps}")
+    if options.num_images < 1:
+        raise GenerationError(f"num-images must be at least 1, got {options.num_images}")
+    if not 0.0 < options.strength <= 1.0:
+        raise GenerationError(f"strength must be in (0, 1], got {options.strength}")
+    if options.scheduler is not None and options.scheduler not in SCHEDULERS:
+        raise GenerationError(f"unknown scheduler {options.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width, height = options.width or native, options.height or native
+    for label, value in (("width", width), ("height", height)):
+        if value < 8 or value % 8:
+            raise GenerationError(f"{label} must be a positive multiple of 8, got {value}")
+    if options.mask is not None and options.init_image is None:
+        raise GenerationError("a mask needs an init image to paint into (--init-image)")
+    mode = "inpaint" if options.mask is not None else "img2img" if options.init_image is not None else "txt2img"
+    return mode, width, height
+
+
+def _open_image(path: str | Path, what: str, mode: str = "RGB"):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise GenerationError(f"{what} {path}: no such file")
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert(mode)
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenerationError(f"{what} {path}: not a readable image ({e})") from None
+
+
+class Generator:
+    """Generates with one pipeline and its adapter stack, and writes down a recipe for every image."""
+
+    def __init__(self, pipe, stack: AdapterStack | None = None, info: BaseInfo | None = None):
+        self.pipe = pipe
+        self.stack = stack or AdapterStack(pipe)
+        self.info = info or base_info(pipe) or BaseInfo("pipeline", "pipeline", "pipeline", pipeline_family(pipe))
+        self._pipes: dict[str, Any] = {"txt2img": pipe}
+        self._digest: str | None = None
+
+    def _pipeline(self, mode: str):
+        if mode not in self._pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            cls = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
+            self._pipes[mode] = cls.from_pipe(self.pipe)  # shares the (patched) modules: no copy
+            self._pipes[mode].set_progress_bar_config(disable=True)
+        return self._pipes[mode]
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = base_digest(self.info) if self.info.kind != "pipeline" else "unknown"
+        return self._digest
+
+    # --- public --------------------------------------------------------------------------------------------------
+    def plan(self, options: GenerateOptions) -> tuple[str, dict[str, Any]]:
+        """The prompt as the model will see it and the adapter stack it asks for (``--lora`` plus prompt tags)."""
+        prompt, tags = extract_tags(options.prompt)
+        stack = {**options.adapters, **tags}
+        missing = [n for n in stack if n not in self.stack]
+        if missing:
+            self.stack.get(missing[0])  # raises UnknownAdapterError listing the loaded adapters
+        if options.trigger:
+            words = [w for name in stack for w in self.stack.get(name).trigger_words]
+            prompt = add_trigger_words(prompt, words)
+        return prompt, stack
+
+    def generate(self, options: GenerateOptions) -> list[GeneratedImage]:
+        """``num_images`` images, image ``i`` with seed ``seed + i``, each made on its own so it reproduces alone."""
+        mode, width, height = _check(options, self.pipe)
+        prompt, stack = self.plan(options)
+        seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
+        images = self._inputs(options, width, height)
+        out = []
+        with self.stack.activated(stack):
+            for i in range(options.num_images):
+                image = self._run(mode, prompt, options, width, height, seed + i, images)
+                out.append(GeneratedImage(image, self._recipe(mode, prompt, options, width, height, seed + i, stack)))
+        return out
+
+    def compare(self, options: GenerateOptions) -> GeneratedImage:
+        """One grid on one seed per row: the base, each adapter alone, and the whole stack (when several)."""
+        mode, width, height = _check(options, self.pipe)
+        prompt, stack = self.plan(options)
+        if not stack:
+            raise GenerationError("--compare needs at least one adapter (--lora or a <lora:…> tag)")
+        seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
+        columns = [("base", {})] + [(name, {name: scale}) for name, scale in stack.items()]
+        if len(stack) > 1:
+            columns.append(("all", stack))
+        images = self._inputs(options, width, height)
+        rows = []
+        for i in range(options.num_images):
+            row = []
+            for _, column_stack in columns:
+                cell_prompt = prompt
+                if options.trigger:  # each cell's prompt carries the trigger words of its own adapters
+                    words = [w for name in column_stack for w in self.stack.get(name).trigger_words]
+                    cell_prompt = add_trigger_words(extract_tags(options.prompt)[0], words)
+                with self.stack.activated(column_stack):
+                    row.append(self._run(mode, cell_prompt, options, width, height, seed + i, images))
+            rows.append(row)
+        grid = _grid(rows, [label for label, _ in columns])
+        recipe = self._recipe(mode, prompt, options, width, height, seed, stack)
+        recipe["compare"] = {"columns": [label for label, _ in columns], "rows": options.num_images}
+        recipe["trigger"] = options.trigger
+        recipe["prompt_as_given"] = options.prompt
+        return GeneratedImage(grid, recipe)
+
+    # --- internals -----------------------------------------------------------------------------------------------
+    def _inputs(self, options: GenerateOptions, width: int, height: int) -> dict[str, Any]:
+        images: dict[str, Any] = {}
+        if options.init_image is not None:
+            images["image"] = _open_image(options.init_image, "init image").resize((width, height))
+        if options.mask is not None:
+            mask = _open_image(options.mask, "mask", "L")
+            source = _open_image(options.init_image, "init image")
+            if mask.size != source.size:
+                raise GenerationError(
+                    f"mask {options.mask} is {mask.size[0]}x{mask.size[1]} but the init image is "
+                    f"{source.size[0]}x{source.size[1]}; they must be the same size"
+                )
+            images["mask_image"] = mask.resize((width, height))
+        return images
+
+    def _run(self, mode, prompt, options, width, height, seed, images):
+        pipe = self._pipeline(mode)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt,
+            negative_prompt=options.negative_prompt or None,
+            num_inference_steps=options.steps,
+            guidance_scale=options.guidance,
+            generator=generator,
+            **images,
+        )
+        if mode == "img2img":
+            kwargs["strength"] = options.strength
+        else:
+            kwargs.update(width=width, height=height)
+            if mode == "inpaint":
+                kwargs["strength"] = options.strength
+        original = pipe.scheduler
+        if options.scheduler is not None:
+            import diffusers
+
+            cls_name, extra = SCHEDULERS[options.scheduler]
+            pipe.scheduler = getattr(diffusers, cls_name).from_config(original.config, **extra)
+        try:
+            return pipe(**kwargs).images[0]
+        finally:
+            pipe.scheduler = original
+
+    def _recipe(self, mode, prompt, options, width, height, seed, stack) -> dict[str, Any]:
+        import diffusers
+
+        info = self.info
+        adapters = []
+        for name, scale in stack.items():
+            loaded = self.stack.get(name)
+            adapters.append(
+                {"name": name, "source": loaded.source, "tensor_sha256": loaded.tensor_sha256, "scale": scale}
+            )
+        images = {}
+        for key, path in (("init_image", options.init_image), ("mask", options.mask)):
+            if path is not None:
+                from lorastack.adapters.files import file_sha256
+
+                images[key] = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+        return {
+            "version": RECIPE_VERSION,
+            "mode": mode,
+            "prompt": prompt,
+            "negative_prompt": options.negative_prompt,
+            "seed": seed,
+            "steps": options.steps,
+            "guidance": options.guidance,
+            "width": width,
+            "height": height,
+            "scheduler": options.scheduler or f"default:{type(self.pipe.scheduler).__name__}",
+            "strength": options.strength if mode != "txt2img" else None,
+            **images,
+            "base": {
+                "source": info.source,
+                "kind": info.kind,
+                "location": info.location,
+                "family": info.family,
+                "revision": info.revision,
+                "dtype": info.dtype,
+                "digest": self.digest,
+            },
+            "adapters": adapters,
+            "device": str(self.stack._device()),
+            "versions": {
+                "lorastack": __version__,
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "python": platform.python_version(),
+            },
+        }
+
+
+def _grid(rows: list[list[Any]], labels: list[str]):
+    """Cells in a grid with a label strip above each column."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cell_w, cell_h = rows[0][0].size
+    strip = 14
+    grid = Image.new("RGB", (cell_w * len(labels), strip + cell_h * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for c, label in enumerate(labels):
+        draw.text((c * cell_w + 2, 1), label[: max(1, cell_w // 6)], fill="black", font=font)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image, (c * cell_w, strip + r * cell_h))
+    return grid
+
+
+def options_from_recipe(recipe: dict[str, Any], **overrides) -> GenerateOptions:
+    """The options that made an image, from its recipe (the adapters come back by name)."""
+    scheduler = recipe["scheduler"]
+    options = GenerateOptions(
+        prompt=recipe.get("prompt_as_given", recipe["prompt"]) if "compare" in recipe else recipe["prompt"],
+        negative_prompt=recipe.get("negative_prompt") or "",
+        steps=recipe["steps"],
+        guidance=recipe["guidance"],
+        width=recipe["width"],
+        height=recipe["height"],
+        seed=recipe["seed"],
+        num_images=recipe.get("compare", {}).get("rows", 1),
+        scheduler=None if scheduler.startswith("default:") else scheduler,
+        init_image=recipe.get("init_image", {}).get("path"),
+        mask=recipe.get("mask", {}).get("path"),
+        strength=recipe["strength"] if recipe.get("strength") is not None else 0.75,
+        trigger=recipe.get("trigger", False),
+        adapters={a["name"]: a["scale"] for a in recipe["adapters"]},
+    )
+    return replace(options, **overrides)

@@ -1,0 +1,63 @@
+"""Where canonical module names live in a diffusers pipeline, and which family a pipeline is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lorastack.adapters.naming import COMPONENTS, normalize_text_encoder_path
+
+PATCHABLE = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def pipeline_family(pipe) -> str:
+    """``"sd1"``, ``"sd2"`` or ``"sdxl"`` from the UNet config (works for full-size and tiny models alike)."""
+    config = pipe.unet.config
+    if config.get("addition_embed_type") == "text_time" or getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    if config.get("cross_attention_dim") == 1024 or config.get("use_linear_projection"):
+        return "sd2"
+    return "sd1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A patchable module of the pipeline."""
+
+    name: str
+    module: torch.nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+
+class ModuleIndex:
+    """Canonical module name → the ``nn.Linear``/``nn.Conv2d`` that holds its weight. Built once per pipeline."""
+
+    def __init__(self, pipe):
+        self._targets: dict[str, Target] = {}
+        for component in COMPONENTS:
+            model = getattr(pipe, component, None)
+            if model is None:
+                continue
+            for name, module in model.named_modules():
+                if ".base_layer" in name or "lora_" in name:
+                    continue
+                module = getattr(module, "base_layer", module)  # a peft wrapper: patch the layer it wraps
+                if isinstance(module, PATCHABLE):
+                    path = name if component == "unet" else normalize_text_encoder_path(name)
+                    self._targets[f"{component}.{path}"] = Target(f"{component}.{path}", module)
+
+    def get(self, name: str) -> Target | None:
+        return self._targets.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def names(self) -> list[str]:
+        return list(self._targets)

@@ -1,0 +1,87 @@
+"""A1111-style adapter tags in prompts: ``<lora:name:0.8>``.
+
+Accepted forms (``lyco`` works as well as ``lora``)::
+
+    <lora:name>                 strength 1
+    <lora:name:0.8>             one strength for everything
+    <lora:name:0.6:0.9>         text encoders at 0.6, UNet at 0.9 (A1111's te/unet order)
+    <lora:name:0.8:lbw=1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1>
+    <lora:name:te=0.5:unet=1>   named values
+
+Tags are removed from the prompt; the text around them is kept, with whitespace and stray commas tidied.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import ScaleError
+
+TAG = re.compile(r"<(lora|lyco):([^>]*)>", re.IGNORECASE)
+
+
+def _number(text: str, tag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScaleError(f"prompt tag {tag}: {text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ScaleError(f"prompt tag {tag}: {text!r} is not a finite number")
+    return value
+
+
+def parse_tag(body: str, tag: str) -> tuple[str, Any]:
+    """``name:0.8`` → ``("name", 0.8)``; richer forms give a scale dict."""
+    parts = body.split(":")
+    name = parts[0].strip()
+    if not name:
+        raise ScaleError(f"prompt tag {tag} names no adapter")
+    positional: list[float] = []
+    named: dict[str, Any] = {}
+    for part in parts[1:]:
+        part = part.strip()
+        if "=" in part:
+            key, _, value = part.partition("=")
+            key = key.strip().lower()
+            if key == "lbw":
+                named["lbw"] = value.strip()
+            elif key in ("te", "unet"):
+                named[key] = _number(value.strip(), tag)
+            else:
+                raise ScaleError(f"prompt tag {tag}: unknown key {key!r}; valid keys: te, unet, lbw")
+        else:
+            positional.append(_number(part, tag))
+    if len(positional) > 2:
+        raise ScaleError(f"prompt tag {tag}: at most two numbers (text encoder, UNet)")
+    if not named and len(positional) <= 1:
+        return name, positional[0] if positional else 1.0
+    te = named.get("te", positional[0] if positional else 1.0)
+    unet = named.get("unet", positional[1] if len(positional) > 1 else (positional[0] if positional else 1.0))
+    spec: dict[str, Any] = {"unet": unet, "text_encoder": te, "text_encoder_2": te}
+    if "lbw" in named:
+        spec["lbw"] = named["lbw"]
+    return name, spec
+
+
+def extract_tags(prompt: str) -> tuple[str, dict[str, Any]]:
+    """The prompt without its adapter tags, and ``{name: scale}`` for the tags (a later tag wins)."""
+    found: dict[str, Any] = {}
+    for match in TAG.finditer(prompt):
+        name, spec = parse_tag(match.group(2), match.group(0))
+        found[name] = spec
+    if "<lora:" in TAG.sub("", prompt).lower():
+        raise ScaleError("a <lora:…> tag in the prompt is not closed with '>'")
+    clean = TAG.sub(" ", prompt)
+    clean = re.sub(r"\s*,\s*(,\s*)+", ", ", clean)  # "a, <lora:x>, b" leaves a double comma
+    clean = re.sub(r"\s+", " ", clean).strip(" ,")
+    return clean, found
+
+
+def add_trigger_words(prompt: str, words: list[str]) -> str:
+    """Append trigger words the prompt does not already contain."""
+    missing: list[str] = []
+    for word in words:
+        if word.lower() not in prompt.lower() and word.lower() not in (m.lower() for m in missing):
+            missing.append(word)
+    return ", ".join([prompt, *missing]) if prompt else ", ".join(missing)

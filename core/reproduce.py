@@ -1,0 +1,68 @@
+"""Make an image again from the recipe in its PNG, and say whether the pixels match."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorastack.adapters.files import file_sha256
+
+from .base import load_base
+from .errors import ReproduceError
+from .generate import GeneratedImage, Generator, options_from_recipe
+from .recipe import read_recipe
+
+
+@dataclass
+class Reproduction:
+    result: GeneratedImage
+    recipe: dict[str, Any]
+    identical: bool
+    max_difference: int  # largest per-channel difference, 0–255
+
+
+def reproduce(image_path: str | Path, *, base: str | None = None, device: str = "cpu") -> Reproduction:
+    """Regenerate ``image_path`` from its recipe. The base and adapters must be the ones recorded (by digest).
+
+    ``base`` replaces the recorded base (its digest is then not checked).
+    """
+    try:
+        recipe = read_recipe(image_path)
+    except ValueError as e:
+        raise ReproduceError(str(e)) from None
+    recorded = recipe["base"]
+    pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device)
+    generator = Generator(pipe)
+    if base is None and generator.digest != recorded["digest"]:
+        raise ReproduceError(
+            f"the base {recorded['location']} has changed since {image_path} was made "
+            f"(digest {generator.digest[:23]}… vs {recorded['digest'][:23]}…); pass --base to use it anyway"
+        )
+    for adapter in recipe["adapters"]:
+        generator.stack.load(adapter["name"], adapter["source"])
+        now = generator.stack.get(adapter["name"]).tensor_sha256
+        if adapter["tensor_sha256"] and now != adapter["tensor_sha256"]:
+            raise ReproduceError(
+                f"adapter '{adapter['name']}' ({adapter['source']}) has changed since {image_path} was made "
+                f"(tensor sha256 {now[:12]} vs {adapter['tensor_sha256'][:12]})"
+            )
+    for key in ("init_image", "mask"):
+        if key in recipe and Path(recipe[key]["path"]).is_file():
+            if file_sha256(recipe[key]["path"]) != recipe[key]["sha256"]:
+                raise ReproduceError(f"the {key.replace('_', ' ')} {recipe[key]['path']} has changed")
+        elif key in recipe:
+            raise ReproduceError(f"the {key.replace('_', ' ')} {recipe[key]['path']} is missing")
+    options = options_from_recipe(recipe)
+    result = generator.compare(options) if "compare" in recipe else generator.generate(options)[0]
+    from PIL import Image
+
+    with Image.open(image_path) as original:
+        before = np.asarray(original.convert("RGB"), dtype=np.int16)
+    after = np.asarray(result.image.convert("RGB"), dtype=np.int16)
+    if before.shape != after.shape:
+        return Reproduction(result, recipe, False, 255)
+    difference = int(np.abs(before - after).max())
+    return Reproduction(result, recipe, difference == 0, difference)

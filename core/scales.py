@@ -1,0 +1,169 @@
+"""Scale specifications: how strongly each layer of an adapter applies.
+
+A scale is one of
+
+* a number: every layer at that strength;
+* a dict in diffusers' ``set_adapters`` shape, by component and UNet block::
+
+      {"unet": {"down": 0.9, "mid": 1.0, "up": {"block_0": 0.6, "block_1": [0.4, 0.8, 1.0]}},
+       "text_encoder": 0.5}
+
+  Components left out keep 1.0 (as in diffusers). A block's number covers everything in the block (attention,
+  resnets, sampler); a list gives one value per layer index, and the block's sampler takes the last one.
+* a dict with ``"lbw"``: A1111 *LoRA Block Weight* values, 17 or 26 numbers for SD 1.x/2.x, 12 or 20 for SDXL
+  (``BASE`` scales the text encoders, ``INxx``/``MID``/``OUTxx`` the UNet's original blocks);
+
+and a dict may carry ``"scale"``, a multiplier over everything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lorastack.adapters.naming import COMPONENTS, diffusers_to_sgm
+
+from .errors import ScaleError
+
+SPEC_KEYS = ("scale", *COMPONENTS, "lbw")
+BLOCK_KEYS = ("down", "mid", "up")
+
+_IN_OUT_SD = [f"IN{i:02d}" for i in (1, 2, 4, 5, 7, 8)] + ["MID"] + [f"OUT{i:02d}" for i in range(3, 12)]
+_IN_OUT_XL = [f"IN{i:02d}" for i in (4, 5, 7, 8)] + ["MID"] + [f"OUT{i:02d}" for i in range(6)]
+LBW_LAYOUTS = {
+    ("sd", 17): ["BASE", *_IN_OUT_SD],
+    ("sd", 26): ["BASE", *[f"IN{i:02d}" for i in range(12)], "MID", *[f"OUT{i:02d}" for i in range(12)]],
+    ("sdxl", 12): ["BASE", *_IN_OUT_XL],
+    ("sdxl", 20): ["BASE", *[f"IN{i:02d}" for i in range(9)], "MID", *[f"OUT{i:02d}" for i in range(9)]],
+}
+
+_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(attentions|resnets|downsamplers|upsamplers)\.(\d+)")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ScaleError(f"{where}: {value!r} is not a number")
+    if not math.isfinite(value):
+        raise ScaleError(f"{where}: {value} is not a finite number")
+    return float(value)
+
+
+def parse_lbw(value: Any, family: str) -> dict[str, float]:
+    """Block-weight values (a list, or a comma-separated string) → ``{"BASE": …, "IN01": …}``."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise ScaleError(f"lbw: {value!r} is not a comma-separated list of numbers") from None
+    if not isinstance(value, (list, tuple)):
+        raise ScaleError(f"lbw: expected a list of numbers, got {value!r}")
+    numbers = [_number(v, "lbw") for v in value]
+    kind = "sdxl" if family == "sdxl" else "sd"
+    layout = LBW_LAYOUTS.get((kind, len(numbers)))
+    if layout is None:
+        sizes = " or ".join(str(n) for k, n in LBW_LAYOUTS if k == kind)
+        raise ScaleError(f"lbw: {len(numbers)} values, but {family} block weights take {sizes}")
+    return dict(zip(layout, numbers))
+
+
+def _lbw_block(path: str) -> str | None:
+    sgm = diffusers_to_sgm(path)
+    if sgm is None:
+        return None
+    parts = sgm.split(".")
+    if parts[0] == "input_blocks":
+        return f"IN{int(parts[1]):02d}"
+    if parts[0] == "output_blocks":
+        return f"OUT{int(parts[1]):02d}"
+    if parts[0] == "middle_block":
+        return "MID"
+    return None
+
+
+def _block_factor(blocks: Mapping[str, Any], path: str) -> float:
+    """Factor from a diffusers-style ``{"down": …, "mid": …, "up": …}`` dict for a UNet module path."""
+    if path.startswith("mid_block."):
+        return _number(blocks.get("mid", 1.0), "unet.mid")
+    m = _BLOCK.match(path)
+    if m is None:
+        return 1.0  # conv_in, time embedding, conv_out: outside every block
+    part = "down" if m.group(1) == "down_blocks" else "up"
+    value = blocks.get(part, 1.0)
+    if not isinstance(value, Mapping):
+        return _number(value, f"unet.{part}")
+    block, kind, index = int(m.group(2)), m.group(3), int(m.group(4))
+    entry = value.get(f"block_{block}", 1.0)
+    if isinstance(entry, (list, tuple)):
+        if not entry:
+            raise ScaleError(f"unet.{part}.block_{block}: an empty list")
+        if kind in ("downsamplers", "upsamplers"):
+            return _number(entry[-1], f"unet.{part}.block_{block}")
+        if index >= len(entry):
+            raise ScaleError(
+                f"unet.{part}.block_{block}: {len(entry)} values, but the block has a layer {index}; "
+                "give one per layer"
+            )
+        return _number(entry[index], f"unet.{part}.block_{block}[{index}]")
+    return _number(entry, f"unet.{part}.block_{block}")
+
+
+def validate_spec(spec: Any, family: str) -> None:
+    """Raise :class:`ScaleError` for a specification that cannot be applied."""
+    compile_scale(spec, family)
+
+
+def compile_scale(spec: Any, family: str) -> Callable[[str], float]:
+    """A function from canonical module name to strength, for one adapter's scale specification."""
+    if not isinstance(spec, Mapping):
+        value = _number(spec, "scale")
+        return lambda name: value
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ScaleError(f"unknown scale key(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+    overall = _number(spec.get("scale", 1.0), "scale")
+    components = {c: spec.get(c, 1.0) for c in COMPONENTS}
+    for component in ("text_encoder", "text_encoder_2"):
+        _number(components[component], component)
+    unet = components["unet"]
+    if isinstance(unet, Mapping):
+        bad = sorted(set(unet) - set(BLOCK_KEYS))
+        if bad:
+            raise ScaleError(f"unknown unet block key(s) {', '.join(bad)}; valid keys: {', '.join(BLOCK_KEYS)}")
+        for part in ("down", "up"):
+            value = unet.get(part)
+            if isinstance(value, Mapping):
+                bad = [k for k in value if not re.fullmatch(r"block_\d+", str(k))]
+                if bad:
+                    raise ScaleError(f"unet.{part}: keys must look like block_0, block_1, …; got {', '.join(bad)}")
+    else:
+        _number(unet, "unet")
+    lbw = parse_lbw(spec["lbw"], family) if "lbw" in spec else None
+    if lbw is not None and isinstance(unet, Mapping):
+        raise ScaleError("give either per-block unet scales or lbw block weights, not both")
+
+    def scale(name: str) -> float:
+        component, _, path = name.partition(".")
+        if component != "unet":
+            factor = lbw["BASE"] if lbw else 1.0
+            return overall * float(components[component]) * factor
+        if isinstance(unet, Mapping):
+            return overall * _block_factor(unet, path)
+        factor = 1.0
+        if lbw is not None:
+            block = _lbw_block(path)
+            factor = lbw.get(block, 1.0) if block else 1.0
+        return overall * float(unet) * factor
+
+    if isinstance(unet, Mapping):  # check every value once, not only the ones an adapter happens to touch
+        for part in ("down", "up"):
+            value = unet.get(part)
+            if isinstance(value, Mapping):
+                for entry in value.values():
+                    for v in entry if isinstance(entry, (list, tuple)) else [entry]:
+                        _number(v, f"unet.{part}")
+            elif value is not None:
+                _number(value, f"unet.{part}")
+        _number(unet.get("mid", 1.0), "unet.mid")
+    return scale

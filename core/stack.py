@@ -1,0 +1,321 @@
+"""Named adapters stacked on a base pipeline at chosen scales, by patching weights in place.
+
+diffusers stacks adapters by wrapping every target module in peft layers: each extra adapter adds work to every
+denoising step, loading walks the whole model once per adapter (so the N-th load is slower than the first), and its
+fuse/unfuse subtracts deltas again, which drifts in fp16 and corrupts the base when scales change in between.
+Here, as in ComfyUI and InvokeAI, a module's weight is recomputed from a saved copy of the original::
+
+    W = W₀ + Σᵢ sᵢ · ΔWᵢ        (in float32, rounded once to the weight's dtype)
+
+so the patched pipeline runs at the base's speed, restoring copies ``W₀`` back bit for bit, and switching stacks
+touches only the modules whose contributions change. The pipeline stays an ordinary diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastack.adapters import Adapter, FullLayer, Layer, read_adapter
+from lorastack.adapters.files import file_and_tensor_sha256
+from lorastack.adapters.probe import FAMILY_NAMES, UNKNOWN
+
+from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
+from .modules import ModuleIndex, pipeline_family
+from .scales import compile_scale
+
+logger = logging.getLogger(__name__)
+
+#: Adapter names: what prompts (``<lora:name:0.8>``) and the CLI can spell.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+-]{0,199}$")
+
+Contribution = tuple[tuple[str, float], ...]
+
+
+@dataclass
+class LoadReport:
+    """How an adapter's layers matched the base's modules."""
+
+    name: str
+    source: str
+    family: str
+    matched: list[str]
+    unmatched: dict[str, str]
+    unrecognized_keys: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unmatched and not self.unrecognized_keys
+
+    def summary(self) -> str:
+        total = len(self.matched) + len(self.unmatched)
+        text = f"adapter '{self.name}' ({self.source}): {len(self.matched)} of {total} layers matched the base"
+        if self.unmatched:
+            first, reason = next(iter(self.unmatched.items()))
+            text += f"; {len(self.unmatched)} did not (e.g. {first}: {reason})"
+        if self.unrecognized_keys:
+            text += f"; {len(self.unrecognized_keys)} keys were not understood (e.g. {self.unrecognized_keys[0]})"
+        return text
+
+
+@dataclass
+class LoadedAdapter:
+    """An adapter ready on the device: its matched layers, metadata and provenance."""
+
+    name: str
+    adapter: Adapter
+    layers: dict[str, Layer]
+    report: LoadReport
+    source: str
+    _hashes: tuple[str, str] | None = None
+
+    @property
+    def trigger_words(self) -> list[str]:
+        return list(self.adapter.metadata.trigger_words)
+
+    @property
+    def tensor_sha256(self) -> str | None:
+        """sha256 of the file's tensor data (``None`` for adapters given as objects)."""
+        if self._hashes is None and self.adapter.path is not None:
+            self._hashes = file_and_tensor_sha256(self.adapter.path)
+        return self._hashes[1] if self._hashes else None
+
+
+class AdapterStack:
+    """Load named adapters once; make any combination of them active at any scales; restore the base exactly.
+
+    >>> stack = AdapterStack(pipe)
+    >>> stack.load("style", "style.safetensors")
+    >>> stack.load("subject", "aawxbc.safetensors")
+    >>> stack.activate({"style": 0.8, "subject": 0.5})     # exactly this stack is now in the weights
+    >>> stack.activate({"style": {"unet": 0.8, "text_encoder": 0.0}})
+    >>> stack.deactivate()                                  # the base, bit for bit
+    """
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.family = pipeline_family(pipe)
+        self._index: ModuleIndex | None = None
+        self._adapters: dict[str, LoadedAdapter] = {}
+        self._active: dict[str, Any] = {}
+        self._fused = True
+        self._applied: dict[str, Contribution] = {}  # what each patched module's weight holds now
+        self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    # --- loading ---------------------------------------------------------------------------------------------
+    @property
+    def index(self) -> ModuleIndex:
+        if self._index is None:
+            self._index = ModuleIndex(self.pipe)
+        return self._index
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._adapters)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._adapters
+
+    def get(self, name: str) -> LoadedAdapter:
+        if name not in self._adapters:
+            raise UnknownAdapterError(self._unknown_message([name]))
+        return self._adapters[name]
+
+    def load(
+        self, name: str, source: str | Path | Adapter, *, strict: bool = False, allow_pickle: bool = False
+    ) -> LoadReport:
+        """Read an adapter (a file path or an :class:`Adapter`), check it against the base, keep it on the device.
+
+        An adapter for another family, or one that matches no module, is an error naming both. One that matches
+        only partly is loaded with a warning (an error with ``strict``); its :class:`LoadReport` lists what matched.
+        """
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ScaleError(
+                f"invalid adapter name {name!r}: use letters, digits and . _ - / @ +, starting with a letter or digit"
+            )
+        if name in self._adapters:
+            raise IncompatibleAdapterError(f"an adapter named '{name}' is already loaded; unload it first")
+        adapter = source if isinstance(source, Adapter) else read_adapter(source, allow_pickle=allow_pickle)
+        label = str(adapter.path or source) if not isinstance(source, Adapter) else str(adapter.path or name)
+        base_name = FAMILY_NAMES[self.family]
+        if adapter.family not in (UNKNOWN, self.family):
+            raise IncompatibleAdapterError(
+                f"adapter '{name}' ({label}) is for {FAMILY_NAMES[adapter.family]} but the base is {base_name}"
+            )
+        matched, unmatched = self._match(adapter)
+        report = LoadReport(name, label, adapter.family, sorted(matched), unmatched, list(adapter.unrecognized_keys))
+        if not matched:
+            first, reason = next(iter(unmatched.items()), ("(no layers)", ""))
+            raise IncompatibleAdapterError(
+                f"adapter '{name}' ({label}, {FAMILY_NAMES[adapter.family]}) matches no module of the base "
+                f"({base_name}): e.g. {first}: {reason}"
+            )
+        if not report.complete:
+            if strict:
+                raise IncompatibleAdapterError(report.summary())
+            logger.warning(report.summary())
+        device = self._device()
+        layers = {m: layer.to(device) for m, layer in matched.items()}
+        self._adapters[name] = LoadedAdapter(name, adapter, layers, report, label)
+        return report
+
+    def _device(self) -> torch.device:
+        return next(self.pipe.unet.parameters()).device
+
+    def _match(self, adapter: Adapter) -> tuple[dict[str, Layer], dict[str, str]]:
+        matched: dict[str, Layer] = {}
+        unmatched: dict[str, str] = {}
+        for module_name, layer in adapter.layers.items():
+            target = self.index.get(module_name)
+            if target is None:
+                unmatched[module_name] = "no such module in the base"
+                continue
+            weight = target.weight
+            if layer.out_features != weight.shape[0] or layer.in_numel != weight[0].numel():
+                unmatched[module_name] = f"layer for shape {_shape(layer)} does not fit weight {tuple(weight.shape)}"
+                continue
+            if isinstance(layer, FullLayer) and layer.diff_b is not None and target.module.bias is None:
+                unmatched[module_name] = "carries a bias difference but the module has no bias"
+                continue
+            matched[module_name] = layer
+        return matched, unmatched
+
+    def unload(self, name: str) -> None:
+        """Forget an adapter (taking it out of the active stack first)."""
+        self.get(name)
+        if name in self._active:
+            self.activate({n: s for n, s in self._active.items() if n != name})
+        del self._adapters[name]
+
+    # --- activation ------------------------------------------------------------------------------------------
+    @property
+    def active(self) -> dict[str, Any]:
+        """The active stack: adapter name → scale specification."""
+        return dict(self._active)
+
+    @property
+    def fused(self) -> bool:
+        return self._fused
+
+    def activate(self, scales: Mapping[str, Any]) -> None:
+        """Make exactly ``scales`` (name → number or scale dict, see :mod:`lorastack.core.scales`) the active stack.
+
+        Everything is validated before any weight changes; if applying fails midway the weights are put back.
+        """
+        missing = [n for n in scales if n not in self._adapters]
+        if missing:
+            raise UnknownAdapterError(self._unknown_message(missing))
+        desired = self._contributions(scales)
+        if self._fused:
+            self._apply(desired)
+        self._active = dict(scales)
+
+    def deactivate(self) -> None:
+        """No adapter active: every patched weight is restored to the base, bit for bit."""
+        self.activate({})
+
+    def set_scale(self, name: str, scale: Any) -> None:
+        """Change one adapter's scale in the active stack (adding it if it was not active)."""
+        self.activate({**self._active, name: scale})
+
+    def unfuse(self) -> None:
+        """Put the base weights back but remember the active stack (:meth:`fuse` applies it again)."""
+        self._apply({})
+        self._fused = False
+
+    def fuse(self) -> None:
+        """Apply the remembered active stack to the weights (the normal state after :meth:`activate`)."""
+        self._fused = True
+        self._apply(self._contributions(self._active))
+
+    @contextlib.contextmanager
+    def activated(self, scales: Mapping[str, Any]) -> Iterator[None]:
+        """Activate ``scales`` for the duration of a ``with`` block, then return to the previous stack."""
+        previous = dict(self._active)
+        self.activate(scales)
+        try:
+            yield
+        finally:
+            self.activate(previous)
+
+    def detach(self):
+        """Keep the current weights as the pipeline's new base and forget every adapter; returns the pipeline."""
+        self._applied.clear()
+        self._originals.clear()
+        self._adapters.clear()
+        self._active.clear()
+        return self.pipe
+
+    def _unknown_message(self, names: list[str]) -> str:
+        loaded = ", ".join(self._adapters) or "none"
+        return f"adapter name(s) {', '.join(map(repr, names))} not loaded; loaded adapters: {loaded}"
+
+    def _contributions(self, scales: Mapping[str, Any]) -> dict[str, Contribution]:
+        per_module: dict[str, list[tuple[str, float]]] = {}
+        for name, spec in scales.items():
+            scale_of = compile_scale(spec, self.family)
+            for module_name in self._adapters[name].layers:
+                s = scale_of(module_name)
+                if s != 0.0:
+                    per_module.setdefault(module_name, []).append((name, s))
+        return {m: tuple(sorted(c)) for m, c in per_module.items()}
+
+    # --- weight patching -------------------------------------------------------------------------------------
+    def _apply(self, desired: dict[str, Contribution]) -> None:
+        changed = [m for m in {*self._applied, *desired} if self._applied.get(m, ()) != desired.get(m, ())]
+        done: list[str] = []
+        try:
+            for module_name in changed:
+                self._write(module_name, desired.get(module_name, ()))
+                done.append(module_name)
+        except BaseException:
+            for module_name in done:  # put back what this call already changed
+                self._write(module_name, self._applied.get(module_name, ()))
+            raise
+        self._applied = {m: c for m, c in desired.items() if c}
+
+    @torch.no_grad()
+    def _write(self, module_name: str, contributions: Contribution) -> None:
+        module = self.index.get(module_name).module
+        weight, bias = module.weight, module.bias
+        if not contributions:
+            original = self._originals.pop(module_name, None)
+            if original is not None:
+                weight.copy_(original[0])
+                if bias is not None and original[1] is not None:
+                    bias.copy_(original[1])
+            return
+        if module_name not in self._originals:
+            self._originals[module_name] = (weight.detach().clone(), None if bias is None else bias.detach().clone())
+        w0, b0 = self._originals[module_name]
+        w0f = w0.float()
+        new_weight = w0f.clone()
+        new_bias = b0.float().clone() if b0 is not None else None
+        for name, s in contributions:
+            layer = self._adapters[name].layers[module_name]
+            delta = layer.delta(w0f.to(_layer_device(layer))) if layer.is_dora else layer.delta(shape=tuple(w0.shape))
+            new_weight.add_(delta.to(new_weight.device), alpha=s)
+            bias_delta = layer.bias_delta()
+            if bias_delta is not None and new_bias is not None:
+                new_bias.add_(bias_delta.to(new_bias.device), alpha=s)
+        if not torch.isfinite(new_weight).all():
+            names = ", ".join(n for n, _ in contributions)
+            raise IncompatibleAdapterError(f"adapter(s) {names} make the weight of {module_name} non-finite")
+        weight.copy_(new_weight.to(weight.dtype))
+        if new_bias is not None:
+            bias.copy_(new_bias.to(bias.dtype))
+
+
+def _layer_device(layer: Layer) -> torch.device:
+    return next(iter(layer.tensors().values())).device
+
+
+def _shape(layer: Layer) -> tuple[int, ...]:
+    return layer.natural_shape or (layer.out_features, layer.in_numel)
