@@ -87,21 +87,23 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     for path in (init_image, mask):
         if path is not None and not path.is_file():
             raise click.BadParameter(f"{path}: no such file", param_hint="--init-image/--mask")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise click.BadParameter(f"{out_dir} exists and is not a folder", param_hint="--output")
     pipe = load_base(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     generator = Generator(pipe)
     for request in requests:
         report = generator.stack.load(request.name, request.source, allow_pickle=allow_pickle)
         if not report.complete:
             click.echo(f"warning: {report.summary()}", err=True)
-    if compare:
-        result = generator.compare(options)
-        path = save_png(result.image, next_free(out_dir, f"{result.recipe['seed']}-compare"), result.recipe)
-        click.echo(f"{path}  (columns: {', '.join(result.recipe['compare']['columns'])})")
-        return
-    for result in generator.generate(options):
-        path = save_png(result.image, next_free(out_dir, str(result.recipe["seed"])), result.recipe)
-        click.echo(f"{path}  (seed {result.recipe['seed']})")
+    results = [generator.compare(options)] if compare else generator.generate(options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        stem = f"{result.recipe['seed']}-compare" if compare else str(result.recipe["seed"])
+        path = save_png(result.image, next_free(out_dir, stem), result.recipe)
+        if compare:
+            click.echo(f"{path}  (columns: {', '.join(result.recipe['compare']['columns'])})")
+        else:
+            click.echo(f"{path}  (seed {result.recipe['seed']})")
 
 
 @click.command("reproduce")

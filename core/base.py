@@ -117,7 +117,10 @@ def load_base(
         revision=revision,
         dtype=dtype,
         device=device,
-        extra={"alias": via_alias} if via_alias else {},
+        extra={
+            **({"alias": via_alias} if via_alias else {}),
+            **({"config": str(Path(config).resolve())} if config is not None and kind == "single_file" else {}),
+        },
     )
     return pipe
 
@@ -278,8 +281,10 @@ def _set_prediction_type(pipe, prediction_type: str) -> None:
 
 
 def _configure(pipe, device: str, attention_slicing: bool, vae_tiling: bool, cpu_offload: bool) -> None:
+    if cpu_offload and device == "cpu":
+        raise BaseModelError("CPU offload moves models between a GPU and the CPU; it needs --device cuda or mps")
     if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device if device != "cpu" else None)
+        pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
     if attention_slicing:

@@ -144,33 +144,45 @@ class Generator:
                 out.append(GeneratedImage(image, self._recipe(mode, prompt, options, width, height, seed + i, stack)))
         return out
 
-    def compare(self, options: GenerateOptions) -> GeneratedImage:
-        """One grid on one seed per row: the base, each adapter alone, and the whole stack (when several)."""
+    def compare(self, options: GenerateOptions, prompts: list[str] | None = None) -> GeneratedImage:
+        """One grid on one seed per row: the base, each adapter alone, and the whole stack (when several).
+
+        With ``trigger``, each column's prompt carries the trigger words of its own adapters; ``prompts`` gives the
+        columns' prompts outright (as recorded in a grid's recipe).
+        """
         mode, width, height = _check(options, self.pipe)
-        prompt, stack = self.plan(options)
+        _, stack = self.plan(options)
         if not stack:
             raise GenerationError("--compare needs at least one adapter (--lora or a <lora:…> tag)")
         seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
         columns = [("base", {})] + [(name, {name: scale}) for name, scale in stack.items()]
         if len(stack) > 1:
             columns.append(("all", stack))
+        if prompts is None:
+            bare = extract_tags(options.prompt)[0]
+            prompts = [
+                add_trigger_words(bare, [w for n in column for w in self.stack.get(n).trigger_words])
+                if options.trigger
+                else bare
+                for _, column in columns
+            ]
+        if len(prompts) != len(columns):
+            raise GenerationError(f"{len(prompts)} column prompts for {len(columns)} columns")
         images = self._inputs(options, width, height)
         rows = []
         for i in range(options.num_images):
             row = []
-            for _, column_stack in columns:
-                cell_prompt = prompt
-                if options.trigger:  # each cell's prompt carries the trigger words of its own adapters
-                    words = [w for name in column_stack for w in self.stack.get(name).trigger_words]
-                    cell_prompt = add_trigger_words(extract_tags(options.prompt)[0], words)
+            for (_, column_stack), cell_prompt in zip(columns, prompts):
                 with self.stack.activated(column_stack):
                     row.append(self._run(mode, cell_prompt, options, width, height, seed + i, images))
             rows.append(row)
         grid = _grid(rows, [label for label, _ in columns])
-        recipe = self._recipe(mode, prompt, options, width, height, seed, stack)
-        recipe["compare"] = {"columns": [label for label, _ in columns], "rows": options.num_images}
-        recipe["trigger"] = options.trigger
-        recipe["prompt_as_given"] = options.prompt
+        recipe = self._recipe(mode, prompts[-1], options, width, height, seed, stack)
+        recipe["compare"] = {
+            "columns": [label for label, _ in columns],
+            "prompts": prompts,
+            "rows": options.num_images,
+        }
         return GeneratedImage(grid, recipe)
 
     # --- internals -----------------------------------------------------------------------------------------------
@@ -248,6 +260,7 @@ class Generator:
             **images,
             "base": {
                 "source": info.source,
+                "config": info.extra.get("config"),
                 "kind": info.kind,
                 "location": info.location,
                 "family": info.family,
@@ -287,7 +300,7 @@ def options_from_recipe(recipe: dict[str, Any], **overrides) -> GenerateOptions:
     """The options that made an image, from its recipe (the adapters come back by name)."""
     scheduler = recipe["scheduler"]
     options = GenerateOptions(
-        prompt=recipe.get("prompt_as_given", recipe["prompt"]) if "compare" in recipe else recipe["prompt"],
+        prompt=recipe["prompt"],
         negative_prompt=recipe.get("negative_prompt") or "",
         steps=recipe["steps"],
         guidance=recipe["guidance"],
@@ -299,7 +312,6 @@ def options_from_recipe(recipe: dict[str, Any], **overrides) -> GenerateOptions:
         init_image=recipe.get("init_image", {}).get("path"),
         mask=recipe.get("mask", {}).get("path"),
         strength=recipe["strength"] if recipe.get("strength") is not None else 0.75,
-        trigger=recipe.get("trigger", False),
         adapters={a["name"]: a["scale"] for a in recipe["adapters"]},
     )
     return replace(options, **overrides)

@@ -34,7 +34,8 @@ def reproduce(image_path: str | Path, *, base: str | None = None, device: str = 
     except ValueError as e:
         raise ReproduceError(str(e)) from None
     recorded = recipe["base"]
-    pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device)
+    config = recorded.get("config") if base is None else None
+    pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device, config=config)
     generator = Generator(pipe)
     if base is None and generator.digest != recorded["digest"]:
         raise ReproduceError(
@@ -56,7 +57,10 @@ def reproduce(image_path: str | Path, *, base: str | None = None, device: str = 
         elif key in recipe:
             raise ReproduceError(f"the {key.replace('_', ' ')} {recipe[key]['path']} is missing")
     options = options_from_recipe(recipe)
-    result = generator.compare(options) if "compare" in recipe else generator.generate(options)[0]
+    if "compare" in recipe:
+        result = generator.compare(options, prompts=recipe["compare"]["prompts"])
+    else:
+        result = generator.generate(options)[0]
     from PIL import Image
 
     with Image.open(image_path) as original:

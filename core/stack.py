@@ -108,6 +108,8 @@ class AdapterStack:
         self._fused = True
         self._applied: dict[str, Contribution] = {}  # what each patched module's weight holds now
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        #: How many module weights the last activation rewrote (switching cost is proportional to it).
+        self.last_changed = 0
 
     # --- loading ---------------------------------------------------------------------------------------------
     @property
@@ -269,7 +271,8 @@ class AdapterStack:
 
     # --- weight patching -------------------------------------------------------------------------------------
     def _apply(self, desired: dict[str, Contribution]) -> None:
-        changed = [m for m in {*self._applied, *desired} if self._applied.get(m, ()) != desired.get(m, ())]
+        changed = sorted(m for m in {*self._applied, *desired} if self._applied.get(m, ()) != desired.get(m, ()))
+        self.last_changed = len(changed)
         done: list[str] = []
         try:
             for module_name in changed:

@@ -1,10 +1,15 @@
 import os
+import tempfile
 
 # huggingface_hub reads these when first imported: keep every test offline and quiet.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Never touch the user's own lorastack folders or config.
+_SESSION_HOME = tempfile.mkdtemp(prefix="lorastack-test-home-")
+os.environ["LORASTACK_HOME"] = _SESSION_HOME
+os.environ["LORASTACK_CONFIG"] = os.path.join(_SESSION_HOME, "no-config.toml")
 
-import pytest
+import pytest  # noqa: E402
 
 RUN_SLOW = os.environ.get("RUN_SLOW", "") not in ("", "0")
 
