@@ -13,6 +13,22 @@ from lorastack.core.generate import SCHEDULERS, GenerateOptions
 _BASE_OPTIONS = [
     click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps."),
     click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+    click.option(
+        "--config",
+        "config_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Diffusers config folder describing a single-file --base (default: lorastack's shipped one).",
+    ),
+    click.option(
+        "--prediction-type",
+        type=click.Choice(["epsilon", "v_prediction"]),
+        default=None,
+        help="Override the scheduler's (SD 2.x 512 px models are epsilon).",
+    ),
+    click.option("--attention-slicing", is_flag=True, help="Compute attention in slices (less memory)."),
+    click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles (less memory)."),
+    click.option("--cpu-offload", is_flag=True, help="Keep models on the CPU until used (GPU memory)."),
 ]
 
 
@@ -60,7 +76,8 @@ def _with(options):
 @_with(_BASE_OPTIONS)
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("outputs"), show_default=True)
 def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num_images, scheduler, init_image, mask,
-                 strength, compare, trigger, allow_pickle, device, dtype, out_dir):  # fmt: skip
+                 strength, compare, trigger, allow_pickle, device, dtype, config_dir, prediction_type,
+                 attention_slicing, vae_tiling, cpu_offload, out_dir):  # fmt: skip
     """Generate images for PROMPT with adapters stacked on a base model.
 
     Adapters come from --lora and from <lora:name:scale> tags in the prompt. Every PNG records its recipe;
@@ -69,7 +86,7 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     from lorastack.core.base import load_base
     from lorastack.core.generate import Generator
     from lorastack.core.recipe import next_free, save_png
-    from lorastack.core.sources import parse_lora_option, unique_names
+    from lorastack.core.sources import parse_lora_option, resolve_adapter, unique_names
 
     from .main import quiet_libraries
 
@@ -89,10 +106,16 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
             raise click.BadParameter(f"{path}: no such file", param_hint="--init-image/--mask")
     if out_dir.exists() and not out_dir.is_dir():
         raise click.BadParameter(f"{out_dir} exists and is not a folder", param_hint="--output")
-    pipe = load_base(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    sources = {r.name: resolve_adapter(r.source) for r in requests}  # before any model loads
+    pipe = load_base(
+        base, device=device, dtype=dtype, config=config_dir, prediction_type=prediction_type,
+        allow_pickle=allow_pickle, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
+        cpu_offload=cpu_offload,
+    )  # fmt: skip
     generator = Generator(pipe)
     for request in requests:
-        report = generator.stack.load(request.name, request.source, allow_pickle=allow_pickle)
+        path, label = sources[request.name]
+        report = generator.stack.load(request.name, path, allow_pickle=allow_pickle, label=label)
         if not report.complete:
             click.echo(f"warning: {report.summary()}", err=True)
     results = [generator.compare(options)] if compare else generator.generate(options)

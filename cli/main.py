@@ -14,9 +14,10 @@ import click
 from lorastack import __version__
 from lorastack.adapters.errors import AdapterError
 from lorastack.core.errors import LorastackError
+from lorastack.registry.errors import RegistryError
 
 #: Exceptions whose message is meant for the user: shown without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (AdapterError, LorastackError)
+USER_ERRORS: tuple[type[BaseException], ...] = (AdapterError, LorastackError, RegistryError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,10 +38,11 @@ def quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from . import adapters, generate
+    from . import adapters, generate, registry
 
     adapters.register(cli)
     generate.register(cli)
+    registry.register(cli)
 
 
 _register_commands()

@@ -26,9 +26,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from lorastack.paths import APP_NAME, HOME_ENV, data_home
+
 CONFIG_ENV = "LORASTACK_CONFIG"
-HOME_ENV = "LORASTACK_HOME"
-APP_NAME = "lorastack"
+__all__ = ["APP_NAME", "CONFIG_ENV", "HOME_ENV", "aliases", "cache_dir", "config_path", "data_home", "load_config"]
 
 
 def config_path() -> Path:
@@ -37,19 +38,6 @@ def config_path() -> Path:
     import click
 
     return Path(click.get_app_dir(APP_NAME)) / "config.toml"
-
-
-def data_home() -> Path:
-    """Where lorastack keeps its registry and caches."""
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / APP_NAME
 
 
 def cache_dir() -> Path:

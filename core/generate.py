@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from lorastack import __version__
+from lorastack.adapters import AdapterError
 
 from .base import BaseInfo, base_info
-from .errors import GenerationError
+from .errors import GenerationError, UnknownAdapterError
 from .modules import pipeline_family
 from .prompts import add_trigger_words, extract_tags
 from .recipe import RECIPE_VERSION, base_digest
@@ -123,13 +124,26 @@ class Generator:
         """The prompt as the model will see it and the adapter stack it asks for (``--lora`` plus prompt tags)."""
         prompt, tags = extract_tags(options.prompt)
         stack = {**options.adapters, **tags}
-        missing = [n for n in stack if n not in self.stack]
-        if missing:
-            self.stack.get(missing[0])  # raises UnknownAdapterError listing the loaded adapters
+        for name in stack:
+            if name not in self.stack:
+                self._load_by_name(name)
         if options.trigger:
             words = [w for name in stack for w in self.stack.get(name).trigger_words]
             prompt = add_trigger_words(prompt, words)
         return prompt, stack
+
+    def _load_by_name(self, name: str) -> None:
+        """A prompt tag naming an adapter that is not loaded: load it from the registry (or a file) by that name."""
+        from .sources import resolve_adapter
+
+        try:
+            path, label = resolve_adapter(name)
+            self.stack.load(name, path, label=label)
+        except (UnknownAdapterError, AdapterError) as e:
+            loaded = ", ".join(self.stack.loaded) or "none"
+            raise UnknownAdapterError(
+                f"adapter name(s) '{name}' not loaded; loaded adapters: {loaded} ({e})"
+            ) from None
 
     def generate(self, options: GenerateOptions) -> list[GeneratedImage]:
         """``num_images`` images, image ``i`` with seed ``seed + i``, each made on its own so it reproduces alone."""

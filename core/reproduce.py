@@ -14,6 +14,7 @@ from .base import load_base
 from .errors import ReproduceError
 from .generate import GeneratedImage, Generator, options_from_recipe
 from .recipe import read_recipe
+from .sources import resolve_adapter
 
 
 @dataclass
@@ -43,7 +44,8 @@ def reproduce(image_path: str | Path, *, base: str | None = None, device: str = 
             f"(digest {generator.digest[:23]}… vs {recorded['digest'][:23]}…); pass --base to use it anyway"
         )
     for adapter in recipe["adapters"]:
-        generator.stack.load(adapter["name"], adapter["source"])
+        path, label = resolve_adapter(adapter["source"])
+        generator.stack.load(adapter["name"], path, label=label)
         now = generator.stack.get(adapter["name"]).tensor_sha256
         if adapter["tensor_sha256"] and now != adapter["tensor_sha256"]:
             raise ReproduceError(

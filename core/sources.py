@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ScaleError
+from .errors import ScaleError, UnknownAdapterError
 from .stack import NAME_PATTERN
 
 
@@ -50,3 +50,26 @@ def unique_names(requests: list[AdapterRequest]) -> list[AdapterRequest]:
             request if count == 0 else AdapterRequest(f"{request.name}-{count + 1}", request.source, request.scale)
         )
     return out
+
+
+def resolve_adapter(source: str, registry=None) -> tuple[Path, str]:
+    """A file path, or a registry reference (``name``, ``name:tag``, ``name@N``) → (file to load, label to record).
+
+    Registry files are re-hashed before use (a corrupt blob is refused), and the label is the immutable
+    ``name@N``, so a recipe names exactly the version it used.
+    """
+    path = Path(source).expanduser()
+    if path.is_file() or path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
+        return path, str(source)  # the reader reports a missing file by name
+    from lorastack.registry import InvalidNameError, NotFoundError, Registry
+
+    registry = registry or Registry()
+    try:
+        version, blob = registry.adapter_path(source)
+    except InvalidNameError:
+        raise UnknownAdapterError(
+            f"{source}: no such file, and not a registry reference (name[:tag] or name@N)"
+        ) from None
+    except NotFoundError as e:
+        raise UnknownAdapterError(f"{source}: no such file, and {e}") from None
+    return blob, version.ref

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lorastack.adapters import Adapter, FullLayer, Layer, read_adapter
+from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer, read_adapter
 from lorastack.adapters.files import file_and_tensor_sha256
 from lorastack.adapters.probe import FAMILY_NAMES, UNKNOWN
 
@@ -108,6 +108,7 @@ class AdapterStack:
         self._fused = True
         self._applied: dict[str, Contribution] = {}  # what each patched module's weight holds now
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._absmax: dict[str, float] = {}  # max |W0| per patched module, for the finiteness bound
         #: How many module weights the last activation rewrote (switching cost is proportional to it).
         self.last_changed = 0
 
@@ -131,12 +132,19 @@ class AdapterStack:
         return self._adapters[name]
 
     def load(
-        self, name: str, source: str | Path | Adapter, *, strict: bool = False, allow_pickle: bool = False
+        self,
+        name: str,
+        source: str | Path | Adapter,
+        *,
+        strict: bool = False,
+        allow_pickle: bool = False,
+        label: str | None = None,
     ) -> LoadReport:
         """Read an adapter (a file path or an :class:`Adapter`), check it against the base, keep it on the device.
 
         An adapter for another family, or one that matches no module, is an error naming both. One that matches
         only partly is loaded with a warning (an error with ``strict``); its :class:`LoadReport` lists what matched.
+        ``label`` is how the adapter's source is recorded (a registry reference, say); by default its path.
         """
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ScaleError(
@@ -145,7 +153,8 @@ class AdapterStack:
         if name in self._adapters:
             raise IncompatibleAdapterError(f"an adapter named '{name}' is already loaded; unload it first")
         adapter = source if isinstance(source, Adapter) else read_adapter(source, allow_pickle=allow_pickle)
-        label = str(adapter.path or source) if not isinstance(source, Adapter) else str(adapter.path or name)
+        if label is None:
+            label = str(adapter.path or source) if not isinstance(source, Adapter) else str(adapter.path or name)
         base_name = FAMILY_NAMES[self.family]
         if adapter.family not in (UNKNOWN, self.family):
             raise IncompatibleAdapterError(
@@ -164,7 +173,8 @@ class AdapterStack:
                 raise IncompatibleAdapterError(report.summary())
             logger.warning(report.summary())
         device = self._device()
-        layers = {m: layer.to(device) for m, layer in matched.items()}
+        # LoRA factors are small: keep them in float32 on the device, ready for the patching GEMM
+        layers = {m: layer.to(device, torch.float32) for m, layer in matched.items()}
         self._adapters[name] = LoadedAdapter(name, adapter, layers, report, label)
         return report
 
@@ -251,6 +261,7 @@ class AdapterStack:
         """Keep the current weights as the pipeline's new base and forget every adapter; returns the pipeline."""
         self._applied.clear()
         self._originals.clear()
+        self._absmax.clear()
         self._adapters.clear()
         self._active.clear()
         return self.pipe
@@ -276,10 +287,10 @@ class AdapterStack:
         done: list[str] = []
         try:
             for module_name in changed:
+                done.append(module_name)  # before writing: a failed write may have changed the weight
                 self._write(module_name, desired.get(module_name, ()))
-                done.append(module_name)
         except BaseException:
-            for module_name in done:  # put back what this call already changed
+            for module_name in done:  # put back what this call changed, the failed module included
                 self._write(module_name, self._applied.get(module_name, ()))
             raise
         self._applied = {m: c for m, c in desired.items() if c}
@@ -297,23 +308,55 @@ class AdapterStack:
             return
         if module_name not in self._originals:
             self._originals[module_name] = (weight.detach().clone(), None if bias is None else bias.detach().clone())
+            self._absmax[module_name] = float(weight.detach().abs().max())
         w0, b0 = self._originals[module_name]
-        w0f = w0.float()
-        new_weight = w0f.clone()
-        new_bias = b0.float().clone() if b0 is not None else None
+        plain, other = [], []
         for name, s in contributions:
             layer = self._adapters[name].layers[module_name]
+            (plain if _is_plain_lora(layer) else other).append((name, s, layer))
+        out_features = w0.shape[0]
+        direct = w0.dtype == torch.float32 and not other and weight.is_contiguous() and weight.device == w0.device
+        if plain:
+            # All plain LoRA terms at once: W = W0 + [s·α/r·up₁ | s·α/r·up₂ | …] @ [down₁; down₂; …], one GEMM
+            # and one pass over the weight; written straight into the parameter when it is float32.
+            up = torch.cat([(layer.up.reshape(out_features, -1) * (s * layer.scale)) for _, s, layer in plain], 1)
+            down = torch.cat([layer.down.reshape(layer.rank, -1) for _, _, layer in plain], 0)
+            up, down = up.to(w0.device, torch.float32), down.to(w0.device, torch.float32)
+            if direct:
+                torch.addmm(w0.view(out_features, -1), up, down, out=weight.view(out_features, -1))
+                new_weight = None
+                bound = float(up.abs().sum(1).max()) * float(down.abs().max()) + self._absmax[module_name]
+            else:
+                new_weight = torch.addmm(w0.float().view(out_features, -1), up, down).view(w0.shape)
+        else:
+            new_weight = w0.float().clone()
+        new_bias = (
+            b0.float().clone()
+            if b0 is not None and any(layer.bias_delta() is not None for *_, layer in other)
+            else None
+        )
+        for _, s, layer in other:
+            w0f = w0.float()
             delta = layer.delta(w0f.to(_layer_device(layer))) if layer.is_dora else layer.delta(shape=tuple(w0.shape))
             new_weight.add_(delta.to(new_weight.device), alpha=s)
             bias_delta = layer.bias_delta()
             if bias_delta is not None and new_bias is not None:
                 new_bias.add_(bias_delta.to(new_bias.device), alpha=s)
-        if not torch.isfinite(new_weight).all():
+        if new_weight is not None:
+            weight.copy_(new_weight)
+            bound = float("inf")
+        # Finiteness: a bound from the factors usually proves it; otherwise look at every value.
+        if bound > torch.finfo(weight.dtype).max / 2 and not torch.isfinite(weight).all():
             names = ", ".join(n for n, _ in contributions)
             raise IncompatibleAdapterError(f"adapter(s) {names} make the weight of {module_name} non-finite")
-        weight.copy_(new_weight.to(weight.dtype))
         if new_bias is not None:
             bias.copy_(new_bias.to(bias.dtype))
+        elif b0 is not None and bias is not None and not torch.equal(bias, b0):
+            bias.copy_(b0)
+
+
+def _is_plain_lora(layer: Layer) -> bool:
+    return isinstance(layer, LoRALayer) and layer.mid is None and not layer.is_dora
 
 
 def _layer_device(layer: Layer) -> torch.device:

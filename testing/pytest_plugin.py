@@ -67,3 +67,21 @@ def tiny_sd1_pipe(tiny_sd1_dir):
 @pytest.fixture
 def tiny_sdxl_pipe(tiny_sdxl_dir):
     return _load(tiny_sdxl_dir)
+
+
+@pytest.fixture
+def lorastack_home(tmp_path, monkeypatch):
+    """A fresh ``LORASTACK_HOME`` (registry and caches) for one test."""
+    home = tmp_path / "lorastack-home"
+    monkeypatch.setenv("LORASTACK_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def registry(lorastack_home):
+    """An empty :class:`lorastack.registry.Registry` in a fresh ``LORASTACK_HOME``."""
+    from lorastack.registry import Registry
+
+    reg = Registry()
+    yield reg
+    reg.close()

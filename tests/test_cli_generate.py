@@ -68,7 +68,7 @@ def test_scheduler_size_and_never_overwriting(files):
     ],
 )
 def test_bad_options_give_one_line_errors(files, extra, message):
-    code, out, err = run_cli("generate", "a cat", "--base", files["base"], "--steps", "1", *extra, "-o", files["out"])
+    code, _, err = run_cli("generate", "a cat", "--base", files["base"], "--steps", "1", *extra, "-o", files["out"])
     assert code != 0 and message in err and "Traceback" not in err, err
     assert not files["out"].exists()
 

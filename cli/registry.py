@@ -1,0 +1,183 @@
+"""``lorastack import / list / show / tag / rm / export / verify / gc``: the local registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from lorastack.registry import Registry, parse_name_tag
+
+from .adapters import _size
+
+
+def _registry() -> Registry:
+    return Registry()
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", "name_tag", required=True, metavar="NAME[:TAG]", help="Adapter name (user/name allowed).")
+@click.option("--trigger", default=None, help="Trigger words, comma-separated (default: from the file).")
+@click.option("--base-model", default=None, help="Base model id (default: from the file).")
+@click.option("--description", default=None)
+@click.option("--allow-pickle", is_flag=True, help="Import a pickle file (stored converted to safetensors).")
+@click.option("--json", "as_json", is_flag=True)
+def import_cmd(file, name_tag, trigger, base_model, description, allow_pickle, as_json):
+    """Import an adapter FILE as a new version of NAME (tagged TAG and latest)."""
+    from lorastack.adapters.metadata import split_words
+
+    name, tag = parse_name_tag(name_tag)
+    result = _registry().import_file(
+        file,
+        name,
+        tag,
+        trigger_words=split_words(trigger) if trigger is not None else None,
+        base_model=base_model,
+        description=description,
+        allow_pickle=allow_pickle,
+    )
+    version = result.version
+    if as_json:
+        _echo_json({**version.as_dict(), "created": result.created})
+        return
+    verb = "imported" if result.created else "already stored as"
+    click.echo(f"{verb} {version.ref} (tags: {', '.join(version.tags) or 'none'})")
+
+
+@click.command("list")
+@click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), default=None)
+@click.option("--search", default=None, help="Match names, trigger words, descriptions and base models.")
+@click.option("-a", "--all-versions", is_flag=True, help="One row per version instead of per adapter.")
+@click.option("--json", "as_json", is_flag=True)
+def list_cmd(family, search, all_versions, as_json):
+    """List the adapters in the registry (their latest versions)."""
+    rows = _registry().list(family=family, search=search, all_versions=all_versions)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no adapters" + (" match" if family or search else " in the registry yet (lorastack import)"))
+        return
+    header = ("NAME", "VERSION", "TAGS", "FAMILY", "KIND", "RANK", "SIZE", "CREATED")
+    table = [
+        (r["name"], f"@{r['version']}" + ("" if all_versions else f"/{r['versions']}"), ",".join(r["tags"]),
+         r["family"] or "", r["kind"] or "", str(r["rank"] or ""), _size(r["size"]), _when(r["created_at"]))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@click.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+def show_cmd(ref, as_json):
+    """Show one version: REF is NAME, NAME:TAG or NAME@N."""
+    version = _registry().resolve(ref)
+    if as_json:
+        _echo_json(version.as_dict())
+        return
+    lines = [
+        ("ref", version.ref),
+        ("tags", ", ".join(version.tags)),
+        ("created", _when(version.created_at)),
+        ("format", version.format),
+        ("family", version.family),
+        ("kind", version.kind),
+        ("rank / alpha", f"{version.rank} / {version.alpha:g}" if version.alpha is not None else version.rank),
+        ("trigger words", ", ".join(version.trigger_words)),
+        ("base model", version.base_model),
+        ("description", version.description),
+    ]
+    for f in version.files:
+        lines.append(("file", f"{f.path}  {_size(f.size)}  sha256 {f.sha256}"))
+        if f.tensor_sha256:
+            lines.append(("", f"tensor sha256 {f.tensor_sha256}"))
+    for key, value in sorted(version.provenance.items()):
+        lines.append((f"source {key}", value))
+    for label, value in lines:
+        if value not in (None, ""):
+            click.echo(f"{label:<16}{value}")
+
+
+@click.command("tag")
+@click.argument("ref")
+@click.argument("new_tag")
+@click.option("--follow", is_flag=True, help="With tag 'latest': let latest follow new imports again.")
+def tag_cmd(ref, new_tag, follow):
+    """Point NEW_TAG at the version REF names (moving the tag if it exists)."""
+    registry = _registry()
+    if follow:
+        if new_tag != "latest":
+            raise click.UsageError("--follow applies only to the tag 'latest'")
+        version = registry.follow_latest(ref)
+    else:
+        version = registry.tag(ref, new_tag)
+    click.echo(f"{version.name}:{new_tag} -> {version.ref}")
+
+
+@click.command("rm")
+@click.argument("ref")
+@click.option("--all", "all_versions", is_flag=True, help="Remove the whole adapter: every version and tag.")
+@click.option("--force", is_flag=True, help="Remove a version even though tags point at it (they go too).")
+def rm_cmd(ref, all_versions, force):
+    """Remove a tag (NAME:TAG), a version (NAME@N), or a whole adapter (NAME --all)."""
+    removed = _registry().remove(ref, all_versions=all_versions, force=force)
+    what = removed.get("adapter") or removed.get("version") or removed.get("tag")
+    click.echo(f"removed {what}" + (f", freed {_size(removed['freed'])}" if removed.get("freed") else ""))
+
+
+@click.command("export")
+@click.argument("ref")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "kohya"]), default=None, help="Default: as stored.")
+@click.option("--force", is_flag=True, help="Overwrite the output file.")
+def export_cmd(ref, output, fmt, force):
+    """Write a version's adapter file to OUTPUT, converted to --format if given."""
+    path = _registry().export(ref, output, format=fmt, overwrite=force)
+    click.echo(f"wrote {path}")
+
+
+@click.command("verify")
+@click.argument("ref", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(ref, as_json):
+    """Re-hash stored files (all, or one version's); report missing, corrupt and extra blobs. Exit 1 unless clean."""
+    report = _registry().verify(ref)
+    if as_json:
+        _echo_json({**report.__dict__, "clean": report.clean})
+    else:
+        click.echo(f"checked {report.checked} blob(s)")
+        for kind in ("missing", "corrupt", "extra", "temp"):
+            for item in getattr(report, kind):
+                click.echo(f"{kind:<8}{item}")
+        click.echo("clean" if report.clean else "problems found (run lorastack gc for extra/temp files)")
+    if not report.clean:
+        raise SystemExit(1)
+
+
+@click.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option("--grace", type=click.FloatRange(min=0), default=3600, show_default=True, help="Seconds to spare.")
+def gc_cmd(dry_run, grace):
+    """Delete stored files no version uses and leftover temporary files (older than --grace)."""
+    report = _registry().gc(dry_run=dry_run, grace=grace)
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {_size(report.freed)}: {len(report.blobs)} blob(s), {len(report.temp)} temporary file(s)")
+
+
+def register(group: click.Group) -> None:
+    for command in (import_cmd, list_cmd, show_cmd, tag_cmd, rm_cmd, export_cmd, verify_cmd, gc_cmd):
+        group.add_command(command)

@@ -1,0 +1,141 @@
+"""Content-addressed blob storage: ``blobs/sha256/ab/abcdef…``, written to a temp file, fsynced, renamed.
+
+A file lock (``lock``) orders blob writes against deletions: imports hold it shared from writing a blob until their
+version is committed; gc and removals hold it exclusively while deleting, so they never delete a blob an import is
+about to reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IntegrityError
+
+CHUNK = 1 << 20
+TMP_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    tensor_sha256: str | None
+    size: int
+    path: Path
+    new: bool  # False when identical bytes were already stored
+
+
+def _safetensors_data_offset(head: bytes) -> int | None:
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    return 8 + n
+
+
+class BlobStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.tmp = root / "tmp"
+        self.lock_path = root / "lock"
+
+    def path(self, sha256: str) -> Path:
+        return self.blobs / sha256[:2] / sha256
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool) -> Iterator[None]:
+        """Hold the registry's blob lock (no-op where POSIX locks are missing)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: the grace period protects instead
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def store(self, source: Path, safetensors: bool = True) -> StoredBlob:
+        """Copy ``source`` into the store, hashing it on the way (one read). Call under :meth:`lock` (shared)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"import-{uuid.uuid4().hex}{TMP_SUFFIX}"
+        whole, data = hashlib.sha256(), hashlib.sha256()
+        size, offset = 0, None
+        try:
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    if offset is None and safetensors:
+                        offset = _safetensors_data_offset(chunk) or 0
+                    whole.update(chunk)
+                    if safetensors and size + len(chunk) > offset:
+                        data.update(chunk[max(0, offset - size) :])
+                    dst.write(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            digest = whole.hexdigest()
+            final = self.path(digest)
+            if final.exists() and final.stat().st_size == size:
+                tmp.unlink()  # the same bytes are already stored: share the blob
+                new = False
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+                _fsync_dir(final.parent)
+                new = True
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StoredBlob(digest, data.hexdigest() if safetensors else None, size, final, new)
+
+    def check(self, sha256: str, size: int | None = None) -> Path:
+        """The blob's path after re-hashing it; :class:`IntegrityError` if it is missing or corrupt."""
+        path = self.path(sha256)
+        if not path.exists():
+            raise IntegrityError(f"blob {sha256[:12]} is missing from the registry ({path}); run lorastack verify")
+        if size is not None and path.stat().st_size != size:
+            raise IntegrityError(f"blob {sha256[:12]} has the wrong size; the registry copy is corrupt")
+        if hash_file(path) != sha256:
+            raise IntegrityError(f"blob {sha256[:12]} does not match its sha256; the registry copy is corrupt")
+        return path
+
+    def all_blobs(self) -> Iterator[Path]:
+        if self.blobs.exists():
+            yield from (p for p in self.blobs.glob("*/*") if p.is_file())
+
+    def temp_files(self) -> Iterator[Path]:
+        if self.tmp.exists():
+            yield from (p for p in self.tmp.iterdir() if p.is_file())
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def age_seconds(path: Path) -> float:
+    return time.time() - path.stat().st_mtime
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

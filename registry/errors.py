@@ -1,0 +1,30 @@
+"""Typed errors of the registry. Each message is one line meant for the user."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class of the registry's user-facing errors."""
+
+
+class InvalidNameError(RegistryError, ValueError):
+    """A name, tag or reference that breaks a naming rule (the message says which)."""
+
+
+class NotFoundError(RegistryError, KeyError):
+    """A reference to an adapter, version or tag that does not exist; the message suggests close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConflictError(RegistryError):
+    """An operation that would lose something unless forced (removing a tagged version, say)."""
+
+
+class IntegrityError(RegistryError):
+    """A stored blob whose bytes no longer match its hash, or that is missing."""
+
+
+class ReadOnlyError(RegistryError):
+    """The registry folder cannot be written."""
