@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .adapter import Adapter
-from .errors import AdapterError, InvalidAdapterError, NotAnAdapterError
-from .files import load_weights
+from .errors import AdapterError, InvalidAdapterError, NotAnAdapterError, UnsupportedAdapterError
+from .files import DTYPES, load_weights, read_safetensors_header
 from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer
 from .metadata import parse_metadata
 from .naming import KOHYA_PREFIXES, kohya_to_canonical, normalize_text_encoder_path
@@ -79,20 +79,55 @@ class _Parts:
     keys: list[str] = field(default_factory=list)
 
 
-def read_adapter(path: str | Path, allow_pickle: bool = False) -> Adapter:
-    """Read an adapter file (safetensors; pickle only with ``allow_pickle``) into canonical form."""
+def read_adapter(path: str | Path, allow_pickle: bool = False, tensors: bool = True) -> Adapter:
+    """Read an adapter file (safetensors; pickle only with ``allow_pickle``) into canonical form.
+
+    ``tensors=False`` reads a safetensors file's structure only: layers hold shape-only ("meta") tensors, alphas
+    their real values, and the numbers themselves are neither loaded nor checked. Enough to know the format,
+    family, kinds, ranks and metadata of a large file without reading it.
+    """
     path = Path(path)
-    tensors, header = load_weights(path, allow_pickle=allow_pickle)
+    if not tensors and path.suffix.lower() == ".safetensors":
+        state, header = _structure(path)
+        values = False
+    else:
+        state, header = load_weights(path, allow_pickle=allow_pickle)
+        values = True
     try:
-        adapter = parse_state_dict(tensors, header)
+        adapter = parse_state_dict(state, header, check_values=values)
     except AdapterError as e:
         raise e.with_path(path) from None
     adapter.path = path
     return adapter
 
 
-def parse_state_dict(tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None) -> Adapter:
-    """Parse a state dict (and its header metadata) into an :class:`Adapter`."""
+def _structure(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    header = read_safetensors_header(path)
+    state = {}
+    for name, info in header.tensors.items():
+        dtype = DTYPES[info.dtype][1]
+        if dtype is None:
+            raise UnsupportedAdapterError(
+                f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold", path
+            )
+        state[name] = torch.empty(info.shape, dtype=dtype, device="meta")
+    scalars = [name for name, info in header.tensors.items() if len(info.shape) <= 1 and name.endswith(".alpha")]
+    if scalars:
+        with safe_open(str(path), framework="pt") as f:
+            for name in scalars:
+                state[name] = f.get_tensor(name)
+    return state, header.metadata
+
+
+def parse_state_dict(
+    tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None, check_values: bool = True
+) -> Adapter:
+    """Parse a state dict (and its header metadata) into an :class:`Adapter`.
+
+    ``check_values=False`` skips the NaN/infinity check (for shape-only tensors).
+    """
     header = header or {}
     if not tensors:
         raise NotAnAdapterError("holds no tensors")
@@ -125,7 +160,7 @@ def parse_state_dict(tensors: dict[str, torch.Tensor], header: dict[str, str] | 
             if source != "file":
                 alpha_source = source
         try:
-            layer.validate()
+            layer.validate(values=check_values)
         except InvalidAdapterError as e:
             raise InvalidAdapterError(f"{parts.keys[0]}: {e.problem}") from None
         layers[module] = layer

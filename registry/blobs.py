@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import IntegrityError
 
 CHUNK = 1 << 20
+FLUSH_EVERY = 32 << 20
 TMP_SUFFIX = ".part"
 
 
@@ -66,21 +67,31 @@ class BlobStore:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def store(self, source: Path, safetensors: bool = True) -> StoredBlob:
-        """Copy ``source`` into the store, hashing it on the way (one read). Call under :meth:`lock` (shared)."""
+        """Copy ``source`` into the store, hashing it on the way (one read). Call under :meth:`lock` (shared).
+
+        The whole-file and tensor-data hashes cover the same bytes twice, so the second runs on another thread
+        (hashlib releases the GIL); a third thread starts the disk writeback early, so the final fsync is short.
+        """
         self.tmp.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"import-{uuid.uuid4().hex}{TMP_SUFFIX}"
         whole, data = hashlib.sha256(), hashlib.sha256()
         size, offset = 0, None
         try:
             with open(source, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    if offset is None and safetensors:
-                        offset = _safetensors_data_offset(chunk) or 0
-                    whole.update(chunk)
-                    if safetensors and size + len(chunk) > offset:
-                        data.update(chunk[max(0, offset - size) :])
-                    dst.write(chunk)
-                    size += len(chunk)
+                with _Worker(data.update) as data_hasher, _Worker(lambda fd: os.fdatasync(fd)) as flusher:
+                    flushed = 0
+                    while chunk := src.read(CHUNK):
+                        if offset is None and safetensors:
+                            offset = _safetensors_data_offset(chunk) or 0
+                        if safetensors and size + len(chunk) > offset:
+                            data_hasher.submit(chunk[max(0, offset - size) :] if offset > size else chunk)
+                        dst.write(chunk)
+                        whole.update(chunk)
+                        size += len(chunk)
+                        if size - flushed >= FLUSH_EVERY:
+                            dst.flush()
+                            flusher.submit(dst.fileno())
+                            flushed = size
                 dst.flush()
                 os.fsync(dst.fileno())
             digest = whole.hexdigest()
@@ -116,6 +127,41 @@ class BlobStore:
     def temp_files(self) -> Iterator[Path]:
         if self.tmp.exists():
             yield from (p for p in self.tmp.iterdir() if p.is_file())
+
+
+class _Worker:
+    """A thread that applies ``fn`` to submitted items in order; ``with`` waits for it and re-raises its error."""
+
+    def __init__(self, fn):
+        import queue
+        import threading
+
+        self._fn, self._queue, self._error = fn, queue.Queue(maxsize=16), None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            if self._error is None:
+                try:
+                    self._fn(item)
+                except BaseException as e:  # reported to the submitting thread on exit
+                    self._error = e
+
+    def submit(self, item) -> None:
+        self._queue.put(item)
+
+    def __enter__(self) -> _Worker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(_DONE)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
+_DONE = object()
 
 
 def hash_file(path: Path) -> str:

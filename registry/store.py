@@ -193,7 +193,9 @@ class Registry:
             validate_tag(tag)
         self._check_writable()
         source = check_path(path)
-        adapter = read_adapter(source, allow_pickle=allow_pickle)  # refuses what is not an adapter
+        # the structure is enough to refuse what is not an adapter and to describe it; the numbers are checked
+        # when a version is loaded
+        adapter = read_adapter(source, allow_pickle=allow_pickle, tensors=False)
         meta = adapter.metadata
         details = {
             "trigger_words": list(trigger_words) if trigger_words is not None else list(meta.trigger_words),
