@@ -8,7 +8,9 @@
 This package imports nothing else of lorastack's.
 """
 
-from .adapter import FORMATS, Adapter
+import importlib
+
+from .constants import FAMILIES, FAMILY_NAMES, FORMATS, LAYER_KINDS, UNKNOWN
 from .errors import (
     AdapterError,
     AdapterFileError,
@@ -16,27 +18,50 @@ from .errors import (
     NotAnAdapterError,
     UnsupportedAdapterError,
 )
-from .files import (
-    autov2,
-    autov3,
-    file_and_tensor_sha256,
-    file_sha256,
-    load_weights,
-    read_safetensors_header,
-    tensor_sha256,
-)
-from .layers import LAYER_KINDS, FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer
-from .metadata import LORA_ADAPTER_METADATA_KEY, AdapterMetadata, parse_metadata
-from .naming import COMPONENTS, canonical_to_kohya, kohya_to_canonical
-from .operations import convert_file, inspect_file
-from .probe import FAMILIES, UNKNOWN, Probe, probe_family
-from .reading import parse_state_dict, read_adapter
-from .writing import DIFFUSERS_WEIGHT_NAME, write_adapter
+
+# The rest loads on first use, so that importing the errors or constants (the CLI does at start-up) skips torch.
+_EXPORTS = {
+    "Adapter": "adapter",
+    "autov2": "files",
+    "autov3": "files",
+    "file_and_tensor_sha256": "files",
+    "file_sha256": "files",
+    "load_weights": "files",
+    "read_safetensors_header": "files",
+    "tensor_sha256": "files",
+    "convert_file": "operations",
+    "inspect_file": "operations",
+    "FullLayer": "layers",
+    "Layer": "layers",
+    "LoHaLayer": "layers",
+    "LoKrLayer": "layers",
+    "LoRALayer": "layers",
+    "LORA_ADAPTER_METADATA_KEY": "metadata",
+    "AdapterMetadata": "metadata",
+    "parse_metadata": "metadata",
+    "COMPONENTS": "naming",
+    "canonical_to_kohya": "naming",
+    "kohya_to_canonical": "naming",
+    "Probe": "probe",
+    "probe_family": "probe",
+    "parse_state_dict": "reading",
+    "read_adapter": "reading",
+    "DIFFUSERS_WEIGHT_NAME": "writing",
+    "write_adapter": "writing",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COMPONENTS",
     "DIFFUSERS_WEIGHT_NAME",
     "FAMILIES",
+    "FAMILY_NAMES",
     "FORMATS",
     "LAYER_KINDS",
     "LORA_ADAPTER_METADATA_KEY",

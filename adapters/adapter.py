@@ -16,9 +16,6 @@ from .metadata import AdapterMetadata
 from .naming import COMPONENTS, split_component
 from .probe import Probe, probe_family
 
-#: Formats lorastack reads and writes.
-FORMATS = ("diffusers", "kohya")
-
 
 @dataclass(eq=False)
 class Adapter:

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .errors import AdapterFileError, UnsupportedAdapterError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -27,24 +25,31 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100_000_000
 HASH_CHUNK = 1 << 20
 
-#: safetensors dtype codes → (bytes per element, torch dtype or None when torch lacks it).
-DTYPES: dict[str, tuple[float, torch.dtype | None]] = {
-    "F64": (8, torch.float64),
-    "F32": (4, torch.float32),
-    "F16": (2, torch.float16),
-    "BF16": (2, torch.bfloat16),
-    "I64": (8, torch.int64),
-    "I32": (4, torch.int32),
-    "I16": (2, torch.int16),
-    "I8": (1, torch.int8),
-    "U8": (1, torch.uint8),
-    "BOOL": (1, torch.bool),
-    "F8_E4M3": (1, getattr(torch, "float8_e4m3fn", None)),
-    "F8_E5M2": (1, getattr(torch, "float8_e5m2", None)),
-    "U16": (2, getattr(torch, "uint16", None)),
-    "U32": (4, getattr(torch, "uint32", None)),
-    "U64": (8, getattr(torch, "uint64", None)),
+#: safetensors dtype codes → (bytes per element, name of the torch dtype).
+DTYPES: dict[str, tuple[int, str]] = {
+    "F64": (8, "float64"),
+    "F32": (4, "float32"),
+    "F16": (2, "float16"),
+    "BF16": (2, "bfloat16"),
+    "I64": (8, "int64"),
+    "I32": (4, "int32"),
+    "I16": (2, "int16"),
+    "I8": (1, "int8"),
+    "U8": (1, "uint8"),
+    "BOOL": (1, "bool"),
+    "F8_E4M3": (1, "float8_e4m3fn"),
+    "F8_E5M2": (1, "float8_e5m2"),
+    "U16": (2, "uint16"),
+    "U32": (4, "uint32"),
+    "U64": (8, "uint64"),
 }
+
+
+def torch_dtype(code: str):
+    """The torch dtype for a safetensors dtype code, or ``None`` when this torch lacks it."""
+    import torch
+
+    return getattr(torch, DTYPES[code][1], None)
 
 
 @dataclass(frozen=True)
@@ -157,14 +162,14 @@ def _check_layout(tensors: dict[str, TensorInfo], data_size: int, path) -> None:
         raise AdapterFileError(f"the data section has {data_size - position} bytes that no tensor owns", path)
 
 
-def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(path: str | Path) -> tuple[dict, dict[str, str]]:
     """Validate, then load all tensors (on CPU) and the header metadata."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     header = read_safetensors_header(path)
     for name, info in header.tensors.items():
-        if DTYPES[info.dtype][1] is None:
+        if torch_dtype(info.dtype) is None:
             raise UnsupportedAdapterError(
                 f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold", path
             )
@@ -175,8 +180,10 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, header.metadata
 
 
-def load_pickle(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_pickle(path: str | Path) -> tuple[dict, dict[str, str]]:
     """Load a pickled state dict with ``weights_only=True`` (no code execution). Callers opt in explicitly."""
+    import torch
+
     path = check_path(path)
     if path.stat().st_size == 0:
         raise AdapterFileError("file is empty", path)
@@ -192,7 +199,7 @@ def load_pickle(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, {}
 
 
-def load_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict, dict[str, str]]:
     """Load a weights file by its suffix. Pickle files are refused unless ``allow_pickle``."""
     path = check_path(path)
     suffix = path.suffix.lower()
@@ -269,7 +276,7 @@ def autov3(tensor_hash: str) -> str:
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def atomic_write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+def atomic_write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str]) -> Path:
     """Write a safetensors file to a temporary name beside ``path``, fsync it, then rename it into place."""
     from safetensors.torch import save
 

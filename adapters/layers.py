@@ -418,6 +418,3 @@ class FullLayer(Layer):
 
     def bias_delta(self) -> torch.Tensor | None:
         return None if self.diff_b is None else self.diff_b.float()
-
-
-LAYER_KINDS = ("lora", "locon", "loha", "lokr", "full")

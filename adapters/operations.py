@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .adapter import FORMATS
+from .constants import FORMATS
 from .errors import AdapterFileError
 from .files import autov2, autov3, check_path, file_and_tensor_sha256
 from .reading import read_adapter

@@ -13,12 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .constants import FAMILIES, UNKNOWN
 from .layers import Layer
 from .naming import split_component
-
-FAMILIES = ("sd1", "sd2", "sdxl")
-UNKNOWN = "unknown"
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", UNKNOWN: "unknown"}
 
 CROSS_ATTENTION_DIMS = {768: {"sd1"}, 1024: {"sd2"}, 2048: {"sdxl"}}
 TEXT_ENCODER_DIMS = {768: {"sd1", "sdxl"}, 1024: {"sd2"}}

@@ -16,7 +16,7 @@ import torch
 
 from .adapter import Adapter
 from .errors import AdapterError, InvalidAdapterError, NotAnAdapterError, UnsupportedAdapterError
-from .files import DTYPES, load_weights, read_safetensors_header
+from .files import load_weights, read_safetensors_header, torch_dtype
 from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer
 from .metadata import parse_metadata
 from .naming import KOHYA_PREFIXES, kohya_to_canonical, normalize_text_encoder_path
@@ -107,7 +107,7 @@ def _structure(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     header = read_safetensors_header(path)
     state = {}
     for name, info in header.tensors.items():
-        dtype = DTYPES[info.dtype][1]
+        dtype = torch_dtype(info.dtype)
         if dtype is None:
             raise UnsupportedAdapterError(
                 f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold", path

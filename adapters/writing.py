@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .adapter import FORMATS, Adapter
+from .adapter import Adapter
+from .constants import FORMATS
 from .errors import UnsupportedAdapterError
 from .files import atomic_write_safetensors
 from .layers import FullLayer, LoKrLayer, LoRALayer

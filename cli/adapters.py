@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from lorastack.adapters import FORMATS, convert_file, inspect_file
-from lorastack.adapters.probe import FAMILIES, FAMILY_NAMES
+from lorastack.adapters.constants import FAMILIES, FAMILY_NAMES, FORMATS
 
 _ALLOW_PICKLE = click.option(
     "--allow-pickle",
@@ -23,6 +22,8 @@ _ALLOW_PICKLE = click.option(
 @_ALLOW_PICKLE
 def inspect_cmd(file: Path, as_json: bool, allow_pickle: bool) -> None:
     """Show what is inside an adapter FILE: format, base family, layer kinds, ranks, hashes, metadata."""
+    from lorastack.adapters import inspect_file
+
     info = inspect_file(file, allow_pickle=allow_pickle)
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
@@ -92,6 +93,8 @@ def _size(n: int) -> str:
 @_ALLOW_PICKLE
 def convert_cmd(file: Path, to: str, output: Path, family: str | None, force: bool, allow_pickle: bool) -> None:
     """Convert an adapter FILE to the diffusers/peft or kohya (A1111/ComfyUI) format."""
+    from lorastack.adapters import convert_file
+
     written = convert_file(file, output, to, allow_pickle=allow_pickle, family=family, overwrite=force)
     click.echo(f"wrote {written} ({to} format)")
 

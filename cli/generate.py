@@ -6,13 +6,11 @@ from pathlib import Path
 
 import click
 
-from lorastack.core.base import DTYPES
-from lorastack.core.config import default_base
-from lorastack.core.generate import SCHEDULERS, GenerateOptions
+from lorastack.core.options import DTYPE_NAMES, SCHEDULERS
 
 _BASE_OPTIONS = [
     click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps."),
-    click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+    click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True),
     click.option(
         "--config",
         "config_dir",
@@ -84,7 +82,8 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     `lorastack reproduce IMAGE` makes it again.
     """
     from lorastack.core.base import load_base
-    from lorastack.core.generate import Generator
+    from lorastack.core.config import default_base
+    from lorastack.core.generate import GenerateOptions, Generator
     from lorastack.core.recipe import next_free, save_png
     from lorastack.core.sources import parse_lora_option, resolve_adapter, unique_names
 

@@ -22,10 +22,10 @@ from lorastack.adapters.files import PICKLE_SUFFIXES, read_safetensors_header
 from .config import aliases, cache_dir
 from .errors import BaseModelError
 from .modules import pipeline_family
+from .options import DEVICES, DTYPE_NAMES
 from .tokenizers import clip_tokenizer
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEVICES = ("cpu", "cuda", "mps")
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -16,22 +16,11 @@ from lorastack.adapters import AdapterError
 from .base import BaseInfo, base_info
 from .errors import GenerationError, UnknownAdapterError
 from .modules import pipeline_family
+from .options import SCHEDULERS
 from .prompts import add_trigger_words, extract_tags
 from .recipe import RECIPE_VERSION, base_digest
 from .stack import AdapterStack
 
-# scheduler name → (diffusers class, extra config)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
-    "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
 MODES = ("txt2img", "img2img", "inpaint")
 
 

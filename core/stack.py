@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer, read_adapter
+from lorastack.adapters.constants import FAMILY_NAMES, UNKNOWN
 from lorastack.adapters.files import file_and_tensor_sha256
-from lorastack.adapters.probe import FAMILY_NAMES, UNKNOWN
 
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
 from .modules import ModuleIndex, pipeline_family

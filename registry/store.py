@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorastack.adapters import read_adapter, write_adapter
 from lorastack.adapters.files import PICKLE_SUFFIXES, atomic_write_bytes, check_path
 from lorastack.paths import data_home
 
@@ -188,6 +187,8 @@ class Registry:
 
         Importing bytes and details identical to an existing version of ``name`` returns that version instead.
         """
+        from lorastack.adapters import read_adapter, write_adapter
+
         validate_name(name)
         if tag is not None:
             validate_tag(tag)
@@ -496,6 +497,8 @@ class Registry:
     # --- export, verify, gc ----------------------------------------------------------------------------------
     def export(self, ref: str, output: str | Path, format: str | None = None, overwrite: bool = False) -> Path:
         """Write a version's adapter to ``output``: its stored bytes, or converted to ``format``."""
+        from lorastack.adapters import read_adapter, write_adapter
+
         output = Path(output)
         if output.exists() and not overwrite:
             raise ConflictError(f"{output} already exists; choose another path or pass --force")

@@ -69,7 +69,7 @@ def test_rm_verify_gc(files):
 def test_bad_input_gives_one_line_errors(files, args, message):
     if args[0] in ("rm", "export"):
         run_cli("import", files[0], "--name", "style")
-    code, out, err = run_cli(*[a.replace("{f}", str(files[0])) for a in args])
+    code, _, err = run_cli(*[a.replace("{f}", str(files[0])) for a in args])
     assert code != 0 and message in err and "Traceback" not in err and err.count("\n") == 1, err
 
 

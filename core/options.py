@@ -1,0 +1,17 @@
+"""Choices the runtime accepts, as plain data (the CLI builds its options from them without importing torch)."""
+
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+DEVICES = ("cpu", "cuda", "mps")
+
+#: scheduler name → (diffusers class, extra config)
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
