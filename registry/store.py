@@ -17,109 +17,24 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import shutil
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorastack.adapters.files import PICKLE_SUFFIXES, atomic_write_bytes, check_path
 from lorastack.paths import data_home
 
-from .blobs import BlobStore, age_seconds
+from . import maintenance
+from .blobs import BlobStore
 from .db import connect, transaction
 from .errors import ConflictError, IntegrityError, NotFoundError, ReadOnlyError, RegistryError
+from .maintenance import DEFAULT_GRACE_SECONDS
 from .names import LATEST, Ref, parse_ref, validate_name, validate_tag
+from .records import FileRecord, GcReport, ImportResult, VerifyReport, Version
 
 ADAPTER_FILE = "adapter.safetensors"
-DEFAULT_GRACE_SECONDS = 3600
-
-
-@dataclass
-class FileRecord:
-    path: str
-    role: str
-    size: int
-    sha256: str
-    tensor_sha256: str | None
-
-
-@dataclass
-class Version:
-    """One immutable version of an adapter, as the index records it."""
-
-    name: str
-    number: int
-    created_at: float
-    format: str | None
-    family: str | None
-    kind: str | None
-    rank: int | None
-    alpha: float | None
-    trigger_words: list[str]
-    base_model: str | None
-    description: str | None
-    provenance: dict[str, Any]
-    metadata: dict[str, str]
-    files: list[FileRecord] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.number}"
-
-    @property
-    def adapter_file(self) -> FileRecord:
-        return next(f for f in self.files if f.role == "adapter")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.number,
-            "ref": self.ref,
-            "tags": self.tags,
-            "created_at": self.created_at,
-            "format": self.format,
-            "family": self.family,
-            "kind": self.kind,
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "trigger_words": self.trigger_words,
-            "base_model": self.base_model,
-            "description": self.description,
-            "provenance": self.provenance,
-            "files": [f.__dict__ for f in self.files],
-            "metadata": self.metadata,
-        }
-
-
-@dataclass
-class ImportResult:
-    version: Version
-    created: bool  # False when the same bytes and details were already this adapter's version
-
-
-@dataclass
-class VerifyReport:
-    checked: int = 0
-    missing: list[str] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    temp: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.corrupt or self.extra or self.temp)
-
-
-@dataclass
-class GcReport:
-    blobs: list[str] = field(default_factory=list)
-    temp: list[str] = field(default_factory=list)
-    freed: int = 0
-    dry_run: bool = False
 
 
 def default_root() -> Path:
@@ -513,51 +428,11 @@ class Registry:
 
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs (all, or one version's): report missing, corrupt and extra blobs and stale temp files."""
-        report = VerifyReport()
-        db = self._db()
-        if db is None:
-            return report
-        if ref is not None:
-            records = [(f.sha256, f.size) for f in self.resolve(ref).files]
-        else:
-            records = [(r[0], r[1]) for r in db.execute("SELECT DISTINCT sha256, size FROM files")]
-        for sha256, size in records:
-            report.checked += 1
-            try:
-                self.blobs.check(sha256, size)
-            except IntegrityError:
-                (report.missing if not self.blobs.path(sha256).exists() else report.corrupt).append(sha256)
-        if ref is None:
-            referenced = {sha for sha, _ in records}
-            report.extra = sorted(p.name for p in self.blobs.all_blobs() if p.name not in referenced)
-            report.temp = sorted(p.name for p in self.blobs.temp_files())
-        return report
+        return maintenance.verify(self, ref)
 
     def gc(self, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) -> GcReport:
         """Delete blobs no version references and stale temp files, both older than ``grace`` seconds."""
-        report = GcReport(dry_run=dry_run)
-        db = self._db(write=not dry_run) if self.index_path.exists() else None
-        if db is None:
-            return report
-        with self.blobs.lock(exclusive=True):
-            referenced = {r[0] for r in db.execute("SELECT sha256 FROM files")}
-            for blob in self.blobs.all_blobs():
-                if blob.name not in referenced and age_seconds(blob) >= grace:
-                    report.blobs.append(blob.name)
-                    report.freed += blob.stat().st_size
-                    if not dry_run:
-                        blob.unlink()
-            for temp in self.blobs.temp_files():
-                if age_seconds(temp) >= grace:
-                    report.temp.append(temp.name)
-                    report.freed += temp.stat().st_size
-                    if not dry_run:
-                        temp.unlink()
-            if not dry_run and self.blobs.tmp.exists():
-                for leftover in self.blobs.tmp.iterdir():  # scratch folders of interrupted pickle imports
-                    if leftover.is_dir() and age_seconds(leftover) >= grace:
-                        shutil.rmtree(leftover, ignore_errors=True)
-        return report
+        return maintenance.gc(self, dry_run, grace)
 
 
 def _ranges(numbers: list[int]) -> str:

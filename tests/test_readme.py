@@ -27,7 +27,11 @@ def fenced(lang: str) -> list[str]:
 
 
 def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "LORASTACK_HOME": str(cwd / ".lorastack-home"),  # the examples' own registry
+    }
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -77,7 +81,8 @@ def test_every_example_block_runs(main_job):
                 result = run(command, cwd)
                 assert result.returncode == 0, f"{command}: {result.stderr[-2000:]}"
         else:
-            result = subprocess.run([sys.executable, "-c", block], cwd=cwd, capture_output=True, text=True)
+            env = {**os.environ, "LORASTACK_HOME": str(cwd / ".lorastack-home")}
+            result = subprocess.run([sys.executable, "-c", block], cwd=cwd, env=env, capture_output=True, text=True)
             assert result.returncode == 0, result.stderr[-2000:]
         ran += 1
     assert ran >= 4
