@@ -46,7 +46,11 @@ def test_tiny_pipeline_loads_through_from_pretrained(family, cls, fixture, reque
         g = torch.Generator().manual_seed(0)
         return pipe("a photo of a cat", num_inference_steps=2, height=64, width=64, generator=g, output_type="latent")
 
-    assert torch.equal(latents(loaded).images, latents(built).images)
+    for component in ("unet", "vae", "text_encoder"):  # the weights round-trip exactly
+        a, b = getattr(loaded, component).state_dict(), getattr(built, component).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # two pipeline objects may sum in another order on a loaded multi-threaded CPU: equal within float noise
+    torch.testing.assert_close(latents(loaded).images, latents(built).images, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(
