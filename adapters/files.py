@@ -276,17 +276,33 @@ def autov3(tensor_hash: str) -> str:
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def atomic_write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str]) -> Path:
-    """Write a safetensors file to a temporary name beside ``path``, fsync it, then rename it into place."""
+def serialize_safetensors(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that depend only on the tensors and metadata.
+
+    ``safetensors.torch.save`` emits the header from a hash map, so the same content gives a different file (and
+    file hash) on every save; here the header is re-emitted with sorted keys. The data section is the library's.
+    """
     from safetensors.torch import save
 
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    (size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + size])
+    header.pop("__metadata__", None)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + blob[8 + size :]
+
+
+def atomic_write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str]) -> Path:
+    """Write a safetensors file to a temporary name beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
     if path.is_dir():
         raise AdapterFileError("is a directory; give a file name to write", path)
     if not path.parent.is_dir():
         raise AdapterFileError("the folder to write into does not exist", path)
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, serialize_safetensors(tensors, metadata))
     return path
 
 

@@ -38,11 +38,12 @@ def quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from . import adapters, generate, registry
+    from . import adapters, generate, hub, registry
 
     adapters.register(cli)
     generate.register(cli)
     registry.register(cli)
+    hub.register(cli)
 
 
 _register_commands()

@@ -323,6 +323,21 @@ class Registry:
                 db.execute("UPDATE adapters SET latest_pinned = 1 WHERE id = ?", (adapter_id,))
             return self._version(db, version_id)
 
+    def record_provenance(self, ref: str, updates: dict[str, Any]) -> Version:
+        """Add to a version's provenance (where it came from or went: a Hub repo and commit, a training run).
+
+        The version's files and details never change; its provenance may grow.
+        """
+        target = self.resolve(ref)
+        with transaction(self._db(write=True)) as db:
+            version_id = self._version_id(db, self._adapter_id(db, target.name), target.number)
+            (raw,) = db.execute("SELECT provenance FROM versions WHERE id = ?", (version_id,)).fetchone()
+            merged = {**json.loads(raw), **updates}
+            db.execute(
+                "UPDATE versions SET provenance = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id)
+            )
+            return self._version(db, version_id)
+
     def follow_latest(self, name: str) -> Version:
         """Unpin ``latest``: point it at the newest version again and let imports move it."""
         with transaction(self._db(write=True)) as db:

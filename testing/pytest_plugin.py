@@ -85,3 +85,28 @@ def registry(lorastack_home):
     reg = Registry()
     yield reg
     reg.close()
+
+
+@pytest.fixture
+def hub_server_factory(tmp_path, monkeypatch):
+    """Factory: ``hub_server_factory(token=..., read_only_token=...)`` starts a :class:`FakeHub` on 127.0.0.1 and
+    points the real ``huggingface_hub`` client at it (endpoint, Xet off, a temporary ``HF_HOME``)."""
+    from lorastack.testing.hub_server import FakeHub, point_client_at
+
+    started = []
+
+    def make(**kwargs):
+        hub = FakeHub(**kwargs).start()
+        point_client_at(hub.url, tmp_path / "hf-home", monkeypatch)
+        started.append(hub)
+        return hub
+
+    yield make
+    for hub in started:
+        hub.stop()
+
+
+@pytest.fixture
+def hub_server(hub_server_factory):
+    """A Hub-API server on 127.0.0.1 with the real ``huggingface_hub`` client pointed at it (no token needed)."""
+    return hub_server_factory()

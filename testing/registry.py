@@ -16,8 +16,9 @@ _SD15_LAYERS = {
 
 
 def small_adapter(path: str | Path, seed: int = 0, rank: int = 2, trigger: str | None = None, **header: str) -> Path:
-    """Write a small kohya-format SD1.5 LoRA (~40 KB, distinct bytes per seed) with ModelSpec metadata."""
-    from safetensors.torch import save_file
+    """Write a small kohya-format SD1.5 LoRA (~20 KB; the same bytes for the same arguments) with ModelSpec
+    metadata."""
+    from lorastack.adapters.files import serialize_safetensors
 
     g = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -31,5 +32,5 @@ def small_adapter(path: str | Path, seed: int = 0, rank: int = 2, trigger: str |
     if trigger:
         metadata["modelspec.trigger_phrase"] = trigger
     path = Path(path)
-    save_file(tensors, str(path), metadata=metadata)
+    path.write_bytes(serialize_safetensors(tensors, metadata))
     return path
