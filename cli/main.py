@@ -38,12 +38,16 @@ def quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from . import adapters, generate, hub, registry
+    from . import adapters, caption, dataset, generate, hub, plugins, registry, train
 
     adapters.register(cli)
     generate.register(cli)
     registry.register(cli)
     hub.register(cli)
+    plugins.register(cli)
+    caption.register(cli)
+    dataset.register(cli)
+    train.register(cli)
 
 
 _register_commands()

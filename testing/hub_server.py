@@ -20,8 +20,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, unquote, urlparse
+from http.server import ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote
+
+from .hub_http import HubError, Logged, Request, Response, handler_for
 
 LFS_PATTERNS = (".safetensors", ".bin", ".ckpt", ".pt", ".png", ".jpg", ".jpeg", ".webp")
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
@@ -58,20 +60,6 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Logged:
-    method: str
-    route: str
-    status: int
-    bytes_in: int
-
-
-class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, extra: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.extra = status, message, code, extra or {}
-
-
 class FakeHub:
     """An in-memory Hub. ``token``: when set, writes and private repos need ``Authorization: Bearer <token>``;
     ``read_only_token``: a valid token that may read but not write (writes get 403)."""
@@ -85,7 +73,7 @@ class FakeHub:
         self.lock = threading.RLock()
         self._counter = 0
         self.connections: set = set()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(self))
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -161,15 +149,15 @@ class FakeHub:
         return data
 
     # --- request handling --------------------------------------------------------------------------------------
-    def handle(self, req: _Request) -> _Response:
+    def handle(self, req: Request) -> Response:
         auth = self._auth(req)
         for pattern, method_names, fn in self._routes():
             m = pattern.match(req.path)
             if m and req.method in method_names:
                 return fn(req, auth, **m.groupdict())
-        return _Response.error(HubError(404, f"no route for {req.method} {req.path}"))
+        return Response.error(HubError(404, f"no route for {req.method} {req.path}"))
 
-    def _auth(self, req: _Request) -> str | None:
+    def _auth(self, req: Request) -> str | None:
         header = req.headers.get("Authorization", "")
         given = header[len("Bearer ") :] if header.startswith("Bearer ") else None
         if given is None:
@@ -190,7 +178,7 @@ class FakeHub:
         r = re.compile
         return [
             (r(r"^/api/whoami-v2$"), {"GET"}, self._whoami),
-            (r(r"^/api/validate-yaml$"), {"POST"}, lambda req, auth: _Response.json({"errors": [], "warnings": []})),
+            (r(r"^/api/validate-yaml$"), {"POST"}, lambda req, auth: Response.json({"errors": [], "warnings": []})),
             (r(r"^/api/repos/create$"), {"POST"}, self._create_repo),
             (r(rf"^/api/models/{_REPO}/preupload/(?P<rev>.+)$"), {"POST"}, self._preupload),
             (r(rf"^/api/models/{_REPO}/commit/(?P<rev>.+)$"), {"POST"}, self._commit),
@@ -209,7 +197,7 @@ class FakeHub:
     def _whoami(self, req, auth):
         if auth is None and self.token is not None:
             raise HubError(401, "Invalid user token")
-        return _Response.json({"type": "user", "name": self.user, "orgs": [], "auth": {"type": "access_token"}})
+        return Response.json({"type": "user", "name": self.user, "orgs": [], "auth": {"type": "access_token"}})
 
     def _create_repo(self, req, auth):
         self._needs_write(auth)
@@ -224,7 +212,7 @@ class FakeHub:
             files = {".gitattributes": Entry(len(attributes), git_sha1(attributes), content=attributes)}
             self._new_commit(repo, "main", None, files, "initial commit")
             self.repos[repo_id] = repo
-        return _Response.json({"url": url, "name": repo_id, "id": repo_id})
+        return Response.json({"url": url, "name": repo_id, "id": repo_id})
 
     def _model_info(self, req, auth, repo, rev=None):
         with self.lock:
@@ -236,7 +224,7 @@ class FakeHub:
                 if entry.sha256:
                     sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size, "pointerSize": 134}
                 siblings.append(sibling)
-            return _Response.json({
+            return Response.json({
                 "id": repo, "modelId": repo, "sha": commit.sha, "private": r.private, "siblings": siblings,
                 "tags": [], "lastModified": _iso(commit.date), "createdAt": _iso(commit.date),
             })  # fmt: skip
@@ -252,7 +240,7 @@ class FakeHub:
                 oid = None if existing is None else (existing.sha256 or existing.git_oid)
                 files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
                               "oid": oid})  # fmt: skip
-        return _Response.json({"files": files})
+        return Response.json({"files": files})
 
     def _lfs_batch(self, req, auth, repo):
         self._needs_write(auth)
@@ -265,7 +253,7 @@ class FakeHub:
                 signature = hashlib.sha256(f"{obj['oid']}:{id(self)}".encode()).hexdigest()[:32]
                 item["actions"] = {"upload": {"href": f"{self.url}/lfs/{obj['oid']}?signature={signature}"}}
             objects.append(item)
-        return _Response.json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+        return Response.json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
     def _lfs_upload(self, req, auth, oid):
         signature = hashlib.sha256(f"{oid}:{id(self)}".encode()).hexdigest()[:32]
@@ -275,7 +263,7 @@ class FakeHub:
             raise HubError(400, "sha256 of the uploaded data does not match its oid")
         with self.lock:
             self.lfs[oid] = req.body
-        return _Response.json({})
+        return Response.json({})
 
     def _commit(self, req, auth, repo, rev):
         self._needs_write(auth)
@@ -305,7 +293,7 @@ class FakeHub:
                     files = {p: e for p, e in files.items() if p != prefix and not p.startswith(prefix + "/")}
             sha = self._new_commit(r, branch, head, files, header.get("summary") or "Upload")
         url = f"{self.url}/{repo}/commit/{sha}"
-        return _Response.json({"commitUrl": url, "commitOid": sha, "pullRequestUrl": None})
+        return Response.json({"commitUrl": url, "commitOid": sha, "pullRequestUrl": None})
 
     def _refs(self, req, auth, repo):
         with self.lock:
@@ -314,9 +302,7 @@ class FakeHub:
             def refs(table, kind):
                 return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": s} for n, s in sorted(table.items())]
 
-            return _Response.json(
-                {"branches": refs(r.branches, "heads"), "tags": refs(r.tags, "tags"), "converts": []}
-            )
+            return Response.json({"branches": refs(r.branches, "heads"), "tags": refs(r.tags, "tags"), "converts": []})
 
     def _tag(self, req, auth, repo, rev):
         self._needs_write(auth)
@@ -325,12 +311,12 @@ class FakeHub:
             if req.method == "DELETE":
                 if r.tags.pop(unquote(rev), None) is None:
                     raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-                return _Response.json({})
+                return Response.json({})
             tag = req.json()["tag"]
             if tag in r.tags:
                 raise HubError(409, f"Tag {tag} already exists")
             r.tags[tag] = self._resolve(r, rev).sha
-        return _Response.json({})
+        return Response.json({})
 
     def _branch(self, req, auth, repo, branch):
         self._needs_write(auth)
@@ -339,12 +325,12 @@ class FakeHub:
             branch = unquote(branch)
             if req.method == "DELETE":
                 r.branches.pop(branch, None)
-                return _Response.json({})
+                return Response.json({})
             if branch in r.branches:
                 raise HubError(409, f"Branch {branch} already exists")
             start = (req.json() or {}).get("startingPoint") or "main"
             r.branches[branch] = self._resolve(r, start).sha
-        return _Response.json({})
+        return Response.json({})
 
     def _commits(self, req, auth, repo, rev):
         with self.lock:
@@ -354,7 +340,7 @@ class FakeHub:
                 out.append({"id": commit.sha, "title": commit.title, "message": commit.message,
                             "authors": [{"user": self.user}], "date": _iso(commit.date)})  # fmt: skip
                 commit = r.commits.get(commit.parent) if commit.parent else None
-        return _Response.json(out)
+        return Response.json(out)
 
     def _tree(self, req, auth, repo, rev, path=None):
         with self.lock:
@@ -370,14 +356,14 @@ class FakeHub:
                 else:
                     entries.append(self._entry_json(p, entry))
             entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)]
-        return _Response.json(entries)
+        return Response.json(entries)
 
     def _paths_info(self, req, auth, repo, rev):
         with self.lock:
             commit = self._resolve(self._repo(repo, auth), rev)
             form = parse_qs(req.body.decode()) if req.body else {}
             paths = form.get("paths", [])
-            return _Response.json([self._entry_json(p, commit.files[p]) for p in paths if p in commit.files])
+            return Response.json([self._entry_json(p, commit.files[p]) for p in paths if p in commit.files])
 
     def _resolve_file(self, req, auth, repo, rev, path):
         with self.lock:
@@ -398,128 +384,11 @@ class FakeHub:
             end = int(match.group(2)) if match.group(2) else len(data) - 1
             status, body = 206, data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
-        return _Response(status, body, headers, head_only=req.method == "HEAD")
+        return Response(status, body, headers, head_only=req.method == "HEAD")
 
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
-
-
-@dataclass
-class _Request:
-    method: str
-    path: str
-    query: dict
-    headers: object  # an email.message.Message: case-insensitive .get()
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body or b"null")
-
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes
-    headers: dict = field(default_factory=dict)
-    head_only: bool = False
-
-    @classmethod
-    def json(cls, data, status: int = 200) -> _Response:
-        return cls(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
-
-    @classmethod
-    def error(cls, e: HubError) -> _Response:
-        headers = {"Content-Type": "application/json", "X-Error-Message": e.message}
-        if e.code:
-            headers["X-Error-Code"] = e.code
-        if "commit" in e.extra:
-            headers["X-Repo-Commit"] = e.extra["commit"]
-        body = {"error": e.message, **{k: v for k, v in e.extra.items() if k != "commit"}}
-        return cls(e.status, json.dumps(body).encode(), headers)
-
-
-def _handler_for(hub: FakeHub):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def setup(self):
-            super().setup()
-            with hub.lock:
-                hub.connections.add(self.connection)
-
-        def finish(self):
-            with hub.lock:
-                hub.connections.discard(self.connection)
-            super().finish()
-
-        def _read_body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().strip(), 16)
-                    if size == 0:
-                        self.rfile.readline()
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def _serve(self):
-            url = urlparse(self.path)
-            path = quote(unquote(url.path), safe="/%:@")
-            # self.headers looks names up case-insensitively (httpx sends them in lower case)
-            req = _Request(self.command, url.path, parse_qs(url.query), self.headers, self._read_body())
-            route = f"{self.command} {path}"
-            fault = self._fault(route)
-            try:
-                if fault is not None and fault.isdigit():
-                    raise HubError(int(fault), f"injected {fault}")
-                response = hub.handle(req)
-            except HubError as e:
-                response = _Response.error(e)
-            except Exception as e:  # a bug in the fake: make it visible to the test
-                response = _Response.error(HubError(500, f"fake hub error: {type(e).__name__}: {e}"))
-            with hub.lock:
-                hub.log.append(Logged(self.command, _route_name(route), response.status, len(req.body)))
-            self.send_response(response.status)
-            for key, value in response.headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            if response.head_only or self.command == "HEAD":  # HEAD answers never carry a body
-                return
-            if fault == "drop":  # half the body, then the connection goes away
-                self.wfile.write(response.body[: len(response.body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            self.wfile.write(response.body)
-
-        def _fault(self, route: str) -> str | None:
-            with hub.lock:
-                for i, (pattern, fault, times) in enumerate(hub.faults):
-                    if pattern.search(route):
-                        if times <= 1:
-                            hub.faults.pop(i)
-                        else:
-                            hub.faults[i] = (pattern, fault, times - 1)
-                        return fault
-            return None
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
-
-    return Handler
-
-
-def _route_name(route: str) -> str:
-    """The route with commit hashes and LFS oids replaced by placeholders (stable for contract tests)."""
-    route = re.sub(r"/[0-9a-f]{64}\b", "/{oid}", route)
-    return re.sub(r"/[0-9a-f]{40}\b", "/{commit}", route)
 
 
 def point_client_at(url: str, hf_home, monkeypatch) -> None:

@@ -110,3 +110,27 @@ def hub_server_factory(tmp_path, monkeypatch):
 def hub_server(hub_server_factory):
     """A Hub-API server on 127.0.0.1 with the real ``huggingface_hub`` client pointed at it (no token needed)."""
     return hub_server_factory()
+
+
+@pytest.fixture
+def plugin_manager():
+    """A freshly loaded plugin manager that lorastack's own lookups use for this test.
+
+    ``plugin_manager.register(obj, "name")`` adds a plugin object (a module or a class instance with ``@hookimpl``
+    methods) for this test only; installed plugins load as usual.
+    """
+    from lorastack.plugins.manager import get_manager, reset_manager
+
+    reset_manager()
+    try:
+        yield get_manager()
+    finally:
+        reset_manager()
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory):
+    """A tiny random-weight BLIP captioning checkpoint (model and processor) saved with ``save_pretrained``."""
+    from lorastack.testing.blip import make_tiny_blip
+
+    return make_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))

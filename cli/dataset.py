@@ -1,0 +1,41 @@
+"""``lorastack dataset``: open a dataset through its source plugin and report what a trainer would see."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("dataset")
+@click.argument("location")
+@click.option("--source", default=None, help="Dataset source plugin (default: the one that recognises LOCATION).")
+@click.option("--option", "pairs", multiple=True, metavar="KEY=VALUE", help="An option of the source (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def dataset_cmd(location, source, pairs, as_json):
+    """Check a dataset: how many images, which have captions, and which files were skipped and why."""
+    from lorastack.core.data import open_dataset
+    from lorastack.core.interfaces import parse_option_pairs
+
+    dataset = open_dataset(location, source, parse_option_pairs(pairs, "--option"), allow_empty=True)
+    if as_json:
+        click.echo(json.dumps({
+            "location": dataset.location, "source": dataset.source, "count": len(dataset.items),
+            "items": [
+                {"source": i.source, "caption": i.caption, "size": list(i.image.size), "concept": i.concept,
+                 "mask": i.mask is not None}
+                for i in dataset.items
+            ],
+            "skipped": [{"source": s.source, "reason": s.reason} for s in dataset.skipped],
+        }, indent=2))  # fmt: skip
+        return
+    for item in dataset.items:
+        width, height = item.image.size
+        click.echo(f"{item.source}  {width}x{height}  {item.caption or '(no caption)'}")
+    for skipped in dataset.skipped:
+        click.echo(f"skipped {skipped.source}: {skipped.reason}", err=True)
+    click.echo(dataset.summary())
+
+
+def register(group: click.Group) -> None:
+    group.add_command(dataset_cmd)

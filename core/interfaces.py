@@ -1,0 +1,232 @@
+"""What a plugin implements: a dataset source, a captioner or a trainer, each with the options it accepts.
+
+These are small protocols: any object with the attributes and methods below will do (a class instance, a module
+object). A plugin hands its objects to lorastack through the ``register`` callback of a hook (see
+``lorastack.plugins.hookspecs``). Options are declared, not parsed by the plugin, so the CLI can list them and check
+what the user typed before any image is opened or any model is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .errors import LorastackError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+OPTION_TYPES = ("str", "int", "float", "bool", "path", "choice")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class PluginOptionError(LorastackError, ValueError):
+    """An option value a plugin does not accept; the message names the option, the value and what is valid."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a plugin object accepts.
+
+    :param name: the option's name, ``snake_case`` (the CLI shows it as ``--name-with-dashes`` or ``name=value``)
+    :param type: one of ``str``, ``int``, ``float``, ``bool``, ``path``, ``choice``
+    :param default: the value when the user gives none (``None``: no value)
+    :param help: one line for ``--help`` and ``lorastack plugins``
+    :param choices: the valid values of a ``choice`` option
+    :param required: the user must give a value
+    :param minimum: the smallest valid value of an ``int``/``float`` option
+    :param exclusive_minimum: ``minimum`` itself is not valid (``lr > 0``)
+    """
+
+    name: str
+    type: str = "str"
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"option {self.name!r}: type {self.type!r} is not one of {', '.join(OPTION_TYPES)}")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"option {self.name!r}: a choice option needs choices")
+
+    def parse(self, value: Any, owner: str = "") -> Any:
+        """``value`` (a string from the command line, or already typed) converted and checked."""
+        where = f"{owner}: " if owner else ""
+        if value is None:
+            return None
+        try:
+            if self.type == "bool":
+                if isinstance(value, bool):
+                    return value
+                text = str(value).strip().lower()
+                if text in _TRUE | _FALSE:
+                    return text in _TRUE
+                raise ValueError
+            if self.type == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                parsed: Any = int(str(value).strip()) if not isinstance(value, int | float) else int(value)
+            elif self.type == "float":
+                parsed = float(value)
+                if parsed != parsed or parsed in (float("inf"), float("-inf")):
+                    raise ValueError
+            elif self.type == "path":
+                parsed = Path(value).expanduser()
+            elif self.type == "choice":
+                parsed = str(value)
+                if parsed not in self.choices:
+                    raise PluginOptionError(f"{where}--{self.flag} {value!r} is not one of: {', '.join(self.choices)}")
+                return parsed
+            else:
+                parsed = str(value)
+        except PluginOptionError:
+            raise
+        except (TypeError, ValueError):
+            kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(self.type, self.type)
+            raise PluginOptionError(f"{where}--{self.flag} {value!r} is not {kind}") from None
+        if self.minimum is not None and self.type in ("int", "float"):
+            low = parsed <= self.minimum if self.exclusive_minimum else parsed < self.minimum
+            if low:
+                sign = ">" if self.exclusive_minimum else "≥"
+                raise PluginOptionError(f"{where}--{self.flag} {value!r} must be {sign} {self.minimum:g}")
+        return parsed
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+    def describe(self) -> dict[str, Any]:
+        """The option as plain data (for ``lorastack plugins --json``)."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "help": self.help}
+        if self.default is not None:
+            out["default"] = str(self.default) if isinstance(self.default, Path) else self.default
+        for key in ("choices", "minimum"):
+            if getattr(self, key) is not None:
+                out[key] = list(self.choices) if key == "choices" else self.minimum
+        if self.required:
+            out["required"] = True
+        return out
+
+
+def resolve_options(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """``given`` checked against the declared ``options``: unknown names and bad values are errors, defaults filled.
+
+    Keys may be written with dashes or underscores. The error names the bad option and lists the valid ones.
+    """
+    declared = {o.name: o for o in options}
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        name = key.replace("-", "_")
+        if name not in declared:
+            valid = ", ".join(o.flag for o in options) or "none"
+            raise PluginOptionError(f"{owner} has no option {key!r}; its options: {valid}")
+        out[name] = declared[name].parse(value, owner)
+    for option in options:
+        if option.name not in out or out[option.name] is None:
+            if option.required and option.default is None:
+                raise PluginOptionError(f"{owner} needs --{option.flag} ({option.help})")
+            out[option.name] = option.parse(option.default, owner)
+    return out
+
+
+def parse_option_pairs(pairs: Iterable[str], owner: str) -> dict[str, str]:
+    """``["prefix=a photo of", "max-length=20"]`` → a dict, for ``--option KEY=VALUE`` command-line flags."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PluginOptionError(f"{owner}: option {pair!r} is not KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetItem:
+    """One training example, whatever source it came from.
+
+    :param image: the image, RGB, EXIF orientation applied
+    :param caption: its caption, or ``None`` when the source has none
+    :param source: where it came from, for messages and caption files (a path relative to the dataset, a zip member,
+        a dataset row ``train[12]``)
+    :param mask: an optional mask (mode ``L``, same size), white where the loss counts
+    :param concept: an optional class or concept name (``figurine``)
+    :param key: the bytes' identity for caches (sha256 of the image file), or ``None``
+    :param path: the image file on disk when there is one (captioners write sidecars next to it)
+    """
+
+    image: Image.Image
+    caption: str | None
+    source: str
+    mask: Image.Image | None = None
+    concept: str | None = None
+    key: str | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file a source could not use: which one and why. Sources yield these instead of raising."""
+
+    source: str
+    reason: str
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """Where training images come from: a folder, a zip file, a Hugging Face dataset, …
+
+    ``detect`` says whether ``location`` looks like this source's kind (used when the user names no source);
+    ``open`` yields one ``DatasetItem`` per usable image and one ``Skipped`` per file it could not use (a corrupt
+    image, a caption naming a missing file), in a stable order. Bad locations raise ``LorastackError`` with a
+    one-line message.
+    """
+
+    name: str
+    description: str
+    options: Sequence[Option]
+
+    def detect(self, location: str) -> bool: ...
+
+    def open(self, location: str, options: Mapping[str, Any]) -> Iterator[DatasetItem | Skipped]: ...
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """Writes a caption for each image.
+
+    ``caption`` gets the items in order and yields one caption (a string, or ``None`` when it has nothing to say)
+    per item, in the same order, so callers can show progress. Load models inside ``caption``, not at import or
+    registration, so listing plugins stays cheap.
+    """
+
+    name: str
+    description: str
+    options: Sequence[Option]
+
+    def caption(self, items: Sequence[DatasetItem], options: Mapping[str, Any]) -> Iterator[str | None]: ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Trains an adapter.
+
+    ``train`` gets the resolved options and a ``lorastack.core.training.TrainingContext`` (base, data, run folder,
+    engine) and returns the run's result. Declared options cover everything a user may set; the engine's shared
+    options (steps, learning rate, resolution, …) are added to every trainer's.
+    """
+
+    name: str
+    description: str
+    options: Sequence[Option]
+
+    def train(self, context: Any, options: Mapping[str, Any]) -> Any: ...
