@@ -1,0 +1,146 @@
+"""``train()``: check everything, open the data, load the base, run the trainer plugin, register the result."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .options import TrainingError, dump_recipe, load_recipe, recipe_fingerprint, resolve
+
+
+@dataclass
+class TrainingContext:
+    """What a trainer plugin gets: the base pipeline, the dataset, the run folder and a way to start the engine."""
+
+    pipe: Any
+    base: str
+    dataset: Any
+    run: Any
+    options: dict[str, Any]
+    trainer: str
+    name: str | None
+    header: dict[str, str] = field(default_factory=dict)
+    trigger_words: list[str] = field(default_factory=list)
+    progress: bool = True
+    cache_home: Path | None = None
+
+    def engine(self, items, **kwargs):
+        """An ``Engine`` over ``items`` (``DatasetItem``s) with this run's options; ``.train()`` runs it."""
+        from .engine import Engine
+
+        header = {**self.header, **kwargs.pop("header", {})}
+        if self.trigger_words:
+            header["modelspec.trigger_phrase"] = ", ".join(self.trigger_words)
+        validation_count = self.options["validation_images"]
+        items = list(items)
+        if validation_count and "validation_items" not in kwargs:
+            if validation_count >= len(items):
+                raise TrainingError(
+                    f"--validation-images {validation_count} leaves no image to train on ({len(items)} in all)"
+                )
+            kwargs["validation_items"] = items[-validation_count:]
+            items = items[:-validation_count]
+        return Engine(self.pipe, self.options, self.run, items, header=header, progress=self.progress, **kwargs)
+
+
+def default_run_dir(name: str | None, trainer: str) -> Path:
+    from lorastack.paths import data_home
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name or trainer).strip("-") or trainer
+    return data_home() / "runs" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    trainer: str,
+    base: str | Path,
+    data: str | Path,
+    *,
+    name: str | None = None,
+    output: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    recipe: str | Path | None = None,
+    resume: bool = False,
+    source: str | None = None,
+    source_options: Mapping[str, Any] | None = None,
+    register: bool = True,
+    progress: bool = True,
+    pipe=None,
+):
+    """Train an adapter with the trainer plugin ``trainer``; everything is checked before any model loads.
+
+    ``options`` override the ``recipe`` file's. With ``name`` the adapter is imported into the registry as a new
+    version of ``name`` with the run as its provenance. ``pipe`` reuses an already loaded base pipeline.
+    """
+    from lorastack.core.data import open_dataset
+    from lorastack.plugins.manager import get_trainer
+
+    plugin = get_trainer(trainer)
+    given = dict(load_recipe(recipe)) if recipe else {}
+    for key in ("trainer", "base", "data", "name"):
+        given.pop(key, None)
+    given.update(options or {})
+    resolved = resolve(plugin.options, given, trainer)
+    tag = None
+    if name is not None:
+        from lorastack.registry.names import parse_name_tag
+
+        name, tag = parse_name_tag(name)
+    if hasattr(plugin, "check"):
+        plugin.check(resolved)  # trainer-specific rules (a class without a token, …) before any work
+    dataset = open_dataset(data, source, source_options)
+    if output is None and resume:
+        raise TrainingError("--resume needs the run folder: pass --output RUN_DIR")
+    run_dir = Path(output) if output is not None else default_run_dir(name, trainer)
+    identity = {
+        "trainer": trainer, "base": str(base), "data": str(data), "recipe": recipe_fingerprint(resolved),
+    }  # fmt: skip
+    from .run import RunFolder
+
+    recipe_text = dump_recipe(resolved, {"trainer": trainer, "base": str(base), "data": str(data)})
+    run = RunFolder(run_dir, identity, recipe_text, resume=resume)
+    if pipe is None:
+        from lorastack.core.base import load_base
+
+        pipe = load_base(base)
+    header = {
+        "modelspec.title": name or trainer,
+        "ss_output_name": name or trainer,
+        "ss_training_comment": f"trained by lorastack, trainer {trainer}",
+        "ss_steps": str(resolved["steps"]),
+        "ss_learning_rate": str(resolved["learning_rate"]),
+        "ss_resolution": str(resolved["resolution"]),
+        "ss_seed": str(resolved["seed"]),
+        "ss_num_train_images": str(len(dataset.items)),
+        "lorastack.trainer": trainer,
+        "lorastack.recipe": recipe_text,
+    }
+    base_id = str(base)
+    if not Path(base_id).exists():
+        header["ss_sd_model_name"] = base_id
+    context = TrainingContext(pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress)
+    result = plugin.train(context, resolved)
+    if register and name is not None:
+        from lorastack.registry import Registry
+
+        imported = Registry().import_file(
+            result.adapter_path,
+            name,
+            tag,
+            trigger_words=context.trigger_words or None,
+            base_model=None if Path(base_id).exists() else base_id,
+            provenance={
+                "training": {
+                    "run": str(run.path),
+                    "trainer": trainer,
+                    "steps": result.steps,
+                    "base": base_id,
+                    "data": str(data),
+                }
+            },
+        )
+        result.registered = imported.version.ref
+    return result

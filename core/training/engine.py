@@ -1,0 +1,370 @@
+"""The training loop every trainer runs, on ``accelerate``.
+
+Every random choice of a step (which images, caption dropout, noise, timesteps) comes from a generator seeded by
+``(seed, micro-batch number)``, never from a global RNG that would have to be saved, so a run resumed from a
+checkpoint computes exactly the steps an uninterrupted run would, and ends with the same adapter tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..interfaces import DatasetItem
+from .conditioning import encode_captions, is_sdxl, time_ids
+from .lora import add_lora, export_adapter, remove_lora, trainable_parameters
+from .options import TrainingError
+from .run import RunFolder
+
+VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_path: Path
+    steps: int
+    losses: list[float]
+    best_checkpoint: str | None = None
+    validation_losses: dict[int, float] = field(default_factory=dict)
+    registered: str | None = None
+    encodes: int = 0
+
+
+def _generator(seed: int, *parts: int) -> torch.Generator:
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % (2**63)
+    return torch.Generator().manual_seed(value)
+
+
+class Engine:
+    """One training run: a pipeline with LoRA layers added, data, options, and a run folder for checkpoints."""
+
+    def __init__(
+        self,
+        pipe,
+        options: dict[str, Any],
+        run: RunFolder,
+        items: Sequence[DatasetItem],
+        *,
+        validation_items: Sequence[DatasetItem] = (),
+        prior_items: Sequence[DatasetItem] = (),
+        prior_weight: float = 1.0,
+        header: dict[str, str] | None = None,
+        progress: bool = True,
+        on_step: Callable[[int, float], None] | None = None,
+    ):
+        from .data import DataOptions, TrainingData
+
+        if not items:
+            raise TrainingError("the dataset has no usable image")
+        self.pipe, self.options, self.run = pipe, options, run
+        self.header = dict(header or {})
+        self.progress, self.on_step = progress, on_step
+        self.prior_weight = prior_weight
+        data_options = DataOptions(
+            resolution=options["resolution"], center_crop=options["center_crop"], random_flip=options["random_flip"],
+            buckets=options["buckets"], caption_prefix=options["caption_prefix"],
+            caption_dropout=options["caption_dropout"], shuffle_tags=options["shuffle_tags"],
+            keep_tokens=options["keep_tokens"], repeats=options["repeats"],
+        )  # fmt: skip
+        data_options.validate()
+        self.data = TrainingData(list(items), data_options, options["seed"])
+        prior_options = DataOptions(**{**data_options.__dict__, "caption_dropout": 0.0, "caption_prefix": ""})
+        self.prior = TrainingData(list(prior_items), prior_options, options["seed"] + 1) if prior_items else None
+        self.validation = (
+            TrainingData(
+                list(validation_items),
+                DataOptions(
+                    **{**data_options.__dict__, "caption_dropout": 0.0, "random_flip": False, "shuffle_tags": False}
+                ),
+                options["seed"],
+            )
+            if validation_items
+            else None
+        )
+        self._epochs: dict[tuple[int, int], list[list[int]]] = {}
+        self.cache = None
+
+    # --- set-up -------------------------------------------------------------------------------------------------
+
+    def _accelerator(self):
+        from accelerate import Accelerator
+
+        device = self.options["device"]
+        mixed = self.options["mixed_precision"]
+        cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        if mixed == "fp16" and cpu:
+            raise TrainingError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
+        trackers = None
+        try:
+            import tensorboard  # noqa: F401
+
+            trackers = "tensorboard"
+        except ImportError:
+            pass
+        return Accelerator(mixed_precision=mixed, cpu=cpu, log_with=trackers, project_dir=str(self.run.path))
+
+    def _optimizer(self, params: dict[str, torch.nn.Parameter]):
+        groups = [
+            {"params": [p for n, p in params.items() if n.startswith("unet.")], "lr": self.options["learning_rate"]},
+            {"params": [p for n, p in params.items() if not n.startswith("unet.")],
+             "lr": self.options["text_encoder_lr"]},
+        ]  # fmt: skip
+        groups = [g for g in groups if g["params"]]
+        kwargs = dict(weight_decay=self.options["weight_decay"])
+        if self.options["optimizer"] == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise TrainingError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+            return bnb.optim.AdamW8bit(groups, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
+
+    def _scheduler(self, optimizer):
+        from diffusers.optimization import get_scheduler
+
+        return get_scheduler(
+            self.options["lr_scheduler"], optimizer, num_warmup_steps=self.options["warmup_steps"],
+            num_training_steps=self.options["steps"],
+        )  # fmt: skip
+
+    # --- data ---------------------------------------------------------------------------------------------------
+
+    def _batch_indices(self, data, micro: int, key: int) -> list[int]:
+        """The image indices of micro-batch number ``micro``, walking epochs in their seeded orders."""
+        batch_size = self.options["batch_size"]
+        epoch = 0
+        while True:
+            batches = self._epochs.get((key, epoch))
+            if batches is None:
+                batches = self._epochs[(key, epoch)] = data.epoch_batches(epoch, batch_size)
+            if micro < len(batches):
+                return batches[micro]
+            micro -= len(batches)
+            epoch += 1
+
+    def _examples(self, data, indices, rng) -> list[dict]:
+        return [data.example(i, rng) for i in indices]
+
+    def _latents(self, examples: list[dict], g: torch.Generator) -> torch.Tensor:
+        vae = self.pipe.vae
+        if self.cache is not None:
+            return self.cache.latents(examples, g, self.device)
+        pixels = torch.stack([ex["pixels"] for ex in examples]).to(self.device, vae.dtype)
+        with torch.no_grad():
+            dist = vae.encode(pixels).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=g).to(self.device, dist.mean.dtype)
+        latents = dist.mean + dist.std * noise
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    # --- the step -----------------------------------------------------------------------------------------------
+
+    def _loss(self, examples: list[dict], g: torch.Generator, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example loss (a vector) for a list of examples."""
+        pipe, options = self.pipe, self.options
+        latents = self._latents(examples, g).float()
+        noise = torch.randn(latents.shape, generator=g)
+        if options["noise_offset"]:
+            noise = noise + options["noise_offset"] * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+        noise = noise.to(self.device)
+        steps = self.scheduler.config.num_train_timesteps
+        if timesteps is None:
+            timesteps = torch.randint(0, steps, (latents.shape[0],), generator=g)
+        timesteps = timesteps.to(self.device).long()
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
+        hidden, pooled = encode_captions(pipe, [ex["caption"] for ex in examples], self.device)
+        kwargs = {}
+        if is_sdxl(pipe):
+            ids = time_ids([ex["original_size"] for ex in examples], [ex["crop_top_left"] for ex in examples],
+                           [tuple(ex["pixels"].shape[-2:]) for ex in examples], self.device, hidden.dtype)  # fmt: skip
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
+        with self.accelerator.autocast():
+            pred = self.unet(noisy, timesteps, hidden, **kwargs).sample
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+        masks = [ex.get("mask") for ex in examples]
+        if any(m is not None for m in masks):
+            weights = torch.stack([
+                F.interpolate(m[None, None].float(), size=loss.shape[-2:], mode="area")[0]
+                if m is not None else torch.ones(1, *loss.shape[-2:])
+                for m in masks
+            ]).to(loss.device)  # fmt: skip
+            loss = (loss * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * loss.shape[1]).clamp_min(1e-8)
+        else:
+            loss = loss.mean(dim=(1, 2, 3))
+        if options["min_snr_gamma"]:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(self.scheduler, timesteps)
+            clipped = torch.clamp(snr, max=options["min_snr_gamma"])
+            loss = loss * (clipped / snr if self.prediction == "epsilon" else clipped / (snr + 1))
+        return loss
+
+    def _micro_loss(self, micro: int) -> torch.Tensor:
+        g = _generator(self.options["seed"], micro)
+        examples = self._examples(self.data, self._batch_indices(self.data, micro, 0), g)
+        loss = self._loss(examples, g).mean()
+        if self.prior is not None:
+            prior_examples = self._examples(self.prior, self._batch_indices(self.prior, micro, 1), g)
+            loss = loss + self.prior_weight * self._loss(prior_examples, g).mean()
+        return loss
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Mean loss on the held-out images at fixed timesteps and fixed noise: comparable across checkpoints."""
+        if self.validation is None:
+            return None
+        total, count = 0.0, 0
+        for index in range(len(self.validation.items)):
+            g = _generator(self.options["seed"], 10**9 + index)
+            example = self.validation.example(index, g)
+            for t in VALIDATION_TIMESTEPS:
+                t = min(t, self.scheduler.config.num_train_timesteps - 1)
+                total += float(self._loss([example], _generator(self.options["seed"], index, t),
+                                          torch.tensor([t])).mean())  # fmt: skip
+                count += 1
+        return total / count
+
+    # --- run ----------------------------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        from diffusers import DDPMScheduler
+
+        options = self.options
+        self.accelerator = self._accelerator()
+        self.device = self.accelerator.device
+        self.scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.prediction = (
+            self.scheduler.config.prediction_type
+            if options["prediction_type"] == "auto"
+            else options["prediction_type"]
+        )
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options["mixed_precision"], torch.float32)
+        self.pipe.to(self.device)
+        for component in ("unet", "text_encoder", "text_encoder_2", "vae"):
+            module = getattr(self.pipe, component, None)
+            dtype = torch.float32 if component == "vae" else weight_dtype  # the SD VAEs overflow in fp16
+            if module is not None and module.dtype != dtype:
+                module.to(dtype=dtype)
+        if options["cache_latents"]:
+            if not options["center_crop"] and not options["buckets"]:
+                raise TrainingError("a random crop changes every step, so latents cannot be cached: pass "
+                                    "--cache-latents false or keep center_crop")  # fmt: skip
+            from lorastack.paths import data_home
+
+            from .cache import LatentCache
+
+            # one cache for every run: keyed by image bytes, geometry and VAE, so unchanged data never re-encodes
+            self.cache = LatentCache(data_home() / "cache" / "latents", self.pipe.vae)
+        trained = add_lora(self.pipe, options)
+        if options["gradient_checkpointing"]:
+            self.pipe.unet.enable_gradient_checkpointing()
+        params = trainable_parameters(trained)
+        optimizer = self._optimizer(params)
+        lr_scheduler = self._scheduler(optimizer)
+        self.unet, optimizer, lr_scheduler = self.accelerator.prepare(self.pipe.unet, optimizer, lr_scheduler)
+        start, losses = self.run.restore(params, optimizer, lr_scheduler)
+        if self.accelerator.trackers:
+            self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.items()})
+        accumulation = options["gradient_accumulation"]
+        bar = self._bar(start)
+        started = time.perf_counter()
+        try:
+            for step in range(start, options["steps"]):
+                for module in trained.values():
+                    module.train()
+                total = 0.0
+                for micro in range(step * accumulation, (step + 1) * accumulation):
+                    loss = self._micro_loss(micro) / accumulation
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"the loss became {float(loss)} at step {step + 1}; training stopped and the last good "
+                            f"checkpoint is kept ({self.run.last_checkpoint() or 'none yet'}). Lower the learning "
+                            "rate, or train with --mixed-precision bf16 or no"
+                        )
+                    self.accelerator.backward(loss)
+                    total += float(loss.detach())
+                if options["max_grad_norm"]:
+                    self.accelerator.clip_grad_norm_(list(params.values()), options["max_grad_norm"])
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(total)
+                done = step + 1
+                if self.accelerator.trackers:
+                    self.accelerator.log({"loss": total, "lr": lr_scheduler.get_last_lr()[0]}, step=done)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{total:.4f}", it_s=f"{(done - start) / (time.perf_counter() - started):.2f}"
+                    )
+                if self.on_step is not None:
+                    self.on_step(done, total)
+                if self._due(done):
+                    self._checkpoint(done, trained, params, optimizer, lr_scheduler, losses)
+        except torch.OutOfMemoryError:
+            raise TrainingError(
+                "out of memory: lower --batch-size or --resolution, pass --gradient-checkpointing true, or use "
+                f"--mixed-precision bf16; the last good checkpoint is kept ({self.run.last_checkpoint() or 'none'})"
+            ) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        final = self.run.finish(losses)
+        adapter_path = self.run.adapter_path
+        result = TrainResult(self.run.path, adapter_path, options["steps"], losses, final.get("best"),
+                             {int(k): v for k, v in final.get("validation", {}).items()},
+                             encodes=getattr(self.cache, "encodes", 0))  # fmt: skip
+        remove_lora(trained)
+        if self.accelerator.trackers:
+            self.accelerator.end_training()
+        return result
+
+    def _due(self, done: int) -> bool:
+        every = self.options["checkpoint_every"]
+        return done == self.options["steps"] or (every and done % every == 0)
+
+    def _bar(self, start: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.options["steps"], initial=start, desc="training", unit="step")
+
+    def _checkpoint(self, done, trained, params, optimizer, lr_scheduler, losses) -> None:
+        for module in trained.values():
+            module.eval()
+        adapter = export_adapter(trained, self.options["alpha"], self.header)
+        validation = self.validation_loss()
+        samples = self._samples(done)
+        self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)
+        if self.accelerator.trackers and validation is not None:
+            self.accelerator.log({"validation_loss": validation}, step=done)
+
+    @torch.no_grad()
+    def _samples(self, done: int):
+        prompts = [p.strip() for p in self.options["validation_prompts"].split("|") if p.strip()]
+        every = self.options["validate_every"]
+        if not prompts or (every and done % every and done != self.options["steps"]):
+            return None
+        from PIL import Image
+
+        size = self.options["resolution"]
+        images = []
+        for i, prompt in enumerate(prompts):
+            g = torch.Generator().manual_seed(self.options["seed"] + i)
+            images.append(self.pipe(prompt, num_inference_steps=self.options["sample_steps"], generator=g,
+                                    height=size, width=size).images[0])  # fmt: skip
+        grid = Image.new("RGB", (size * len(images), size), "white")
+        for i, image in enumerate(images):
+            grid.paste(image.resize((size, size)), (i * size, 0))
+        return grid

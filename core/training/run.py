@@ -1,0 +1,194 @@
+"""A run folder: the recipe, checkpoints (adapter + optimizer state), samples, the loss curve, the final adapter.
+
+```
+RUN/
+  run.json                     trainer, base, data, recipe fingerprint, checkpoints, validation losses, best
+  recipe.toml                  the resolved recipe
+  checkpoints/step-000050/     adapter.safetensors (loads anywhere), state.pt (resume), complete (written last)
+  samples/step-000050.png      validation prompts, fixed seeds
+  loss.png, losses.json        the loss curve
+  adapter.safetensors          the final adapter
+```
+A checkpoint counts only once its ``complete`` marker exists, so a run killed while saving resumes from the one
+before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastack.adapters.files import atomic_write_bytes
+from lorastack.adapters.writing import write_adapter
+
+from .options import TrainingError
+
+RUN_FILE = "run.json"
+
+
+class RunFolder:
+    def __init__(self, path: str | Path, identity: dict[str, Any], recipe_text: str, *, resume: bool = False):
+        """Open ``path`` for a run; refuse a folder that holds another recipe's run, or any run unless resuming."""
+        self.path = Path(path)
+        self.identity = identity
+        existing = self._read()
+        if existing is not None:
+            if existing.get("identity") != identity:
+                changed = sorted(
+                    k for k in set(identity) | set(existing.get("identity", {}))
+                    if identity.get(k) != existing.get("identity", {}).get(k)
+                )  # fmt: skip
+                raise TrainingError(
+                    f"run folder {str(self.path)!r} belongs to another recipe (differs in: {', '.join(changed)}); "
+                    "choose a new --output folder"
+                )
+            if not resume:
+                raise TrainingError(
+                    f"run folder {str(self.path)!r} already holds a run; pass --resume to continue it, or choose "
+                    "a new --output folder"
+                )
+            self.state = existing
+        else:
+            if resume:
+                raise TrainingError(f"nothing to resume in {str(self.path)!r}: it holds no run")
+            if self.path.exists() and any(self.path.iterdir()):
+                raise TrainingError(
+                    f"{str(self.path)!r} is not empty and holds no run; choose an empty --output folder"
+                )
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.state = {"identity": identity, "checkpoints": [], "validation": {}, "best": None, "status": "new"}
+            atomic_write_bytes(self.path / "recipe.toml", recipe_text.encode())
+            self._write()
+
+    # --- files --------------------------------------------------------------------------------------------------
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / "adapter.safetensors"
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads((self.path / RUN_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise TrainingError(f"{str(self.path / RUN_FILE)!r} cannot be read ({e})") from None
+
+    def _write(self) -> None:
+        atomic_write_bytes(self.path / RUN_FILE, json.dumps(self.state, indent=2, sort_keys=True).encode())
+
+    def _complete(self) -> list[Path]:
+        folder = self.path / "checkpoints"
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if (p / "complete").exists())
+
+    def last_checkpoint(self) -> str | None:
+        complete = self._complete()
+        return str(complete[-1]) if complete else None
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, step, adapter, params, optimizer, lr_scheduler, losses, validation, samples) -> Path:
+        folder = self.path / "checkpoints" / f"step-{step:06d}"
+        if folder.exists():
+            shutil.rmtree(folder)  # an incomplete one from a killed run
+        folder.mkdir(parents=True)
+        write_adapter(adapter, folder / "adapter.safetensors", "diffusers")
+        state = {
+            "step": step,
+            "params": {name: p.detach().to("cpu").clone() for name, p in params.items()},
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "losses": list(losses),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(folder / "state.pt", buffer.getvalue())
+        if samples is not None:
+            (self.path / "samples").mkdir(exist_ok=True)
+            samples.save(self.path / "samples" / f"step-{step:06d}.png")
+        atomic_write_bytes(folder / "complete", b"")
+        self.state["checkpoints"] = sorted({*self.state["checkpoints"], folder.name})
+        if validation is not None:
+            self.state["validation"][str(step)] = validation
+            best = min(self.state["validation"].items(), key=lambda kv: (kv[1], int(kv[0])))
+            self.state["best"] = f"step-{int(best[0]):06d}"
+        self.state["status"] = "training"
+        self._write()
+        self._plot(losses)
+        return folder
+
+    def restore(self, params, optimizer, lr_scheduler) -> tuple[int, list[float]]:
+        """Load the last complete checkpoint into the parameters and optimizer; ``(0, [])`` when there is none."""
+        complete = self._complete()
+        if not complete:
+            return 0, []
+        try:
+            state = torch.load(complete[-1] / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise TrainingError(f"checkpoint {str(complete[-1])!r} cannot be read ({type(e).__name__}: {e})") from None
+        missing = sorted(set(params) ^ set(state["params"]))
+        if missing:
+            raise TrainingError(
+                f"checkpoint {str(complete[-1])!r} does not fit this model (parameters differ: {missing[0]}, …): "
+                "was the base model changed?"
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["params"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        return int(state["step"]), list(state["losses"])
+
+    def finish(self, losses: list[float]) -> dict[str, Any]:
+        """Copy the final checkpoint's adapter to ``adapter.safetensors`` and mark the run done."""
+        complete = self._complete()
+        if not complete:
+            raise TrainingError(f"run {str(self.path)!r} has no checkpoint to finish from")
+        atomic_write_bytes(self.adapter_path, (complete[-1] / "adapter.safetensors").read_bytes())
+        self.state["status"] = "done"
+        self._write()
+        self._plot(losses)
+        return self.state
+
+    def _plot(self, losses: list[float]) -> None:
+        atomic_write_bytes(self.path / "losses.json", json.dumps(losses).encode())
+        if len(losses) >= 2:
+            buffer = io.BytesIO()
+            loss_curve(losses, self.state.get("validation", {})).save(buffer, format="PNG")
+            atomic_write_bytes(self.path / "loss.png", buffer.getvalue())
+
+
+def loss_curve(losses: list[float], validation: dict[str, float], size=(640, 320)):
+    """A plain loss-curve image (training loss, smoothed, and validation points), drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    values = list(losses) + list(validation.values())
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    margin = 30
+
+    def point(i: float, v: float) -> tuple[float, float]:
+        x = margin + (width - 2 * margin) * (i / max(len(losses) - 1, 1))
+        return x, height - margin - (height - 2 * margin) * (v - low) / span
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline=(200, 200, 200))
+    draw.line([point(i, v) for i, v in enumerate(losses)], fill=(180, 180, 220), width=1)
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+              for i in range(len(losses))]  # fmt: skip
+    draw.line([point(i, v) for i, v in enumerate(smooth)], fill=(30, 60, 200), width=2)
+    for step, value in validation.items():
+        x, y = point(int(step) - 1, value)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(220, 60, 30))
+    draw.text((margin, 8), f"loss {losses[-1]:.4f} (min {min(losses):.4f}, max {max(losses):.4f})", fill="black")
+    return image

@@ -1,0 +1,124 @@
+"""Built-in trainers: ``lora`` (captioned images) and ``dreambooth`` (a token + class, prior preservation).
+
+Written like any third-party plugin: only lorastack's public API (``lorastack.core.training``,
+``lorastack.core.interfaces``) is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+
+from lorastack.core.data import open_image
+from lorastack.core.interfaces import DatasetItem, Option
+from lorastack.core.training.options import TrainingError
+from lorastack.plugins import hookimpl
+
+log = logging.getLogger("lorastack.train")
+
+
+class LoraTrainer:
+    name = "lora"
+    description = "Text-to-image LoRA on captioned images (a style or a subject)."
+    options = (Option("trigger", "str", "", "Trigger words recorded in the adapter (comma-separated)."),)
+
+    def train(self, context, options):
+        context.trigger_words = [w.strip() for w in options["trigger"].split(",") if w.strip()]
+        missing = [item.source for item in context.dataset.items if not item.caption]
+        if missing and not options["caption_prefix"]:
+            log.warning("%d images have no caption (%s, …): they train as unconditional", len(missing), missing[0])
+        return context.engine(context.dataset.items).train()
+
+
+class DreamBoothTrainer:
+    name = "dreambooth"
+    description = "DreamBooth-LoRA: a rare token + a class ('a photo of aawxbc figurine'), with prior preservation."
+    options = (
+        Option("token", "str", None, "The rare token that names the subject, e.g. aawxbc.", required=True),
+        Option("class_name", "str", "", "The subject's class, e.g. figurine (enables prior preservation)."),
+        Option("instance_prompt", "str", "a photo of {token} {class_name}", "Prompt of the subject's images."),
+        Option("class_prompt", "str", "a photo of {class_name}", "Prompt of the class images."),
+        Option("prior_preservation", "bool", True, "Train on class images too, so the class keeps its meaning."),
+        Option("prior_loss_weight", "float", 1.0, "Weight of the class images' loss.", minimum=0),
+        Option("class_images", "int", 50, "How many class images (generated with the base when missing).", minimum=1),
+        Option("class_data", "path", None, "A folder of class images to use instead of generating them."),
+        Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
+    )
+
+    def check(self, options) -> None:
+        token = (options.get("token") or "").strip()
+        if not token:
+            raise TrainingError("dreambooth needs --token (a rare word such as aawxbc) to name the subject")
+        if not re.fullmatch(r"[A-Za-z0-9_<>-]+", token):
+            raise TrainingError(f"--token {token!r} must be one word of letters and digits, e.g. aawxbc")
+
+    def train(self, context, options):
+        self.check(options)
+        token, class_name = options["token"].strip(), options["class_name"].strip()
+        _warn_common_token(context.pipe, token)
+        context.trigger_words = [token]
+        prompt = options["instance_prompt"].format(token=token, class_name=class_name).strip()
+        prompt = re.sub(r"\s+", " ", prompt)
+        items = [
+            DatasetItem(i.image, f"{token} {i.caption}" if options["use_captions"] and i.caption else prompt,
+                        i.source, i.mask, class_name or i.concept, i.key, i.path)
+            for i in context.dataset.items
+        ]  # fmt: skip
+        prior = []
+        if options["prior_preservation"] and class_name:
+            class_prompt = re.sub(r"\s+", " ", options["class_prompt"].format(class_name=class_name)).strip()
+            prior = class_images(context, class_prompt, options)
+        return context.engine(items, prior_items=prior, prior_weight=options["prior_loss_weight"]).train()
+
+
+def _warn_common_token(pipe, token: str) -> None:
+    vocab = getattr(pipe.tokenizer, "encoder", None) or pipe.tokenizer.get_vocab()
+    if f"{token.lower()}</w>" in vocab and len(token) > 3:
+        log.warning("--token %r is already a word the text encoder knows; a rare token (e.g. aawxbc) learns "
+                    "faster and does not change that word's meaning", token)  # fmt: skip
+
+
+def class_images(context, prompt: str, options) -> list[DatasetItem]:
+    """Class images for prior preservation: the user's folder, or images the base generates once and reuses.
+
+    Generated images are cached under ``LORASTACK_HOME/cache/class-images/<key>``, keyed by the base's digest, the
+    prompt, the resolution and the seed, so a second run (or a resumed one) does not generate them again.
+    """
+    count = options["class_images"]
+    if options["class_data"] is not None:
+        from lorastack.core.data import open_dataset
+
+        folder = open_dataset(options["class_data"], "folder")
+        return [DatasetItem(i.image, prompt, i.source, key=i.key) for i in folder.items[:count]]
+    from lorastack.core.base import base_info
+    from lorastack.core.recipe import base_digest
+    from lorastack.paths import data_home
+
+    size = options["resolution"]
+    key = hashlib.sha256(json.dumps([base_digest(base_info(context.pipe)), prompt, size, options["seed"]]).encode())
+    folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(count):
+        path = folder / f"{index:05d}.png"
+        if not path.exists():
+            import torch
+
+            g = torch.Generator().manual_seed(options["seed"] * 100_003 + index)
+            image = context.pipe(prompt, num_inference_steps=options["sample_steps"], generator=g, height=size,
+                                 width=size).images[0]  # fmt: skip
+            tmp = path.with_suffix(".tmp.png")
+            image.save(tmp)
+            tmp.replace(path)
+        data = path.read_bytes()
+        items.append(DatasetItem(open_image(data, path.name), prompt, f"class/{path.name}",
+                                 key=hashlib.sha256(data).hexdigest(), path=path))  # fmt: skip
+    return items
+
+
+@hookimpl
+def register_trainers(register):
+    register(LoraTrainer())
+    register(DreamBoothTrainer())
