@@ -155,16 +155,21 @@ class Engine:
         return [data.example(i, rng) for i in indices]
 
     def _latents(self, examples: list[dict], g: torch.Generator) -> torch.Tensor:
+        """Scaled latents of the examples: a sample of the VAE's distribution (from ``g``), or its mean."""
         vae = self.pipe.vae
         if self.cache is not None:
-            return self.cache.latents(examples, g, self.device)
-        pixels = torch.stack([ex["pixels"] for ex in examples]).to(self.device, vae.dtype)
-        with torch.no_grad():
-            dist = vae.encode(pixels).latent_dist
-        noise = torch.randn(dist.mean.shape, generator=g).to(self.device, dist.mean.dtype)
-        latents = dist.mean + dist.std * noise
+            if self.options["latents"] == "sample":
+                return self.cache.latents(examples, g, self.device)
+            mean = torch.stack([m for m, _ in self.cache.distributions(examples)]).to(self.device)
+        else:
+            pixels = torch.stack([ex["pixels"] for ex in examples]).to(self.device, vae.dtype)
+            with torch.no_grad():
+                dist = vae.encode(pixels).latent_dist
+            mean = dist.mean
+            if self.options["latents"] == "sample":
+                mean = mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(self.device, dist.mean.dtype)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * vae.config.scaling_factor
+        return (mean - shift) * vae.config.scaling_factor
 
     # --- the step -----------------------------------------------------------------------------------------------
 
@@ -256,7 +261,7 @@ class Engine:
             if module is not None and module.dtype != dtype:
                 module.to(dtype=dtype)
         if options["cache_latents"]:
-            if not options["center_crop"] and not options["buckets"]:
+            if not options["center_crop"]:
                 raise TrainingError("a random crop changes every step, so latents cannot be cached: pass "
                                     "--cache-latents false or keep center_crop")  # fmt: skip
             from lorastack.paths import data_home

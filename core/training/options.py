@@ -66,6 +66,8 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("shuffle_tags", "bool", False, "Shuffle comma-separated tags in captions."),
     Option("keep_tokens", "int", 0, "Tags kept in place at the front when shuffling.", minimum=0),
     Option("repeats", "int", 1, "Times each image is seen per epoch.", minimum=1),
+    Option("latents", "choice", "sample", "Each step draws latents from the VAE's distribution, or uses its mean.",
+           choices=("sample", "mean")),
     Option("cache_latents", "bool", True, "Cache VAE latents on disk (keyed by image bytes and settings)."),
     Option("checkpoint_every", "int", 0, "Checkpoint every N steps (0: only at the end).", minimum=0),
     Option("validate_every", "int", 0, "Validation loss and samples every N steps (0: at checkpoints).", minimum=0),
