@@ -38,7 +38,7 @@ def quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from . import adapters, caption, dataset, generate, hub, plugins, registry, train
+    from . import adapters, caption, dataset, demo, generate, hub, plugins, registry, train
 
     adapters.register(cli)
     generate.register(cli)
@@ -48,6 +48,7 @@ def _register_commands() -> None:
     caption.register(cli)
     dataset.register(cli)
     train.register(cli)
+    demo.register(cli)
 
 
 _register_commands()

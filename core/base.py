@@ -135,12 +135,19 @@ def _check_device(device: str) -> None:
         raise BaseModelError("device 'mps' was asked for but this torch has no Apple GPU backend; use --device cpu")
 
 
+BUILTIN_TOY = "toy"
+
+
 def _resolve_alias(source: str) -> tuple[str, str | None]:
     if Path(source).expanduser().exists():
         return source, None
     table = aliases()
     if source in table:
         return table[source], source
+    if source == BUILTIN_TOY:  # the toy base shipped inside the package (a user alias of that name wins)
+        from .toy import TOY_DIR
+
+        return str(TOY_DIR), source
     return source, None
 
 

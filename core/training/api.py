@@ -26,7 +26,7 @@ class TrainingContext:
     header: dict[str, str] = field(default_factory=dict)
     trigger_words: list[str] = field(default_factory=list)
     progress: bool = True
-    cache_home: Path | None = None
+    on_step: Any = None  # called with (step, loss) after each optimizer step
 
     def engine(self, items, **kwargs):
         """An ``Engine`` over ``items`` (``DatasetItem``s) with this run's options; ``.train()`` runs it."""
@@ -44,7 +44,8 @@ class TrainingContext:
                 )
             kwargs["validation_items"] = items[-validation_count:]
             items = items[:-validation_count]
-        return Engine(self.pipe, self.options, self.run, items, header=header, progress=self.progress, **kwargs)
+        return Engine(self.pipe, self.options, self.run, items, header=header, progress=self.progress,
+                      on_step=self.on_step, **kwargs)  # fmt: skip
 
 
 def default_run_dir(name: str | None, trainer: str) -> Path:
@@ -69,6 +70,7 @@ def train(
     register: bool = True,
     progress: bool = True,
     pipe=None,
+    on_step=None,
 ):
     """Train an adapter with the trainer plugin ``trainer``; everything is checked before any model loads.
 
@@ -121,7 +123,9 @@ def train(
     base_id = str(base)
     if not Path(base_id).exists():
         header["ss_sd_model_name"] = base_id
-    context = TrainingContext(pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress)
+    context = TrainingContext(
+        pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress, on_step=on_step
+    )
     result = plugin.train(context, resolved)
     if register and name is not None:
         from lorastack.registry import Registry
