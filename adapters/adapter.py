@@ -35,6 +35,8 @@ class Adapter:
     unrecognized_keys: tuple[str, ...] = ()
     alpha_source: str = "file"
     path: Path | None = None
+    #: bundled textual-inversion embeddings: token → {"text_encoder": n×hidden, "text_encoder_2": …}
+    embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @cached_property
     def probe(self) -> Probe:
@@ -83,6 +85,7 @@ class Adapter:
             self.unrecognized_keys,
             self.alpha_source,
             self.path,
+            {t: {c: v.to(*args, **kwargs) for c, v in e.items()} for t, e in self.embeddings.items()},
         )
 
     def select(self, names: Iterable[str]) -> Adapter:
@@ -96,6 +99,7 @@ class Adapter:
             (),
             self.alpha_source,
             self.path,
+            self.embeddings,
         )
 
     def deltas(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -118,6 +122,7 @@ class Adapter:
             "alpha_source": self.alpha_source,
             "modules": self.components(),
             "layers": len(self.layers),
+            "embeddings": {t: {c: int(v.shape[0]) for c, v in e.items()} for t, e in self.embeddings.items()},
             "parameters": sum(t.numel() for layer in self.layers.values() for t in layer.tensors().values()),
             "unrecognized_keys": list(self.unrecognized_keys),
         }

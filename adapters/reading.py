@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .adapter import Adapter
+from .embeddings import split_embeddings
 from .errors import AdapterError, InvalidAdapterError, NotAnAdapterError, UnsupportedAdapterError
 from .files import load_weights, read_safetensors_header, torch_dtype
 from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer
@@ -131,6 +132,9 @@ def parse_state_dict(
     header = header or {}
     if not tensors:
         raise NotAnAdapterError("holds no tensors")
+    tensors, embeddings = split_embeddings(tensors)
+    if not tensors:
+        raise NotAnAdapterError("holds only textual-inversion embeddings, no LoRA layers")
     kohya = any(k.startswith(tuple(p for p, _ in KOHYA_PREFIXES)) for k in tensors)
     grouped: dict[str, _Parts] = {}
     styles: set[str] = set()
@@ -171,6 +175,7 @@ def parse_state_dict(
         key_styles=tuple(sorted(styles)),
         unrecognized_keys=tuple(sorted(unrecognized)),
         alpha_source=alpha_source,
+        embeddings=embeddings,
     )
 
 

@@ -17,6 +17,7 @@ import torch
 
 from .adapter import Adapter
 from .constants import FORMATS
+from .embeddings import embedding_tensors
 from .errors import UnsupportedAdapterError
 from .files import atomic_write_safetensors
 from .layers import FullLayer, LoKrLayer, LoRALayer
@@ -61,6 +62,7 @@ def write_adapter(
         tensors, header = diffusers_state_dict(adapter, family, dtype)
     else:
         tensors, header = kohya_state_dict(adapter, family, dtype)
+    tensors.update(embedding_tensors(adapter.embeddings, family))
     header["sshs_model_hash"] = tensor_data_sha256(tensors)
     return atomic_write_safetensors(tensors, path, header)
 

@@ -91,7 +91,7 @@ def anchor(pipe, data: Path, args, device, dtype) -> tuple[float, float]:
             t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), device=device)
             noisy = scheduler.add_noise(latents, noise, t)
             ids = pipe.tokenizer([captions[k] for k in index], padding="max_length", truncation=True,
-                                 max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
+                                 max_length=77, return_tensors="pt").input_ids  # fmt: skip
             hidden = text(ids.to(device))[0]
             pred = unet(noisy, t, hidden).sample
         loss = F.mse_loss(pred.float(), noise.float())
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['model']} on {summary['device']}, {args.resolution} px, rank {args.rank}, batch {args.batch}, "
+        print(f"{summary['model']} on {summary['device']}, {args.resolution} px, rank {args.rank}, b{args.batch}, "
               f"{args.mixed_precision}")  # fmt: skip
         print(f"  diffusers recipe: {best['anchor']:.3f} steps/s, peak {peaks['anchor']:.2f} GiB")
         print(f"  lorastack:        {best['lorastack']:.3f} steps/s, peak {peaks['lorastack']:.2f} GiB")

@@ -27,6 +27,7 @@ from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer, read_adapte
 from lorastack.adapters.constants import FAMILY_NAMES, UNKNOWN
 from lorastack.adapters.files import file_and_tensor_sha256
 
+from .embeddings import add_embeddings, remove_embeddings
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
 from .modules import ModuleIndex, pipeline_family
 from .scales import compile_scale
@@ -75,6 +76,7 @@ class LoadedAdapter:
     report: LoadReport
     source: str
     _hashes: tuple[str, str] | None = None
+    tokens: list = field(default_factory=list)  # (component, token names) added to the pipeline
 
     @property
     def trigger_words(self) -> list[str]:
@@ -175,7 +177,8 @@ class AdapterStack:
         device = self._device()
         # LoRA factors are small: keep them in float32 on the device, ready for the patching GEMM
         layers = {m: layer.to(device, torch.float32) for m, layer in matched.items()}
-        self._adapters[name] = LoadedAdapter(name, adapter, layers, report, label)
+        tokens = add_embeddings(self.pipe, name, adapter.embeddings) if adapter.embeddings else []
+        self._adapters[name] = LoadedAdapter(name, adapter, layers, report, label, tokens=tokens)
         return report
 
     def _device(self) -> torch.device:
@@ -204,6 +207,8 @@ class AdapterStack:
         self.get(name)
         if name in self._active:
             self.activate({n: s for n, s in self._active.items() if n != name})
+        if self._adapters[name].tokens:
+            remove_embeddings(self.pipe, self._adapters[name].tokens)
         del self._adapters[name]
 
     # --- activation ------------------------------------------------------------------------------------------

@@ -73,6 +73,45 @@ class DreamBoothTrainer:
         return context.engine(items, prior_items=prior, prior_weight=options["prior_loss_weight"]).train()
 
 
+class PivotalTrainer:
+    name = "pivotal"
+    description = "Pivotal tuning: new token embeddings (textual inversion) and a LoRA, trained and saved together."
+    options = (
+        Option("token", "str", None, "The new token, e.g. aawxbc (becomes --vectors vectors).", required=True),
+        Option("class_name", "str", "", "The subject's class, e.g. figurine (also the embeddings' starting point)."),
+        Option("instance_prompt", "str", "a photo of {token} {class_name}", "Prompt of the subject's images."),
+        Option("vectors", "int", 2, "Embedding vectors per token.", minimum=1),
+        Option("init_word", "str", "", "Word the embeddings start from (default: the class)."),
+        Option("ti_steps", "int", None, "Steps that train only the embeddings before LoRA joins (default: a third).",
+               minimum=0),
+        Option("ti_learning_rate", "float", 5e-4, "Learning rate of the embeddings.", minimum=0,
+               exclusive_minimum=True),
+        Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
+    )  # fmt: skip
+
+    check = DreamBoothTrainer.check
+
+    def train(self, context, options):
+        from lorastack.core.training.tokens import NewTokens
+
+        self.check(options)
+        token, class_name = options["token"].strip(), options["class_name"].strip()
+        ti_steps = options["steps"] // 3 if options["ti_steps"] is None else options["ti_steps"]
+        tokens = NewTokens(context.pipe, token, options["vectors"], options["init_word"] or class_name,
+                           options["seed"], options["ti_learning_rate"], ti_steps)  # fmt: skip
+        context.trigger_words = [token]
+        prompt = re.sub(r"\s+", " ", options["instance_prompt"].format(token=token, class_name=class_name)).strip()
+        items = [
+            DatasetItem(i.image, tokens.expand(f"{token} {i.caption}" if options["use_captions"] and i.caption
+                                               else prompt), i.source, i.mask, class_name or i.concept, i.key, i.path)
+            for i in context.dataset.items
+        ]  # fmt: skip
+        try:
+            return context.engine(items, extras=tokens).train()
+        finally:
+            tokens.close()
+
+
 def _warn_common_token(pipe, token: str) -> None:
     vocab = getattr(pipe.tokenizer, "encoder", None) or pipe.tokenizer.get_vocab()
     if f"{token.lower()}</w>" in vocab and len(token) > 3:
@@ -122,3 +161,4 @@ def class_images(context, prompt: str, options) -> list[DatasetItem]:
 def register_trainers(register):
     register(LoraTrainer())
     register(DreamBoothTrainer())
+    register(PivotalTrainer())

@@ -48,32 +48,74 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-@pytest.mark.parametrize("trainer", ["lora", "dreambooth"])
+@pytest.mark.parametrize("trainer", ["lora", "dreambooth", "pivotal"])
 def test_each_trainer_runs_end_to_end(trainer, family, tiny_pipe_dir, data, tmp_path, lorastack_home):
+    from lorastack.adapters.embeddings import diffusers_parts
     from lorastack.core import AdapterStack, load_base
 
     base = tiny_pipe_dir(family)
-    extra = {"token": "aawxbc", "class_name": "figurine", "class_images": 2} if trainer == "dreambooth" else {}
-    options = {**FAST, **extra, "text_encoder_lr": 1e-4, "targets": "attention-ff"}
+    extra = {
+        "lora": {},
+        "dreambooth": {"token": "aawxbc", "class_name": "figurine", "class_images": 2},
+        "pivotal": {"token": "aawxbc", "class_name": "figurine", "ti_steps": 1, "steps": 3},
+    }[trainer]
+    options = {**FAST, "text_encoder_lr": 1e-4, "targets": "attention-ff", **extra}
+    pipe = load_base(base)
+    vocab = len(pipe.tokenizer)
+    embeddings_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     result = train(trainer, base, data, name=f"t-{trainer}-{family}", output=tmp_path / "run", options=options,
-                   progress=False)  # fmt: skip
-    assert result.registered == f"t-{trainer}-{family}@1" and len(result.losses) == 2
+                   progress=False, pipe=pipe)  # fmt: skip
+    assert result.registered == f"t-{trainer}-{family}@1" and len(result.losses) == options["steps"]
+    # the training pipeline is the base again: LoRA layers and new tokens gone, embeddings untouched
+    assert len(pipe.tokenizer) == vocab and not getattr(pipe.unet, "peft_config", None)
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, embeddings_before)
     adapter = read_adapter(result.adapter_path)
     assert adapter.family == family and {"unet", "text_encoder"} <= set(adapter.components())
     if family == "sdxl":
         assert "text_encoder_2" in adapter.components()
     assert adapter.metadata.raw["lorastack.trainer"] == trainer
-    if trainer == "dreambooth":
+    if trainer != "lora":
         assert adapter.metadata.trigger_words == ["aawxbc"]
-    # loads in the runtime...
-    pipe = load_base(base)
+    if trainer == "pivotal":
+        encoders = {"text_encoder", "text_encoder_2"} if family == "sdxl" else {"text_encoder"}
+        assert set(adapter.embeddings) == {"aawxbc"} and set(adapter.embeddings["aawxbc"]) == encoders
+        assert all(t.shape[0] == 2 for t in adapter.embeddings["aawxbc"].values())
+    # loads in the runtime (new tokens and all)...
     stack = AdapterStack(pipe)
     report = stack.load("trained", result.adapter_path)
     assert not report.unmatched
+    if trainer == "pivotal":
+        assert pipe.maybe_convert_prompt("a photo of aawxbc", pipe.tokenizer) == "a photo of aawxbc aawxbc_1"
+        stack.unload("trained")
+        assert len(pipe.tokenizer) == vocab
     # ...and in plain diffusers
     plain = load_base(base)
-    plain.load_lora_weights(str(result.adapter_path.parent), weight_name=result.adapter_path.name)
+    lora, embeddings = diffusers_parts(result.adapter_path)
+    plain.load_lora_weights(lora)
+    for token, parts in embeddings.items():
+        for component, tensor in parts.items():
+            suffix = "" if component == "text_encoder" else "_2"
+            plain.load_textual_inversion(tensor, token=token, tokenizer=getattr(plain, f"tokenizer{suffix}"),
+                                         text_encoder=getattr(plain, f"text_encoder{suffix}"))  # fmt: skip
     assert plain.unet.peft_config
+
+
+def test_pivotal_trains_embeddings_first_then_lora(tiny_sd1_dir, data, tmp_path, lorastack_home):
+    options = {**FAST, "steps": 4, "checkpoint_every": 1, "token": "aawxbc", "class_name": "square", "ti_steps": 2,
+               "learning_rate": 1e-2, "ti_learning_rate": 1e-2}  # fmt: skip
+    train("pivotal", tiny_sd1_dir, data, output=tmp_path / "run", progress=False, options=options)
+    steps = [read_adapter(tmp_path / "run" / "checkpoints" / f"step-{i:06d}" / "adapter.safetensors")
+             for i in range(1, 5)]  # fmt: skip
+
+    def ups(adapter):
+        return torch.cat([layer.up.flatten() for layer in adapter.layers.values()])
+
+    def vectors(adapter):
+        return adapter.embeddings["aawxbc"]["text_encoder"]
+
+    assert torch.count_nonzero(ups(steps[1])) == 0  # LoRA's B starts at zero and stays there while only TI trains
+    assert not torch.equal(vectors(steps[0]), vectors(steps[1]))  # the embeddings move from the start
+    assert torch.count_nonzero(ups(steps[3])) > 0  # then LoRA joins
 
 
 def test_learning_is_real(tiny_sd1_dir, tmp_path, lorastack_home):

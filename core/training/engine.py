@@ -60,6 +60,7 @@ class Engine:
         header: dict[str, str] | None = None,
         progress: bool = True,
         on_step: Callable[[int, float], None] | None = None,
+        extras=None,
     ):
         from .data import DataOptions, TrainingData
 
@@ -68,6 +69,7 @@ class Engine:
         self.pipe, self.options, self.run = pipe, options, run
         self.header = dict(header or {})
         self.progress, self.on_step = progress, on_step
+        self.extras = extras  # more trainable parameters (new token embeddings for pivotal tuning)
         self.prior_weight = prior_weight
         data_options = DataOptions(
             resolution=options["resolution"], center_crop=options["center_crop"], random_flip=options["random_flip"],
@@ -113,10 +115,13 @@ class Engine:
         return Accelerator(mixed_precision=mixed, cpu=cpu, log_with=trackers, project_dir=str(self.run.path))
 
     def _optimizer(self, params: dict[str, torch.nn.Parameter]):
+        embeddings = [p for n, p in params.items() if ".token_embeddings." in n]
         groups = [
             {"params": [p for n, p in params.items() if n.startswith("unet.")], "lr": self.options["learning_rate"]},
-            {"params": [p for n, p in params.items() if not n.startswith("unet.")],
+            {"params": [p for n, p in params.items() if not n.startswith("unet.") and ".token_embeddings." not in n],
              "lr": self.options["text_encoder_lr"]},
+            # weight decay would pull new token vectors toward zero, away from the words they started from
+            {"params": embeddings, "lr": getattr(self.extras, "learning_rate", 0.0), "weight_decay": 0.0},
         ]  # fmt: skip
         groups = [g for g in groups if g["params"]]
         kwargs = dict(weight_decay=self.options["weight_decay"])
@@ -274,6 +279,9 @@ class Engine:
         if options["gradient_checkpointing"]:
             self.pipe.unet.enable_gradient_checkpointing()
         params = trainable_parameters(trained)
+        if self.extras is not None:
+            for name, p in self.extras.parameters().items():
+                params[name] = p.requires_grad_(True)  # add_lora froze the text encoders, these rows included
         optimizer = self._optimizer(params)
         lr_scheduler = self._scheduler(optimizer)
         self.unet, optimizer, lr_scheduler = self.accelerator.prepare(self.pipe.unet, optimizer, lr_scheduler)
@@ -288,6 +296,8 @@ class Engine:
                 for module in trained.values():
                     module.train()
                 total = 0.0
+                if self.extras is not None:
+                    self.extras.before_step(step, params)
                 for micro in range(step * accumulation, (step + 1) * accumulation):
                     loss = self._micro_loss(micro) / accumulation
                     if not torch.isfinite(loss):
@@ -330,6 +340,8 @@ class Engine:
                              {int(k): v for k, v in final.get("validation", {}).items()},
                              encodes=getattr(self.cache, "encodes", 0))  # fmt: skip
         remove_lora(trained)
+        if self.extras is not None:
+            self.extras.close()
         if self.accelerator.trackers:
             self.accelerator.end_training()
         return result
@@ -349,6 +361,8 @@ class Engine:
         for module in trained.values():
             module.eval()
         adapter = export_adapter(trained, self.options["alpha"], self.header)
+        if self.extras is not None:
+            self.extras.export(adapter)
         validation = self.validation_loss()
         samples = self._samples(done)
         self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)

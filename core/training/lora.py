@@ -64,7 +64,8 @@ def export_adapter(trained: Mapping[str, torch.nn.Module], alpha: float, header:
 
     tensors = {}
     for component, module in trained.items():
-        state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
+        # new tokens travel as bundled embeddings, never as a copy of the whole (resized) embedding matrix
+        state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
         for key, value in state.items():
             tensors[f"{component}.{key}"] = value.detach().to("cpu", torch.float32).clone()
     adapter = parse_state_dict(tensors, dict(header))
