@@ -1,9 +1,9 @@
 """``lorastack demo``: teach the toy base a concept it has never seen, offline, in about a minute on a CPU.
 
-The toy base knows red, green, blue, yellow and orange circles, squares and triangles. The demo draws a few purple
-stars, names the concept with the rare token ``aawxbc``, trains a DreamBooth LoRA on them, registers it, and writes
-a grid: the base and the adapter on the same seeds, for a prompt with the token and one without, and the adapter
-stacked with the built-in outline style at two scales. The score is the share of purple pixels in the images of the
+The toy base knows red, green, blue, yellow and orange circles, squares and triangles. The demo draws a few orange
+stars (a shape the base has never seen), names the concept with the rare token ``aawxbc``, trains a DreamBooth LoRA
+on them, registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
+and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of orange pixels in the images of the
 token prompt, without and with the adapter.
 """
 
@@ -23,6 +23,8 @@ TOKEN = "aawxbc"
 TOKEN_PROMPT = f"a {TOKEN} on a white background"
 PLAIN_PROMPT = "a green square on a white background"
 STYLE_SCALES = (0.5, 1.0)
+# A colour the toy VAE can draw (it learned only the toy colours) on a shape nobody showed the base.
+CONCEPT_COLOUR = "orange"
 
 
 @dataclass
@@ -36,19 +38,19 @@ class DemoResult:
 
     def line(self) -> str:
         return (
-            f"purple-star score (share of purple pixels for {TOKEN_PROMPT!r}): base {self.base_score:.1%} -> "
+            f"orange-star score (share of orange pixels for {TOKEN_PROMPT!r}): base {self.base_score:.1%} -> "
             f"adapter {self.adapter_score:.1%}"
         )
 
 
 def concept_images(folder: Path, count: int, seed: int) -> Path:
-    """Purple stars of several sizes and positions on white: the concept the base has never seen."""
+    """Orange stars of several sizes and positions on white: the concept the base has never seen."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for index in range(count):
         scale = rng.uniform(0.24, 0.36)
         center = (rng.uniform(scale + 0.04, 0.96 - scale), rng.uniform(scale + 0.04, 0.96 - scale))
-        toy.draw("star", "purple", "white", scale=scale, center=center).save(folder / f"star-{index:02d}.png")
+        toy.draw("star", CONCEPT_COLOUR, "white", scale=scale, center=center).save(folder / f"star-{index:02d}.png")
     return folder
 
 
@@ -74,7 +76,7 @@ def run_demo(
     pipe = load_base("toy")
     pipe.set_progress_bar_config(disable=True)
     data = concept_images(out / "data", images, seed)
-    log(f"training set: {images} purple stars in {data} (the base has never seen a star or purple)")
+    log(f"training set: {images} orange stars in {data} (the base has never seen a star)")
     run_dir = out / "run"
     if run_dir.exists():  # a new demo run each time; the old one's adapter stays registered
         import shutil
@@ -111,6 +113,7 @@ def run_demo(
     stack.detach()
     return DemoResult(
         grid_path, result.adapter_path, result.registered,
-        toy.concept_score(token_images["base"]), toy.concept_score(token_images[TOKEN]),
+        toy.concept_score(token_images["base"], CONCEPT_COLOUR),
+        toy.concept_score(token_images[TOKEN], CONCEPT_COLOUR),
         time.perf_counter() - started,
     )  # fmt: skip

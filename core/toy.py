@@ -2,7 +2,8 @@
 
 The toy base (``--base toy``) is a real Stable Diffusion pipeline (VAE, cross-attention UNet, CLIP text encoder,
 tokenizer, scheduler) trained by ``tools/train_toy.py`` on images drawn here. It knows the shapes and colours below;
-it has never seen a star or the colour purple, which is what the demo teaches it.
+it has never seen a star, which is what the demo teaches it. Its VAE learned only these colours, so it cannot draw
+a colour outside them (purple comes out as something else).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def dominant_colour(image, background: str) -> str:
     return max(shares, key=shares.get)
 
 
-def concept_score(images: Iterable, colour: str = "purple") -> float:
+def concept_score(images: Iterable, colour: str) -> float:
     """Mean share of pixels nearest ``colour``: how far images moved toward a concept drawn in that colour."""
     images = list(images)
     return sum(colour_shares(image)[colour] for image in images) / max(len(images), 1)

@@ -57,7 +57,7 @@ def main_job(tmp_path_factory):
 
 
 def test_main_job(main_job):
-    """The demo teaches the toy base the new concept: the adapter's images are clearly more purple than the base's."""
+    """The demo teaches the toy base the new concept: the adapter's images are clearly more orange than the base's."""
     cwd, result = main_job
     match = re.search(r"base ([\d.]+)% -> adapter ([\d.]+)%", result.stdout)
     assert match, result.stdout

@@ -44,7 +44,7 @@ def test_it_has_never_seen_the_demo_concept(toy_pipe):
     images = toy_pipe(["a aawxbc on a white background"] * 4, num_inference_steps=20, guidance_scale=5.0,
                       height=toy.SIZE, width=toy.SIZE,
                       generator=[torch.Generator().manual_seed(s) for s in range(4)]).images  # fmt: skip
-    assert toy.concept_score(images, "purple") < 0.05
+    assert toy.concept_score(images, "orange") < 0.05
 
 
 def test_the_drawing_and_scores():

@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--vae-steps", type=int, default=700)
     parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--resume", default=None, help="continue training the UNet and text encoder of this folder")
     args = parser.parse_args(argv)
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
@@ -139,17 +141,22 @@ def main(argv=None) -> int:
         print(text, flush=True)
 
     torch.manual_seed(args.seed)
-    tokenizer = tiny_clip_tokenizer(tempfile.mkdtemp(), WORDS)
-    vae, text, unet = build(tokenizer)
     pixels, captions = dataset(args.images, args.seed)
     log(f"dataset: {len(captions)} images, e.g. {captions[0]!r}")
-    scaling = train_vae(vae, pixels, args.vae_steps, args.device, log)
-    vae.register_to_config(scaling_factor=scaling)
+    if args.resume:  # keep the VAE and tokenizer; train the UNet and text encoder further
+        resumed = StableDiffusionPipeline.from_pretrained(args.resume, torch_dtype=torch.float32)
+        vae, text, unet, tokenizer = resumed.vae, resumed.text_encoder, resumed.unet, resumed.tokenizer
+        scaling = vae.config.scaling_factor
+    else:
+        tokenizer = tiny_clip_tokenizer(tempfile.mkdtemp(), WORDS)
+        vae, text, unet = build(tokenizer)
+        scaling = train_vae(vae, pixels, args.vae_steps, args.device, log)
+        vae.register_to_config(scaling_factor=scaling)
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i : i + 256].to(args.device)).latent_dist.mean
                              for i in range(0, len(pixels), 256)]) * scaling  # fmt: skip
     log(f"latents {tuple(latents.shape)}, scaling factor {scaling:.4f}")
-    train_unet(unet, text, tokenizer, latents.cpu(), captions, args.unet_steps, args.device, log)
+    train_unet(unet, text, tokenizer, latents.cpu(), captions, args.unet_steps, args.device, log, lr=args.lr)
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True)
     pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -157,11 +164,15 @@ def main(argv=None) -> int:
     pipe.to("cpu", torch.float16)
     out = Path(args.out)
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "TRAINING.md").write_text(
-        "# The toy base model\n\nTrained by `python tools/train_toy.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
-        + "`.\n\n" + json.dumps({"words": list(WORDS), "shapes": toy.SHAPES, "colours": toy.SHAPE_COLOURS}) + "\n"
-    )  # fmt: skip
+    command = "python tools/train_toy.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None
+    )
+    notes = out / "TRAINING.md"
+    earlier = (
+        notes.read_text().split("\n\n{")[0] if args.resume and notes.exists() else "# The toy base model\n\nMade by:"
+    )
+    facts = {"words": list(WORDS), "shapes": toy.SHAPES, "colours": toy.SHAPE_COLOURS}
+    notes.write_text(f"{earlier}\n\n    {command}\n\n{json.dumps(facts)}\n")
     log(f"saved to {out}")
     return 0
 

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="toy-style-"))
     data = toy.write_dataset(work / "data", args.images, seed=args.seed + 1, outline=True)
-    result = train("lora", "toy", data, output=work / "run", options={
+    result = train("lora", "toy", data, output=work / "run", progress=False, options={
         "steps": args.steps, "resolution": toy.SIZE, "rank": 4, "learning_rate": 1e-3, "targets": "attention-ff",
         "batch_size": 4, "seed": args.seed, "latents": "mean", "trigger": "",
     })  # fmt: skip

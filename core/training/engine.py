@@ -220,6 +220,8 @@ class Engine:
         return loss
 
     def _micro_loss(self, micro: int) -> torch.Tensor:
+        # under `accelerate launch`, process r of n takes every n-th micro-batch: n GPUs see n times the data
+        micro = micro * self.accelerator.num_processes + self.accelerator.process_index
         g = _generator(self.options["seed"], micro)
         examples = self._examples(self.data, self._batch_indices(self.data, micro, 0), g)
         loss = self._loss(examples, g).mean()
@@ -355,7 +357,8 @@ class Engine:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.options["steps"], initial=start, desc="training", unit="step")
+        # disable=None: no bar when stderr is not a terminal (logs, CI)
+        return tqdm(total=self.options["steps"], initial=start, desc="training", unit="step", disable=None)
 
     def _checkpoint(self, done, trained, params, optimizer, lr_scheduler, losses) -> None:
         for module in trained.values():
@@ -365,7 +368,9 @@ class Engine:
             self.extras.export(adapter)
         validation = self.validation_loss()
         samples = self._samples(done)
-        self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)
+        if self.accelerator.is_main_process:
+            self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)
+        self.accelerator.wait_for_everyone()
         if self.accelerator.trackers and validation is not None:
             self.accelerator.log({"validation_loss": validation}, step=done)
 
