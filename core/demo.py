@@ -3,8 +3,8 @@
 The toy base knows red, green, blue, yellow and orange circles, squares and triangles. The demo draws a few orange
 stars (a shape the base has never seen), names the concept with the rare token ``aawxbc``, trains a DreamBooth LoRA
 on them, registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
-and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of orange pixels in the images of the
-token prompt, without and with the adapter.
+and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of
+orange pixels in the images of the token prompt, without and with the adapter.
 """
 
 from __future__ import annotations
