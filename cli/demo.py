@@ -13,7 +13,7 @@ import click
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_cmd(out, steps, seed, quiet):
-    """Teach the toy base a new concept (an orange star, "aawxbc") with a LoRA, and compare it with the base."""
+    """Teach the toy base a new concept (a yellow star, "aawxbc") with a LoRA, and compare it with the base."""
     from lorastack.core.demo import run_demo
 
     result = run_demo(out, steps=steps, seed=seed, progress=not quiet, log=click.echo)

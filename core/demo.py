@@ -1,10 +1,10 @@
 """``lorastack demo``: teach the toy base a concept it has never seen, offline, in about a minute on a CPU.
 
-The toy base knows red, green, blue, yellow and orange circles, squares and triangles. The demo draws a few orange
+The toy base knows red, green, blue, yellow and orange circles, squares and triangles. The demo draws a few yellow
 stars (a shape the base has never seen), names the concept with the rare token ``aawxbc``, trains a DreamBooth LoRA
 on them, registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
 and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of
-orange pixels in the images of the token prompt, without and with the adapter.
+yellow pixels in the images of the token prompt, without and with the adapter.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TOKEN_PROMPT = f"a {TOKEN} on a white background"
 PLAIN_PROMPT = "a green square on a white background"
 STYLE_SCALES = (0.5, 1.0)
 # A colour the toy VAE can draw (it learned only the toy colours) on a shape nobody showed the base.
-CONCEPT_COLOUR = "orange"
+CONCEPT_COLOUR = "yellow"
 
 
 @dataclass
@@ -38,13 +38,14 @@ class DemoResult:
 
     def line(self) -> str:
         return (
-            f"orange-star score (share of orange pixels for {TOKEN_PROMPT!r}): base {self.base_score:.1%} -> "
+            f"{CONCEPT_COLOUR}-star score (share of {CONCEPT_COLOUR} pixels for {TOKEN_PROMPT!r}): "
+            f"base {self.base_score:.1%} -> "
             f"adapter {self.adapter_score:.1%}"
         )
 
 
 def concept_images(folder: Path, count: int, seed: int) -> Path:
-    """Orange stars of several sizes and positions on white: the concept the base has never seen."""
+    """Yellow stars of several sizes and positions on white: the concept the base has never seen."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for index in range(count):
@@ -64,6 +65,7 @@ def run_demo(
     name: str | None = "demo/aawxbc",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    options: dict | None = None,
 ) -> DemoResult:
     from .base import load_base
     from .generate import _grid
@@ -76,7 +78,7 @@ def run_demo(
     pipe = load_base("toy")
     pipe.set_progress_bar_config(disable=True)
     data = concept_images(out / "data", images, seed)
-    log(f"training set: {images} orange stars in {data} (the base has never seen a star)")
+    log(f"training set: {images} yellow stars in {data} (the base has never seen a star)")
     run_dir = out / "run"
     if run_dir.exists():  # a new demo run each time; the old one's adapter stays registered
         import shutil
@@ -84,8 +86,9 @@ def run_demo(
         shutil.rmtree(run_dir)
     result = train("dreambooth", "toy", data, name=name, output=run_dir, pipe=pipe, progress=progress, options={
         "token": TOKEN, "instance_prompt": "a {token} on a white background", "prior_preservation": False,
-        "steps": steps, "resolution": toy.SIZE, "rank": 8, "learning_rate": 2e-3, "targets": "all",
-        "batch_size": 2, "latents": "mean", "seed": seed, "random_flip": True,
+        "steps": steps, "resolution": toy.SIZE, "rank": 8, "learning_rate": 4e-3, "targets": "all",
+        "text_encoder_lr": 1e-3, "batch_size": 4, "latents": "mean", "seed": seed, "random_flip": True,
+        **(options or {}),
     })  # fmt: skip
     log(f"trained {steps} steps in {time.perf_counter() - started:.0f} s: loss {result.losses[0]:.3f} -> "
         f"{sum(result.losses[-10:]) / 10:.3f}; {result.registered or result.adapter_path}")  # fmt: skip

@@ -57,12 +57,12 @@ def main_job(tmp_path_factory):
 
 
 def test_main_job(main_job):
-    """The demo teaches the toy base the new concept: the adapter's images are clearly more orange than the base's."""
+    """The demo teaches the toy base the new concept: the adapter's images are clearly more yellow than the base's."""
     cwd, result = main_job
     match = re.search(r"base ([\d.]+)% -> adapter ([\d.]+)%", result.stdout)
     assert match, result.stdout
     base, adapter = float(match.group(1)), float(match.group(2))
-    assert adapter >= base + 10 and adapter >= 2 * base, (base, adapter)
+    assert adapter >= base + 5 and adapter >= 5 * base, (base, adapter)  # a star covers about 12 % of the image
     assert (cwd / "lorastack-demo" / "demo-grid.png").exists()
     assert "registered: demo/aawxbc@1" in result.stdout or "demo/aawxbc@1" in result.stdout
 
