@@ -155,7 +155,8 @@ def test_learning_is_real(tiny_sd1_dir, tmp_path, lorastack_home):
 
 
 def _train_cli(base, data, output, steps, extra=()):
-    env = {**os.environ, "LORASTACK_RAISE_ERRORS": ""}
+    # the same number of CPU threads as this process: float sums split differently across threads round differently
+    env = {**os.environ, "LORASTACK_RAISE_ERRORS": "", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     args = [sys.executable, "-m", "lorastack.cli.main", "train", "--trainer", "lora", "--base", str(base), "--data",
             str(data), "--output", str(output), "--quiet", "--steps", str(steps), "--resolution", "32",
             "--checkpoint-every", "1", "--learning-rate", "1e-3", *extra]  # fmt: skip
