@@ -136,7 +136,9 @@ def class_images(context, prompt: str, options) -> list[DatasetItem]:
     from lorastack.paths import data_home
 
     size = options["resolution"]
-    key = hashlib.sha256(json.dumps([base_digest(base_info(context.pipe)), prompt, size, options["seed"]]).encode())
+    info = base_info(context.pipe)
+    digest = base_digest(info) if info is not None else _weights_digest(context.pipe)
+    key = hashlib.sha256(json.dumps([digest, prompt, size, options["seed"]]).encode())
     folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
     items = []
@@ -155,6 +157,16 @@ def class_images(context, prompt: str, options) -> list[DatasetItem]:
         items.append(DatasetItem(open_image(data, path.name), prompt, f"class/{path.name}",
                                  key=hashlib.sha256(data).hexdigest(), path=path))  # fmt: skip
     return items
+
+
+def _weights_digest(pipe) -> str:
+    """A digest of a pipeline built in memory (no files to hash): the UNet's config and a few of its weights."""
+    import torch
+
+    h = hashlib.sha256(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
+    for _, tensor in list(pipe.unet.state_dict().items())[:4]:
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "weights:" + h.hexdigest()
 
 
 @hookimpl

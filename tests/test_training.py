@@ -302,3 +302,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_sd1_dir, data, t
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-000001", "step-000002"]
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "complete").exists()
+
+
+def test_dreambooth_class_images_are_generated_once(tiny_sd1_dir, data, lorastack_home, tmp_path):
+    options = {**FAST, "steps": 1, "token": "aawxbc", "class_name": "figurine", "class_images": 2}
+    train("dreambooth", tiny_sd1_dir, data, output=tmp_path / "r1", options=options, progress=False)
+    folders = list((lorastack_home / "cache" / "class-images").iterdir())
+    assert len(folders) == 1 and sorted(p.name for p in folders[0].iterdir()) == ["00000.png", "00001.png"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()}
+    train("dreambooth", tiny_sd1_dir, data, output=tmp_path / "r2", options=options, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()} == stamps  # reused, not generated again
+    train("dreambooth", tiny_sd1_dir, data, output=tmp_path / "r3", progress=False,
+          options={**options, "class_name": "vase"})  # fmt: skip
+    assert len(list((lorastack_home / "cache" / "class-images").iterdir())) == 2
