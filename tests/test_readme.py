@@ -42,7 +42,8 @@ def test_install_steps_pin_the_cpu_torch_first():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    assert readme_block("tests") in (ROOT / ".ci" / "run").read_text().splitlines()
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert readme_block("tests") + " || exit 1" in lines
 
 
 @pytest.fixture(scope="module")
