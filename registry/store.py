@@ -30,6 +30,7 @@ from . import maintenance
 from .blobs import BlobStore
 from .db import connect, transaction
 from .errors import ConflictError, IntegrityError, NotFoundError, ReadOnlyError, RegistryError
+from .listing import list_rows
 from .maintenance import DEFAULT_GRACE_SECONDS
 from .names import LATEST, Ref, parse_ref, validate_name, validate_tag
 from .records import FileRecord, GcReport, ImportResult, VerifyReport, Version
@@ -260,44 +261,7 @@ class Registry:
         db = self._db()
         if db is None:
             return []
-        where, args = [], []
-        if not all_versions:
-            where.append(
-                "v.id = COALESCE((SELECT t.version_id FROM tags t WHERE t.adapter_id = a.id AND t.tag = 'latest'), "
-                "(SELECT MAX(v2.id) FROM versions v2 WHERE v2.adapter_id = a.id))"
-            )
-        if family:
-            where.append("v.family = ?")
-            args.append(family)
-        if search:
-            where.append("(a.name LIKE ? OR v.trigger_words LIKE ? OR v.description LIKE ? OR v.base_model LIKE ?)")
-            args += [f"%{search}%"] * 4
-        sql = (
-            "SELECT a.name, v.number, v.family, v.kind, v.rank, v.created_at, v.trigger_words, f.size, f.sha256, "
-            "(SELECT COUNT(*) FROM versions c WHERE c.adapter_id = a.id) AS versions, "
-            "(SELECT GROUP_CONCAT(t.tag, ',') FROM tags t WHERE t.version_id = v.id) AS tags "
-            "FROM versions v JOIN adapters a ON a.id = v.adapter_id "
-            "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
-            + (f"WHERE {' AND '.join(where)} " if where else "")
-            + "ORDER BY a.name COLLATE NOCASE, v.number"
-        )
-        return [
-            {
-                "name": r["name"],
-                "version": r["number"],
-                "ref": f"{r['name']}@{r['number']}",
-                "tags": sorted(r["tags"].split(",")) if r["tags"] else [],
-                "versions": r["versions"],
-                "family": r["family"],
-                "kind": r["kind"],
-                "rank": r["rank"],
-                "size": r["size"],
-                "sha256": r["sha256"],
-                "trigger_words": json.loads(r["trigger_words"]),
-                "created_at": r["created_at"],
-            }
-            for r in db.execute(sql, args)
-        ]
+        return list_rows(db, family, search, all_versions)
 
     def adapter_path(self, ref: str | Ref, verify: bool = True) -> tuple[Version, Path]:
         """The version and the path of its adapter file, re-hashed unless ``verify=False`` (corrupt ones refused)."""
