@@ -7,6 +7,7 @@ decodes without UNK), and each listed word gets whole-word merges so it becomes 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -44,19 +45,27 @@ def clip_vocab_and_merges(words: tuple[str, ...] | list[str] = DEFAULT_WORDS) ->
     vocab_list = base + [c + "</w>" for c in base]
     known = set(vocab_list)
     merges: list[str] = []
-    seen_merges: set[str] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
+        # Merge the way BPE will: apply the merges made so far, best rank first, and add one for whatever pair is
+        # left until the word is a single symbol. Appending (the lowest rank) never changes how earlier words
+        # merge, and a pair another word already merges ("r e" of "red" inside "green") is built on, not fought.
         symbols = [*list(word[:-1]), word[-1] + "</w>"]
-        current = symbols[0]
-        for sym in symbols[1:]:
-            merge = f"{current} {sym}"
-            current += sym
-            if merge not in seen_merges:
-                seen_merges.add(merge)
-                merges.append(merge)
-                if current not in known:  # every merge result must itself be in the vocabulary
-                    known.add(current)
-                    vocab_list.append(current)
+        while len(symbols) > 1:
+            pairs = [(ranks.get(pair), i) for i, pair in enumerate(itertools.pairwise(symbols))]
+            known_pairs = [(rank, i) for rank, i in pairs if rank is not None]
+            if known_pairs:
+                _, i = min(known_pairs)
+            else:
+                i = 0
+                pair = (symbols[0], symbols[1])
+                ranks[pair] = len(merges)
+                merges.append(f"{pair[0]} {pair[1]}")
+            merged = symbols[i] + symbols[i + 1]
+            if merged not in known:  # every merge result must itself be in the vocabulary
+                known.add(merged)
+                vocab_list.append(merged)
+            symbols[i : i + 2] = [merged]
     vocab_list += [BOS_TOKEN, EOS_TOKEN]
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 

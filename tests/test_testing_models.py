@@ -22,6 +22,8 @@ def test_tiny_tokenizer(tmp_path):
     rare = tok("aawxbc").input_ids  # unknown words fall back to bytes, never UNK
     assert len(rare) > 3 and tok.decode(rare, skip_special_tokens=True) == "aawxbc"
     assert all(w in tok.get_vocab() or f"{w}</w>" in tok.get_vocab() for w in DEFAULT_WORDS)
+    # every listed word is one token, also when a merge of another word lies inside it ("r e" of red in green)
+    assert [w for w in DEFAULT_WORDS if len(tok(w, add_special_tokens=False).input_ids) != 1] == []
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -50,7 +52,7 @@ def test_tiny_pipeline_loads_through_from_pretrained(family, cls, fixture, reque
         a, b = getattr(loaded, component).state_dict(), getattr(built, component).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # two pipeline objects may sum in another order on a loaded multi-threaded CPU: equal within float noise
-    torch.testing.assert_close(latents(loaded).images, latents(built).images, atol=1e-4, rtol=0)
+    torch.testing.assert_close(latents(loaded).images, latents(built).images, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize(
