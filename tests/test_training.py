@@ -315,3 +315,20 @@ def test_dreambooth_class_images_are_generated_once(tiny_sd1_dir, data, lorastac
     train("dreambooth", tiny_sd1_dir, data, output=tmp_path / "r3", progress=False,
           options={**options, "class_name": "vase"})  # fmt: skip
     assert len(list((lorastack_home / "cache" / "class-images").iterdir())) == 2
+
+
+def test_frozen_text_encoder_outputs_are_cached(tiny_sd1_dir, data, tmp_path, lorastack_home):
+    from lorastack.core import load_base
+
+    pipe = load_base(tiny_sd1_dir)
+    options = {**FAST, "steps": 3}
+    first = train("lora", tiny_sd1_dir, data, output=tmp_path / "r1", options=options, progress=False, pipe=pipe)
+    assert first.text_encodes >= 1
+    second = train("lora", tiny_sd1_dir, data, output=tmp_path / "r2", options=options, progress=False, pipe=pipe)
+    assert second.text_encodes == 0  # every caption came from the cache
+    uncached = train("lora", tiny_sd1_dir, data, output=tmp_path / "r3", progress=False, pipe=pipe,
+                     options={**options, "cache_text": False})  # fmt: skip
+    assert uncached.text_encodes == 0 and uncached.losses == pytest.approx(second.losses, rel=1e-4)
+    trains_text = train("lora", tiny_sd1_dir, data, output=tmp_path / "r4", progress=False, pipe=pipe,
+                        options={**options, "text_encoder_lr": 1e-4})  # fmt: skip
+    assert trains_text.text_encodes == 0  # a text encoder that trains is never cached

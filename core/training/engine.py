@@ -34,7 +34,8 @@ class TrainResult:
     best_checkpoint: str | None = None
     validation_losses: dict[int, float] = field(default_factory=dict)
     registered: str | None = None
-    encodes: int = 0
+    encodes: int = 0  # VAE encode calls (latent cache misses)
+    text_encodes: int = 0  # text-encoder calls of the text cache (misses)
 
 
 def _generator(seed: int, *parts: int) -> torch.Generator:
@@ -94,6 +95,7 @@ class Engine:
         )
         self._epochs: dict[tuple[int, int], list[list[int]]] = {}
         self.cache = None
+        self.text_cache = None
 
     # --- set-up -------------------------------------------------------------------------------------------------
 
@@ -192,7 +194,13 @@ class Engine:
         timesteps = timesteps.to(self.device).long()
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
-        hidden, pooled = encode_captions(pipe, [ex["caption"] for ex in examples], self.device)
+        captions = [ex["caption"] for ex in examples]
+        if self.text_cache is not None:
+            hidden, pooled = self.text_cache.encode(captions, self.device)
+            hidden = hidden.to(self.text_dtype)
+            pooled = pooled.to(self.text_dtype) if pooled is not None else None
+        else:
+            hidden, pooled = encode_captions(pipe, captions, self.device)
         kwargs = {}
         if is_sdxl(pipe):
             ids = time_ids([ex["original_size"] for ex in examples], [ex["crop_top_left"] for ex in examples],
@@ -277,6 +285,14 @@ class Engine:
 
             # one cache for every run: keyed by image bytes, geometry and VAE, so unchanged data never re-encodes
             self.cache = LatentCache(data_home() / "cache" / "latents", self.pipe.vae)
+        self.text_dtype = weight_dtype
+        if options["cache_text"] and options["text_encoder_lr"] == 0 and self.extras is None:
+            from lorastack.paths import data_home
+
+            from .conditioning import TextCache
+
+            # frozen text encoders give the same output for the same caption: encode each caption once, ever
+            self.text_cache = TextCache(data_home() / "cache" / "text", self.pipe)
         trained = add_lora(self.pipe, options)
         if options["gradient_checkpointing"]:
             self.pipe.unet.enable_gradient_checkpointing()
@@ -340,7 +356,8 @@ class Engine:
         adapter_path = self.run.adapter_path
         result = TrainResult(self.run.path, adapter_path, options["steps"], losses, final.get("best"),
                              {int(k): v for k, v in final.get("validation", {}).items()},
-                             encodes=getattr(self.cache, "encodes", 0))  # fmt: skip
+                             encodes=getattr(self.cache, "encodes", 0),
+                             text_encodes=getattr(self.text_cache, "encodes", 0))  # fmt: skip
         remove_lora(trained)
         if self.extras is not None:
             self.extras.close()

@@ -69,6 +69,7 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("latents", "choice", "sample", "Each step draws latents from the VAE's distribution, or uses its mean.",
            choices=("sample", "mean")),
     Option("cache_latents", "bool", True, "Cache VAE latents on disk (keyed by image bytes and settings)."),
+    Option("cache_text", "bool", True, "Cache text-encoder outputs per caption when the text encoders are frozen."),
     Option("checkpoint_every", "int", 0, "Checkpoint every N steps (0: only at the end).", minimum=0),
     Option("validate_every", "int", 0, "Validation loss and samples every N steps (0: at checkpoints).", minimum=0),
     Option("validation_images", "int", 0, "Images held out for the validation loss.", minimum=0),
