@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import CAPTION_SUFFIXES, Dataset
+from .data import CAPTION_SUFFIXES, Dataset, jsonl_rows
 from .errors import LorastackError
 from .interfaces import DatasetItem, resolve_options
 
@@ -297,15 +297,11 @@ class _MetadataWriter:
             rows = [dict(row) for row in reader]
             return columns or ["file_name", "text"], rows
         columns = ["file_name"]
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CaptionError(f"{self.path} line {number} is not JSON ({e.msg}); not overwriting it") from None
-            if not isinstance(row, dict):
-                raise CaptionError(f"{self.path} line {number} is not a JSON object; not overwriting it")
+        try:
+            parsed = jsonl_rows(text)
+        except ValueError as e:
+            raise CaptionError(f"{self.path} {e}; not overwriting it") from None
+        for _, row in parsed:
             rows.append(row)
             columns += [key for key in row if key not in columns]
         return columns, rows

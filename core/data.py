@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,26 @@ def to_rgb(image):
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = image.point(lambda v: v * (1 / 256)).convert("L")
     return image.convert("RGB")
+
+
+def jsonl_rows(text: str) -> list[tuple[int, dict]]:
+    """The objects of a JSON-lines text with their 1-based line numbers (blank lines skipped).
+
+    Raises ``ValueError("line N is not JSON (…)")`` or ``ValueError("line N is not a JSON object")``; callers add
+    which file it is.
+    """
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {number} is not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"line {number} is not a JSON object")
+        rows.append((number, row))
+    return rows
 
 
 def image_key(data: bytes) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import posixpath
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorastack.core.data import CAPTION_SUFFIXES, IMAGE_SUFFIXES, DatasetError, ImageError, image_key, open_image
+from lorastack.core.data import (
+    CAPTION_SUFFIXES,
+    IMAGE_SUFFIXES,
+    DatasetError,
+    ImageError,
+    image_key,
+    jsonl_rows,
+    open_image,
+)
 from lorastack.core.interfaces import DatasetItem, Option, Skipped
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
@@ -147,18 +154,10 @@ def _rows(label: str, meta: str, text: str) -> list[tuple[int, dict[str, Any]]]:
             listed = ", ".join(columns) or "none"
             raise DatasetError(f"dataset {label!r}: {meta} has no file_name column (its columns: {listed})")
         return list(enumerate(reader, 1))
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"dataset {label!r}: {meta} line {number} is not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"dataset {label!r}: {meta} line {number} is not a JSON object with a file_name")
-        rows.append((number, row))
-    return rows
+    try:
+        return jsonl_rows(text)
+    except ValueError as e:
+        raise DatasetError(f"dataset {label!r}: {meta} {e}") from None
 
 
 def _item(
