@@ -5,6 +5,7 @@ left. Full-size models are told apart by widths (cross-attention 768 / 1024 / 20
 1280); models of the same topology but other widths (the tiny test models, research variants) by topology: SDXL
 has no attention in its first level, attention in its first up block, several transformer layers per block and a
 second text encoder; SD1.x projects into attention with 1×1 convolutions where SD2.x and SDXL use linear layers.
+A header's declared family (ModelSpec, kohya's ss_base_model_version) overrules topology, not widths.
 """
 
 from __future__ import annotations
@@ -56,15 +57,23 @@ def family_from_header(header: Mapping[str, str]) -> tuple[str, str] | None:
 
 
 def probe_family(layers: Mapping[str, Layer], header: Mapping[str, str] | None = None) -> Probe:
-    """Probe the family from the layers, and from what the header declares (which must agree with the shapes)."""
-    candidates = set(FAMILIES)
+    """Probe the family from the layers, and from what the header declares (which must agree with the shapes).
+
+    Widths are firm evidence; topology (which levels have attention, how many) is a guess that holds for the
+    full-size models only, so a header's declaration overrules it (a small model trained here can have SDXL's
+    topology and be an SD 1.x model), but never a width.
+    """
+    firm, shaped = set(FAMILIES), set(FAMILIES)
     evidence: list[str] = []
 
-    def narrow(allowed: set[str], why: str) -> None:
-        nonlocal candidates
+    def narrow(allowed: set[str], why: str, topology: bool = False) -> None:
+        nonlocal firm, shaped
         if why not in evidence:
             evidence.append(why)
-            candidates &= allowed
+            if topology:
+                shaped &= allowed
+            else:
+                firm &= allowed
 
     for name, layer in layers.items():
         component, path = split_component(name)
@@ -80,9 +89,13 @@ def probe_family(layers: Mapping[str, Layer], header: Mapping[str, str] | None =
                 narrow({"sd2"}, "text_encoder has more than 12 layers")
         elif component == "unet":
             _unet_evidence(path, layer, narrow)
+    candidates = firm & shaped
     declared = family_from_header(header or {})
     if declared is not None:
-        narrow({declared[0]}, declared[1])
+        evidence.append(declared[1])
+        if declared[0] in firm and declared[0] not in shaped:
+            evidence.append("the declaration overrules the topology")
+        candidates = firm & {declared[0]}
     if not layers:
         evidence.append("no layers")
         candidates = set()
@@ -103,13 +116,13 @@ def _unet_evidence(path: str, layer: Layer, narrow) -> None:
         else:
             narrow({"sd2", "sdxl"}, "attention projections are linear")
     if path.startswith("down_blocks.0.attentions."):
-        narrow({"sd1", "sd2"}, "attention in the first down block")
+        narrow({"sd1", "sd2"}, "attention in the first down block", True)
     if path.startswith("up_blocks.0.attentions."):
-        narrow({"sdxl"}, "attention in the first up block")
+        narrow({"sdxl"}, "attention in the first up block", True)
     if path.startswith(("down_blocks.3.", "up_blocks.3.")):
-        narrow({"sd1", "sd2"}, "four UNet levels")
+        narrow({"sd1", "sd2"}, "four UNet levels", True)
     if path.startswith("add_embedding."):
         narrow({"sdxl"}, "text_time added conditioning")
     m = _TRANSFORMER_INDEX.search("." + path)
     if m and int(m.group(1)) >= 1:
-        narrow({"sdxl"}, "several transformer layers per attention block")
+        narrow({"sdxl"}, "several transformer layers per attention block", True)

@@ -9,7 +9,7 @@ import click
 
 @click.command("demo")
 @click.option("--out", default="lorastack-demo", type=click.Path(path_type=Path), help="Folder for the demo's files.")
-@click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Training steps.")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Training steps.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_cmd(out, steps, seed, quiet):

@@ -60,7 +60,12 @@ def _with(options):
 @click.option("--lora", "loras", multiple=True, metavar="[NAME=]SOURCE[:SCALE]", help="Adapter to stack (repeat).")
 @click.option("--negative", default="", help="Negative prompt.")
 @click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
-@click.option("--guidance", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Classifier-free guidance scale (default: the base's recommended one, else 7).",
+)
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=None, help="Random when left out.")
 @click.option("--size", default=None, metavar="WxH", help="Image size (default: the model's native size).")
 @click.option("--num-images", type=click.IntRange(min=1), default=1, show_default=True)

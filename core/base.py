@@ -49,6 +49,7 @@ class BaseInfo:
     dtype: str = "fp32"
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    recommended: dict[str, Any] = field(default_factory=dict)  # the folder's lorastack.json "recommended" settings
 
 
 _INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -57,6 +58,47 @@ _INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def base_info(pipe) -> BaseInfo | None:
     """The :class:`BaseInfo` of a pipeline made by :func:`load_base` (``None`` for other pipelines)."""
     return _INFO.get(pipe)
+
+
+#: A diffusers folder may carry this file: ``{"recommended": {"guidance": 1.5}}``, the generation settings its
+#: makers recommend. lorastack uses them wherever the user gave none (generate, training samples, class images).
+RECOMMENDED_FILE = "lorastack.json"
+_RECOMMENDED = {"guidance": float}
+
+
+def recommended(pipe, key: str, default: Any = None) -> Any:
+    """The base's recommended value for ``key`` (``guidance``), else ``default``."""
+    info = base_info(pipe)
+    return info.recommended.get(key, default) if info is not None else default
+
+
+def guidance_kwargs(pipe) -> dict[str, float]:
+    """``guidance_scale=`` the base's recommended guidance for a direct pipeline call ({}: diffusers' default)."""
+    value = recommended(pipe, "guidance")
+    return {} if value is None else {"guidance_scale": value}
+
+
+def read_recommended(folder: Path) -> dict[str, Any]:
+    """The ``recommended`` settings of a model folder's ``lorastack.json`` ({} when it has none)."""
+    file = Path(folder) / RECOMMENDED_FILE
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BaseModelError(f"{file}: not readable JSON ({e})") from None
+    settings = data.get("recommended", {}) if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        raise BaseModelError(f"{file}: 'recommended' must be an object of settings ({', '.join(_RECOMMENDED)})")
+    out = {}
+    for key, value in settings.items():
+        kind = _RECOMMENDED.get(key)
+        if kind is None:
+            raise BaseModelError(f"{file}: unknown setting {key!r}; known: {', '.join(_RECOMMENDED)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or kind(value) != value:
+            raise BaseModelError(f"{file}: {key} must be a positive {kind.__name__}, got {value!r}")
+        out[key] = kind(value)
+    return out
 
 
 def load_base(
@@ -87,7 +129,9 @@ def load_base(
     torch_dtype = DTYPES[dtype]
     resolved, via_alias = _resolve_alias(str(source))
     path = Path(resolved).expanduser()
+    settings: dict[str, Any] = {}
     if path.is_dir():
+        settings = read_recommended(path)  # a broken lorastack.json fails before the weights load
         pipe, info = _load_folder(path, torch_dtype), ("folder", str(path.resolve()), None)
     elif path.is_file():
         pipe, info = (
@@ -121,6 +165,7 @@ def load_base(
             **({"alias": via_alias} if via_alias else {}),
             **({"config": str(Path(config).resolve())} if config is not None and kind == "single_file" else {}),
         },
+        recommended=settings,
     )
     return pipe
 

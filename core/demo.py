@@ -2,7 +2,8 @@
 
 The toy base knows red, green, blue, yellow and orange circles, squares and triangles. The demo draws a few yellow
 stars (a shape the base has never seen), names the concept with the rare token ``aawxbc``, trains a DreamBooth LoRA
-on them, registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
+on them (with prior preservation on captioned pictures of the base's own shapes, so "a green square" stays a green
+square), registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
 and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of
 yellow pixels in the images of the token prompt, without and with the adapter.
 """
@@ -21,7 +22,8 @@ from . import toy
 
 TOKEN = "aawxbc"
 TOKEN_PROMPT = f"a {TOKEN} on a white background"
-PLAIN_PROMPT = "a green square on a white background"
+PLAIN_COLOUR = "green"
+PLAIN_PROMPT = f"a {PLAIN_COLOUR} square on a white background"
 STYLE_SCALES = (0.5, 1.0)
 # A colour the toy VAE can draw (it learned only the toy colours) on a shape nobody showed the base.
 CONCEPT_COLOUR = "yellow"
@@ -35,12 +37,15 @@ class DemoResult:
     base_score: float
     adapter_score: float
     seconds: float
+    plain_base: float = 0.0  # share of the plain prompt's colour, base and adapter: what prior preservation keeps
+    plain_adapter: float = 0.0
 
     def line(self) -> str:
         return (
             f"{CONCEPT_COLOUR}-star score (share of {CONCEPT_COLOUR} pixels for {TOKEN_PROMPT!r}): "
             f"base {self.base_score:.1%} -> "
-            f"adapter {self.adapter_score:.1%}"
+            f"adapter {self.adapter_score:.1%}; {PLAIN_COLOUR} share for {PLAIN_PROMPT!r} (kept): "
+            f"base {self.plain_base:.1%} -> adapter {self.plain_adapter:.1%}"
         )
 
 
@@ -58,7 +63,7 @@ def concept_images(folder: Path, count: int, seed: int) -> Path:
 def run_demo(
     out: str | Path = "lorastack-demo",
     *,
-    steps: int = 250,
+    steps: int = 300,
     seed: int = 0,
     images: int = 12,
     seeds: int = 4,
@@ -67,7 +72,7 @@ def run_demo(
     log: Callable[[str], None] = print,
     options: dict | None = None,
 ) -> DemoResult:
-    from .base import load_base
+    from .base import guidance_kwargs, load_base
     from .generate import _grid
     from .stack import AdapterStack
     from .training.api import train
@@ -84,9 +89,12 @@ def run_demo(
         import shutil
 
         shutil.rmtree(run_dir)
+    # prior preservation with the base's own world (captioned toy shapes): the adapter learns what "aawxbc" is
+    # without forgetting what "a green square" is
+    regular = toy.write_dataset(out / "class", images * 2, seed=seed + 1)
     result = train("dreambooth", "toy", data, name=name, output=run_dir, pipe=pipe, progress=progress, options={
-        "token": TOKEN, "instance_prompt": "a {token} on a white background", "prior_preservation": False,
-        "steps": steps, "resolution": toy.SIZE, "rank": 8, "learning_rate": 4e-3, "targets": "all",
+        "token": TOKEN, "instance_prompt": "a {token} on a white background", "class_data": str(regular),
+        "steps": steps, "resolution": toy.SIZE, "rank": 8, "learning_rate": 4e-3, "targets": "attention-ff",
         "text_encoder_lr": 1e-3, "batch_size": 4, "latents": "mean", "seed": seed, "random_flip": True,
         **(options or {}),
     })  # fmt: skip
@@ -97,18 +105,18 @@ def run_demo(
     stack.load(TOKEN, result.adapter_path)
     stack.load("style", toy.STYLE_ADAPTER)
     columns = [("base", {}), (TOKEN, {TOKEN: 1.0})] + [(f"+style {s}", {TOKEN: 1.0, "style": s}) for s in STYLE_SCALES]
-    rows, token_images = [], {"base": [], TOKEN: []}
+    rows, token_images, plain_images = [], {"base": [], TOKEN: []}, {"base": [], TOKEN: []}
     for prompt in (TOKEN_PROMPT, PLAIN_PROMPT):
         for s in range(seeds):
             row = []
             for label, active in columns:
                 with stack.activated(active):
                     g = torch.Generator().manual_seed(seed * 1000 + s)
-                    image = pipe(prompt, num_inference_steps=20, guidance_scale=5.0, generator=g,
-                                 height=toy.SIZE, width=toy.SIZE).images[0]  # fmt: skip
+                    image = pipe(prompt, num_inference_steps=20, generator=g, height=toy.SIZE, width=toy.SIZE,
+                                 **guidance_kwargs(pipe)).images[0]  # fmt: skip
                 row.append(image)
-                if prompt == TOKEN_PROMPT and label in token_images:
-                    token_images[label].append(image)
+                if label in token_images:
+                    (token_images if prompt == TOKEN_PROMPT else plain_images)[label].append(image)
             rows.append(row)
     grid = _grid(rows, [label for label, _ in columns])
     grid_path = out / "demo-grid.png"
@@ -119,4 +127,6 @@ def run_demo(
         toy.concept_score(token_images["base"], CONCEPT_COLOUR),
         toy.concept_score(token_images[TOKEN], CONCEPT_COLOUR),
         time.perf_counter() - started,
+        toy.concept_score(plain_images["base"], PLAIN_COLOUR),
+        toy.concept_score(plain_images[TOKEN], PLAIN_COLOUR),
     )  # fmt: skip

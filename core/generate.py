@@ -22,6 +22,7 @@ from .recipe import RECIPE_VERSION, base_digest
 from .stack import AdapterStack
 
 MODES = ("txt2img", "img2img", "inpaint")
+DEFAULT_GUIDANCE = 7.0
 
 
 @dataclass
@@ -31,7 +32,7 @@ class GenerateOptions:
     prompt: str
     negative_prompt: str = ""
     steps: int = 25
-    guidance: float = 7.0
+    guidance: float | None = None  # None: the base's recommended guidance (its lorastack.json), else DEFAULT_GUIDANCE
     width: int | None = None
     height: int | None = None
     seed: int | None = None
@@ -121,6 +122,12 @@ class Generator:
             prompt = add_trigger_words(prompt, words)
         return prompt, stack
 
+    def _with_defaults(self, options: GenerateOptions) -> GenerateOptions:
+        """Settings left unset take the base's recommended values (``lorastack.json``), else lorastack's defaults."""
+        if options.guidance is None:
+            options = replace(options, guidance=self.info.recommended.get("guidance", DEFAULT_GUIDANCE))
+        return options
+
     def _load_by_name(self, name: str) -> None:
         """A prompt tag naming an adapter that is not loaded: load it from the registry (or a file) by that name."""
         from .sources import resolve_adapter
@@ -136,6 +143,7 @@ class Generator:
 
     def generate(self, options: GenerateOptions) -> list[GeneratedImage]:
         """``num_images`` images, image ``i`` with seed ``seed + i``, each made on its own so it reproduces alone."""
+        options = self._with_defaults(options)
         mode, width, height = _check(options, self.pipe)
         prompt, stack = self.plan(options)
         seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
@@ -153,6 +161,7 @@ class Generator:
         With ``trigger``, each column's prompt carries the trigger words of its own adapters; ``prompts`` gives the
         columns' prompts outright (as recorded in a grid's recipe).
         """
+        options = self._with_defaults(options)
         mode, width, height = _check(options, self.pipe)
         _, stack = self.plan(options)
         if not stack:

@@ -158,11 +158,13 @@ class AdapterStack:
         if label is None:
             label = str(adapter.path or source) if not isinstance(source, Adapter) else str(adapter.path or name)
         base_name = FAMILY_NAMES[self.family]
-        if adapter.family not in (UNKNOWN, self.family):
+        matched, unmatched = self._match(adapter)
+        # a probed family can be a topology guess (small models); an adapter whose every layer fits the base's
+        # modules, shapes included, is for this base whatever the guess said
+        if adapter.family not in (UNKNOWN, self.family) and (unmatched or not matched):
             raise IncompatibleAdapterError(
                 f"adapter '{name}' ({label}) is for {FAMILY_NAMES[adapter.family]} but the base is {base_name}"
             )
-        matched, unmatched = self._match(adapter)
         report = LoadReport(name, label, adapter.family, sorted(matched), unmatched, list(adapter.unrecognized_keys))
         if not matched:
             first, reason = next(iter(unmatched.items()), ("(no layers)", ""))

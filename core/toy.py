@@ -121,3 +121,23 @@ def concept_score(images: Iterable, colour: str) -> float:
     """Mean share of pixels nearest ``colour``: how far images moved toward a concept drawn in that colour."""
     images = list(images)
     return sum(colour_shares(image)[colour] for image in images) / max(len(images), 1)
+
+
+def colour_check(pipe, colour: str, seeds: Iterable[int] = range(10), *, steps: int = 20,
+                 guidance: float | None = None):  # fmt: skip
+    """The shape colour that dominates each image ``pipe`` draws for ``colour`` (one image per seed).
+
+    Prompts cycle through the shapes on a white background; the dominant colour is the most common of the shape
+    colours (the background and its noise aside). What the toy base's colour test and its training script check.
+    ``guidance``: default the base's recommended one (the toy's ``lorastack.json``).
+    """
+    import torch
+
+    from .base import guidance_kwargs
+
+    seeds = list(seeds)
+    prompts = [caption(SHAPES[i % len(SHAPES)], colour, "white") for i in range(len(seeds))]
+    scale = guidance_kwargs(pipe) if guidance is None else {"guidance_scale": guidance}
+    images = pipe(prompts, num_inference_steps=steps, height=SIZE, width=SIZE, **scale,
+                  generator=[torch.Generator().manual_seed(s) for s in seeds]).images  # fmt: skip
+    return [max(SHAPE_COLOURS, key=colour_shares(image).get) for image in images]

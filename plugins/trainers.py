@@ -43,7 +43,13 @@ class DreamBoothTrainer:
         Option("prior_preservation", "bool", True, "Train on class images too, so the class keeps its meaning."),
         Option("prior_loss_weight", "float", 1.0, "Weight of the class images' loss.", minimum=0),
         Option("class_images", "int", 50, "How many class images (generated with the base when missing).", minimum=1),
-        Option("class_data", "path", None, "A folder of class images to use instead of generating them."),
+        Option(
+            "class_data",
+            "path",
+            None,
+            "A folder of class images to use instead of generating them (an "
+            "image's own caption, if any, is its prompt; enables prior preservation).",
+        ),
         Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
     )
 
@@ -67,9 +73,9 @@ class DreamBoothTrainer:
             for i in context.dataset.items
         ]  # fmt: skip
         prior = []
-        if options["prior_preservation"] and class_name:
+        if options["prior_preservation"] and (class_name or options["class_data"] is not None):
             class_prompt = re.sub(r"\s+", " ", options["class_prompt"].format(class_name=class_name)).strip()
-            prior = class_images(context, class_prompt, options)
+            prior = class_images(context, class_prompt if class_name else None, options)
         return context.engine(items, prior_items=prior, prior_weight=options["prior_loss_weight"]).train()
 
 
@@ -119,26 +125,36 @@ def _warn_common_token(pipe, token: str) -> None:
                     "faster and does not change that word's meaning", token)  # fmt: skip
 
 
-def class_images(context, prompt: str, options) -> list[DatasetItem]:
+def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
     """Class images for prior preservation: the user's folder, or images the base generates once and reuses.
 
+    In the user's folder an image's own caption (sidecar, metadata) is its prompt, as kohya's regularisation
+    folders work; images without one take the class prompt (``prompt``; ``None`` without a class name).
+
     Generated images are cached under ``LORASTACK_HOME/cache/class-images/<key>``, keyed by the base's digest, the
-    prompt, the resolution and the seed, so a second run (or a resumed one) does not generate them again.
+    prompt, the resolution, the seed and the base's recommended guidance, so a second run (or a resumed one) does
+    not generate them again.
     """
     count = options["class_images"]
     if options["class_data"] is not None:
         from lorastack.core.data import open_dataset
 
         folder = open_dataset(options["class_data"], "folder")
-        return [DatasetItem(i.image, prompt, i.source, key=i.key) for i in folder.items[:count]]
-    from lorastack.core.base import base_info
+        items = folder.items[:count]
+        bare = [i.source for i in items if not i.caption]
+        if bare and prompt is None:
+            raise TrainingError(f"class image {bare[0]} has no caption: give it one, or give --class so it "
+                                "takes the class prompt")  # fmt: skip
+        return [DatasetItem(i.image, i.caption or prompt, i.source, key=i.key) for i in items]
+    from lorastack.core.base import base_info, guidance_kwargs
     from lorastack.core.recipe import base_digest
     from lorastack.paths import data_home
 
     size = options["resolution"]
     info = base_info(context.pipe)
     digest = base_digest(info) if info is not None else _weights_digest(context.pipe)
-    key = hashlib.sha256(json.dumps([digest, prompt, size, options["seed"]]).encode())
+    guidance = guidance_kwargs(context.pipe)
+    key = hashlib.sha256(json.dumps([digest, prompt, size, options["seed"], *guidance.values()]).encode())
     folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
     items = []
@@ -149,7 +165,7 @@ def class_images(context, prompt: str, options) -> list[DatasetItem]:
 
             g = torch.Generator().manual_seed(options["seed"] * 100_003 + index)
             image = context.pipe(prompt, num_inference_steps=options["sample_steps"], generator=g, height=size,
-                                 width=size).images[0]  # fmt: skip
+                                 width=size, **guidance).images[0]  # fmt: skip
             tmp = path.with_suffix(".tmp.png")
             image.save(tmp)
             tmp.replace(path)

@@ -73,6 +73,10 @@ def test_header_declarations_count_but_must_agree_with_shapes(tiny_sd1_dir, tmp_
     declared = probe_family(layers, {"modelspec.architecture": "stable-diffusion-v1/lora"})
     assert declared.family == "sd1"
     assert probe_family(layers, {"ss_base_model_version": "sd_v2"}).family == "sd2"
-    conflict = probe_family(layers, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
+    # topology (attention in the first level: not SDXL's) is a guess a declaration overrules; a width is not
+    topology = probe_family(layers, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
+    assert topology.family == "sdxl" and "the declaration overrules the topology" in topology.evidence
+    kohya = read_adapter(make_case(pipe, "kohya", tmp_path / "k.safetensors")).layers  # 1x1-conv projections: SD1
+    conflict = probe_family(kohya, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
     assert conflict.family == "unknown" and conflict.candidates == ()
     assert "the evidence contradicts itself" in conflict.evidence

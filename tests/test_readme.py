@@ -58,12 +58,14 @@ def main_job(tmp_path_factory):
 
 
 def test_main_job(main_job):
-    """The demo teaches the toy base the new concept: the adapter's images are clearly more yellow than the base's."""
+    """The demo teaches the toy base the new concept: the adapter's images are clearly more yellow than the base's,
+    and a prompt without the token keeps its colour."""
     cwd, result = main_job
-    match = re.search(r"base ([\d.]+)% -> adapter ([\d.]+)%", result.stdout)
-    assert match, result.stdout
-    base, adapter = float(match.group(1)), float(match.group(2))
+    (token, plain) = re.findall(r"base ([\d.]+)% -> adapter ([\d.]+)%", result.stdout)
+    base, adapter = float(token[0]), float(token[1])
     assert adapter >= base + 5 and adapter >= 5 * base, (base, adapter)  # a star covers about 12 % of the image
+    # prior preservation: without the token, the base's green square stays mostly green with the adapter
+    assert float(plain[1]) >= 0.5 * float(plain[0]) > 0, plain
     assert (cwd / "lorastack-demo" / "demo-grid.png").exists()
     assert "registered: demo/aawxbc@1" in result.stdout or "demo/aawxbc@1" in result.stdout
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from lorastack.core import toy
+from lorastack.core.base import guidance_kwargs, recommended
 
 SEEDS = list(range(10))
 
@@ -27,32 +30,20 @@ def test_it_is_small_and_a_normal_diffusers_folder(toy_pipe):
     assert isinstance(toy_pipe, StableDiffusionPipeline)
     assert (toy.TOY_DIR / "model_index.json").exists() and (toy.TOY_DIR / "TRAINING.md").exists()
     assert toy.STYLE_ADAPTER.exists()
+    assert recommended(toy_pipe, "guidance") == 1.5  # its lorastack.json: every colour right at 1-2, not at 3
 
 
-# The shipped model does not meet the bar for every colour yet: its tokenizer splits "green" into four pieces (a BPE
-# merge of "red" outranks it) and it mixes up yellow and orange. Kept visible here until the model is retrained.
-NOT_YET = {
-    "green": pytest.mark.xfail(strict=True, reason="'green' is four tokens to the shipped tokenizer"),
-    "yellow": pytest.mark.xfail(strict=False, reason="confused with orange in about 3 of 10 seeds"),
-    "orange": pytest.mark.xfail(strict=False, reason="confused with yellow and red in about 4 of 10 seeds"),
-}
-
-
-@pytest.mark.parametrize("colour", [pytest.param(c, marks=NOT_YET.get(c, ())) for c in toy.SHAPE_COLOURS])
+@pytest.mark.parametrize("colour", toy.SHAPE_COLOURS)
 def test_it_learned_each_colour(toy_pipe, colour):
-    """For each colour word, that colour dominates (background aside) in at least 80 % of a fixed set of seeds."""
-    shapes = [toy.SHAPES[i % len(toy.SHAPES)] for i in SEEDS]
-    prompts = [toy.caption(shape, colour, "white") for shape in shapes]
-    images = toy_pipe(prompts, num_inference_steps=20, guidance_scale=5.0, height=toy.SIZE, width=toy.SIZE,
-                      generator=[torch.Generator().manual_seed(s) for s in SEEDS]).images  # fmt: skip
-    # the shape's colour: the most common of the shape colours (the background and its noise aside)
-    dominant = [max(toy.SHAPE_COLOURS, key=toy.colour_shares(image).get) for image in images]
+    """For each colour word, that colour dominates (background aside) in at least 80 % of a fixed set of seeds, at
+    the toy's recommended guidance."""
+    dominant = toy.colour_check(toy_pipe, colour, SEEDS)
     assert sum(d == colour for d in dominant) >= 0.8 * len(SEEDS), dominant
 
 
 def test_it_has_never_seen_the_demo_concept(toy_pipe):
-    images = toy_pipe(["a aawxbc on a white background"] * 4, num_inference_steps=20, guidance_scale=5.0,
-                      height=toy.SIZE, width=toy.SIZE,
+    images = toy_pipe(["a aawxbc on a white background"] * 4, num_inference_steps=20,
+                      height=toy.SIZE, width=toy.SIZE, **guidance_kwargs(toy_pipe),
                       generator=[torch.Generator().manual_seed(s) for s in range(4)]).images  # fmt: skip
     assert toy.concept_score(images, "yellow") < 0.05
 
@@ -64,3 +55,61 @@ def test_the_drawing_and_scores():
     assert toy.dominant_colour(toy.draw("circle", "red", "black"), "black") == "red"
     filled = toy.colour_shares(toy.draw("square", "blue", "white"))["blue"]
     assert toy.colour_shares(toy.draw("square", "blue", "white", outline=True))["blue"] < 0.6 * filled
+
+
+def test_an_adapter_for_the_toy_loads_whatever_its_topology_suggests(toy_pipe, tmp_path):
+    """The toy has SDXL's topology (no attention in its first level): a header-less attention-only adapter probes as
+    SDXL, yet every layer fits the toy's modules, so the stack takes it (tests/test_stack.py: a real mismatch is still
+    refused)."""
+    from adapter_cases import make_case
+
+    from lorastack.adapters import read_adapter
+    from lorastack.core import AdapterStack
+
+    path = make_case(toy_pipe, "peft-nometa", tmp_path / "toy-lora.safetensors")
+    adapter = read_adapter(path)
+    assert adapter.family == "sdxl" and "attention in the first up block" in adapter.probe.evidence
+    stack = AdapterStack(toy_pipe)
+    report = stack.load("toy-lora", path)
+    assert report.complete and report.matched
+    before = toy_pipe.unet.up_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight.clone()
+    stack.activate({"toy-lora": 1.0})
+    assert not torch.equal(before, toy_pipe.unet.up_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight)
+    stack.deactivate()
+    assert torch.equal(before, toy_pipe.unet.up_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight)
+    stack.detach()
+
+
+def test_generate_takes_the_base_recommended_guidance_unless_told(toy_pipe):
+    from lorastack.core import GenerateOptions, Generator
+
+    generator = Generator(toy_pipe)
+    prompt = "a red circle on a white background"
+    (result,) = generator.generate(GenerateOptions(prompt, steps=2, seed=1))
+    assert result.recipe["guidance"] == 1.5
+    (result,) = generator.generate(GenerateOptions(prompt, steps=2, seed=1, guidance=4.0))
+    assert result.recipe["guidance"] == 4.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{", "not readable JSON"),
+        ('{"recommended": [1.5]}', "'recommended' must be an object"),
+        ('{"recommended": {"cfg": 2}}', "unknown setting 'cfg'; known: guidance"),
+        ('{"recommended": {"guidance": -1}}', "guidance must be a positive float, got -1"),
+        ('{"recommended": {"guidance": "high"}}', "guidance must be a positive float, got 'high'"),
+    ],
+)
+def test_a_broken_lorastack_json_fails_before_the_weights_load(text, message, tmp_path, monkeypatch):
+    import shutil
+
+    from lorastack.core import base
+    from lorastack.core.errors import BaseModelError
+
+    folder = shutil.copytree(toy.TOY_DIR, tmp_path / "toy")
+    (folder / base.RECOMMENDED_FILE).write_text(text)
+    monkeypatch.setattr(base, "_load_folder", lambda *a: pytest.fail("loaded the weights"))
+    with pytest.raises(BaseModelError, match=re.escape(message)) as e:
+        base.load_base(str(folder))
+    assert str(folder / base.RECOMMENDED_FILE) in str(e.value)

@@ -317,6 +317,20 @@ def test_dreambooth_class_images_are_generated_once(tiny_sd1_dir, data, lorastac
     assert len(list((lorastack_home / "cache" / "class-images").iterdir())) == 2
 
 
+def test_class_data_images_keep_their_own_captions(tmp_path):
+    """Like kohya's regularisation folders: a captioned class image is trained on its caption, others on the class
+    prompt; without a class there is no prompt for an uncaptioned one, which is an error naming it."""
+    from lorastack.plugins.trainers import class_images
+
+    folder = _folder(tmp_path / "class", count=3)
+    (folder / "img2.txt").unlink()
+    options = {"class_data": folder, "class_images": 10}
+    items = class_images(None, "a photo of figurine", options)
+    assert sorted(i.caption for i in items) == ["a photo of figurine", "a square, colour 0", "a square, colour 1"]
+    with pytest.raises(TrainingError, match=r"img2\.png has no caption.*--class"):
+        class_images(None, None, options)
+
+
 def test_frozen_text_encoder_outputs_are_cached(tiny_sd1_dir, data, tmp_path, lorastack_home):
     from lorastack.core import load_base
 

@@ -120,6 +120,14 @@ def train(
         "lorastack.trainer": trainer,
         "lorastack.recipe": recipe_text,
     }
+    # the base's family, declared: the probe's topology rules hold for full-size models only (the toy base has
+    # SDXL's topology), so an adapter trained here says what it was trained on
+    from lorastack.adapters.metadata import KOHYA_BASE_VERSIONS, MODELSPEC_ARCHITECTURES
+    from lorastack.core.modules import pipeline_family
+
+    family = pipeline_family(pipe)
+    header["modelspec.architecture"] = f"{MODELSPEC_ARCHITECTURES[family]}/lora"
+    header["ss_base_model_version"] = KOHYA_BASE_VERSIONS[family]
     base_id = str(base)
     if not Path(base_id).exists():
         header["ss_sd_model_name"] = base_id

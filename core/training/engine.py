@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..base import guidance_kwargs
 from ..interfaces import DatasetItem
 from .conditioning import encode_captions, is_sdxl, time_ids
 from .lora import add_lora, export_adapter, remove_lora, trainable_parameters
@@ -404,7 +405,7 @@ class Engine:
         for i, prompt in enumerate(prompts):
             g = torch.Generator().manual_seed(self.options["seed"] + i)
             images.append(self.pipe(prompt, num_inference_steps=self.options["sample_steps"], generator=g,
-                                    height=size, width=size).images[0])  # fmt: skip
+                                    height=size, width=size, **guidance_kwargs(self.pipe)).images[0])  # fmt: skip
         grid = Image.new("RGB", (size * len(images), size), "white")
         for i, image in enumerate(images):
             grid.paste(image.resize((size, size)), (i * size, 0))
