@@ -43,13 +43,7 @@ class DreamBoothTrainer:
         Option("prior_preservation", "bool", True, "Train on class images too, so the class keeps its meaning."),
         Option("prior_loss_weight", "float", 1.0, "Weight of the class images' loss.", minimum=0),
         Option("class_images", "int", 50, "How many class images (generated with the base when missing).", minimum=1),
-        Option(
-            "class_data",
-            "path",
-            None,
-            "A folder of class images to use instead of generating them (an "
-            "image's own caption, if any, is its prompt; enables prior preservation).",
-        ),
+        Option("class_data", "path", None, "Class images to use instead of generating them (captions kept)."),
         Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
     )
 
