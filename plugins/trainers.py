@@ -59,16 +59,10 @@ class DreamBoothTrainer:
         token, class_name = options["token"].strip(), options["class_name"].strip()
         _warn_common_token(context.pipe, token)
         context.trigger_words = [token]
-        prompt = options["instance_prompt"].format(token=token, class_name=class_name).strip()
-        prompt = re.sub(r"\s+", " ", prompt)
-        items = [
-            DatasetItem(i.image, f"{token} {i.caption}" if options["use_captions"] and i.caption else prompt,
-                        i.source, i.mask, class_name or i.concept, i.key, i.path)
-            for i in context.dataset.items
-        ]  # fmt: skip
+        items = _instance_items(context, options, token, class_name)
         prior = []
         if options["prior_preservation"] and (class_name or options["class_data"] is not None):
-            class_prompt = re.sub(r"\s+", " ", options["class_prompt"].format(class_name=class_name)).strip()
+            class_prompt = _prompt(options["class_prompt"], class_name=class_name)
             prior = class_images(context, class_prompt if class_name else None, options)
         return context.engine(items, prior_items=prior, prior_weight=options["prior_loss_weight"]).train()
 
@@ -100,16 +94,26 @@ class PivotalTrainer:
         tokens = NewTokens(context.pipe, token, options["vectors"], options["init_word"] or class_name,
                            options["seed"], options["ti_learning_rate"], ti_steps)  # fmt: skip
         context.trigger_words = [token]
-        prompt = re.sub(r"\s+", " ", options["instance_prompt"].format(token=token, class_name=class_name)).strip()
-        items = [
-            DatasetItem(i.image, tokens.expand(f"{token} {i.caption}" if options["use_captions"] and i.caption
-                                               else prompt), i.source, i.mask, class_name or i.concept, i.key, i.path)
-            for i in context.dataset.items
-        ]  # fmt: skip
+        items = _instance_items(context, options, token, class_name, expand=tokens.expand)
         try:
             return context.engine(items, extras=tokens).train()
         finally:
             tokens.close()
+
+
+def _prompt(template: str, **fields) -> str:
+    return re.sub(r"\s+", " ", template.format(**fields)).strip()
+
+
+def _instance_items(context, options, token: str, class_name: str, expand=lambda prompt: prompt) -> list:
+    """The subject's images with their prompts: the instance prompt, or (``use_captions``) the token + caption."""
+    prompt = _prompt(options["instance_prompt"], token=token, class_name=class_name)
+    return [
+        DatasetItem(image=i.image, caption=expand(f"{token} {i.caption}" if options["use_captions"] and i.caption
+                                                  else prompt), source=i.source, mask=i.mask,
+                    concept=class_name or i.concept, key=i.key, path=i.path)
+        for i in context.dataset.items
+    ]  # fmt: skip
 
 
 def _warn_common_token(pipe, token: str) -> None:
