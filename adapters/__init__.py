@@ -16,6 +16,7 @@ from .errors import (
     AdapterFileError,
     InvalidAdapterError,
     NotAnAdapterError,
+    OutputError,
     UnsupportedAdapterError,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "LoKrLayer",
     "LoRALayer",
     "NotAnAdapterError",
+    "OutputError",
     "Probe",
     "UnsupportedAdapterError",
     "autov2",

@@ -34,3 +34,8 @@ class InvalidAdapterError(AdapterError):
 
 class UnsupportedAdapterError(AdapterError):
     """A valid adapter that this operation cannot handle (pickle refused, a layer kind a format cannot express)."""
+
+
+class OutputError(AdapterError):
+    """A path lorastack cannot write its result to: a folder, a FIFO or device, an existing file without --force,
+    a missing or read-only folder. Raised before the work that would produce the result starts."""
