@@ -360,8 +360,6 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
     writable. A symbolic link to a regular file is written through (the link stays).
     """
     path = Path(path)
-    if str(path).endswith(("/", os.sep)):
-        raise OutputError("ends with a path separator; give a file name to write", path)
     target, mode = _replaceable(path)
     if mode is not None and not overwrite:
         raise OutputError("already exists; choose another path or pass --force", path)

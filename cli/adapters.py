@@ -9,6 +9,8 @@ import click
 
 from lorastack.adapters.constants import FAMILIES, FAMILY_NAMES, FORMATS
 
+from .text import printable
+
 _ALLOW_PICKLE = click.option(
     "--allow-pickle",
     is_flag=True,
@@ -37,7 +39,7 @@ def format_inspect(info: dict) -> str:
 
     def row(label: str, value) -> None:
         if value not in (None, "", [], {}):
-            lines.append(f"{label:<14}{value}")
+            lines.append(f"{label:<14}{printable(value)}")
 
     row("file", f"{info['path']} ({_size(info['size'])})")
     row("format", f"{info['format']} (keys: {', '.join(info['key_styles'])})")

@@ -11,6 +11,7 @@ import click
 from lorastack.registry import Registry, parse_name_tag
 
 from .adapters import _size
+from .text import printable
 
 
 def _registry() -> Registry:
@@ -75,6 +76,7 @@ def list_cmd(family, search, all_versions, as_json):
          r["family"] or "", r["kind"] or "", str(r["rank"] or ""), _size(r["size"]), _when(r["created_at"]))
         for r in rows
     ]  # fmt: skip
+    table = [tuple(printable(cell) for cell in row) for row in table]
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
     for row in [header, *table]:
         click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -109,7 +111,7 @@ def show_cmd(ref, as_json):
         lines.append((f"source {key}", value))
     for label, value in lines:
         if value not in (None, ""):
-            click.echo(f"{label:<16}{value}")
+            click.echo(f"{label:<16}{printable(value)}")
 
 
 @click.command("tag")
@@ -130,7 +132,9 @@ def tag_cmd(ref, new_tag, follow):
 
 @click.command("rm")
 @click.argument("ref")
-@click.option("--all", "all_versions", is_flag=True, help="Remove the whole adapter: every version and tag.")
+@click.option(
+    "--all", "all_versions", is_flag=True, help="Remove the whole adapter (REF is NAME): every version and tag."
+)
 @click.option("--force", is_flag=True, help="Remove a version even though tags point at it (they go too).")
 def rm_cmd(ref, all_versions, force):
     """Remove a tag (NAME:TAG), a version (NAME@N), or a whole adapter (NAME --all)."""
@@ -160,10 +164,16 @@ def verify_cmd(ref, as_json):
         _echo_json({**report.__dict__, "clean": report.clean})
     else:
         click.echo(f"checked {report.checked} blob(s)")
+        for problem in report.index:
+            click.echo(f"index   {printable(problem)}")
         for kind in ("missing", "corrupt", "extra", "temp"):
             for item in getattr(report, kind):
                 click.echo(f"{kind:<8}{item}")
-        click.echo("clean" if report.clean else "problems found (run lorastack gc for extra/temp files)")
+        if report.clean:
+            leftovers = " (extra/temp files are leftovers of interrupted work: lorastack gc sweeps them)"
+            click.echo("clean" + (leftovers if report.reclaimable else ""))
+        else:
+            click.echo("problems found: missing or corrupt files, or a damaged index")
     if not report.clean:
         raise SystemExit(1)
 

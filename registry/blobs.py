@@ -10,18 +10,33 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import struct
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from lorastack.adapters.files import fsync_dir
+from lorastack.faults import crash_point
 
 from .errors import IntegrityError
 
 CHUNK = 1 << 20
 FLUSH_EVERY = 32 << 20
-TMP_SUFFIX = ".part"
+#: The staged copy's name: the adapter reader tells safetensors files by their suffix.
+STAGED_NAME = "adapter.safetensors"
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A private copy of a file in a scratch folder, hashed while it was written."""
+
+    path: Path
+    sha256: str
+    tensor_sha256: str | None
+    size: int
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,7 @@ class StoredBlob:
     size: int
     path: Path
     new: bool  # False when identical bytes were already stored
+    repaired: bool = False  # a damaged stored copy was replaced by these bytes
 
 
 def _safetensors_data_offset(head: bytes) -> int | None:
@@ -66,48 +82,71 @@ class BlobStore:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def store(self, source: Path, safetensors: bool = True) -> StoredBlob:
-        """Copy ``source`` into the store, hashing it on the way (one read). Call under :meth:`lock` (shared).
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private folder under ``tmp/`` for one import, removed afterwards (``gc`` sweeps it after a crash).
 
-        The whole-file and tensor-data hashes cover the same bytes twice, so the second runs on another thread
-        (hashlib releases the GIL); a third thread starts the disk writeback early, so the final fsync is short.
+        Hold :meth:`lock` (shared) around it: ``gc`` holds the lock exclusively, so it never sweeps a folder in use.
         """
         self.tmp.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"import-{uuid.uuid4().hex}{TMP_SUFFIX}"
+        folder = Path(tempfile.mkdtemp(prefix="import-", dir=self.tmp))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def stage(self, source: Path, folder: Path, name: str = STAGED_NAME, safetensors: bool = True) -> StagedBlob:
+        """Copy ``source`` into ``folder`` (a :meth:`scratch` folder), hashing it on the way: one read.
+
+        The copy is what gets parsed and stored, so a source rewritten meanwhile cannot be recorded as one adapter
+        and stored as another. The whole-file and tensor-data hashes cover the same bytes twice, so the second runs
+        on another thread (hashlib releases the GIL); a third starts the disk writeback early, so the final fsync
+        is short.
+        """
+        staged = folder / name
         whole, data = hashlib.sha256(), hashlib.sha256()
         size, offset = 0, None
-        try:
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                with _Worker(data.update) as data_hasher, _Worker(lambda fd: os.fdatasync(fd)) as flusher:
-                    flushed = 0
-                    while chunk := src.read(CHUNK):
-                        if offset is None and safetensors:
-                            offset = _safetensors_data_offset(chunk) or 0
-                        if safetensors and size + len(chunk) > offset:
-                            data_hasher.submit(chunk[max(0, offset - size) :] if offset > size else chunk)
-                        dst.write(chunk)
-                        whole.update(chunk)
-                        size += len(chunk)
-                        if size - flushed >= FLUSH_EVERY:
-                            dst.flush()
-                            flusher.submit(dst.fileno())
-                            flushed = size
-                dst.flush()
-                os.fsync(dst.fileno())
-            digest = whole.hexdigest()
-            final = self.path(digest)
-            if final.exists() and final.stat().st_size == size:
-                tmp.unlink()  # the same bytes are already stored: share the blob
-                new = False
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-                _fsync_dir(final.parent)
-                new = True
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return StoredBlob(digest, data.hexdigest() if safetensors else None, size, final, new)
+        with open(source, "rb") as src, open(staged, "wb") as dst:
+            with _Worker(data.update) as data_hasher, _Worker(lambda fd: os.fdatasync(fd)) as flusher:
+                flushed = 0
+                while chunk := src.read(CHUNK):
+                    if offset is None and safetensors:
+                        offset = _safetensors_data_offset(chunk) or 0
+                    if safetensors and size + len(chunk) > offset:
+                        data_hasher.submit(chunk[max(0, offset - size) :] if offset > size else chunk)
+                    dst.write(chunk)
+                    whole.update(chunk)
+                    size += len(chunk)
+                    if size - flushed >= FLUSH_EVERY:
+                        dst.flush()
+                        flusher.submit(dst.fileno())
+                        flushed = size
+            dst.flush()
+            os.fsync(dst.fileno())
+        return StagedBlob(staged, whole.hexdigest(), data.hexdigest() if safetensors else None, size)
+
+    def commit(self, staged: StagedBlob) -> StoredBlob:
+        """Move a staged file into the store under its sha256. Call under :meth:`lock` (shared).
+
+        Identity is the hash, checked: a stored blob is shared only when its bytes really hash to the name, so a
+        damaged copy is replaced by the good bytes instead of being referenced again.
+        """
+        final = self.path(staged.sha256)
+        if final.is_file() and final.stat().st_size == staged.size and hash_file(final) == staged.sha256:
+            staged.path.unlink()  # the same bytes are already stored: share the blob
+            return StoredBlob(staged.sha256, staged.tensor_sha256, staged.size, final, new=False)
+        repaired = final.exists()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        crash_point("registry.blob.before-rename")
+        os.replace(staged.path, final)
+        fsync_dir(final.parent)
+        crash_point("registry.blob.after-rename")
+        return StoredBlob(staged.sha256, staged.tensor_sha256, staged.size, final, new=True, repaired=repaired)
+
+    def store(self, source: Path, safetensors: bool = True) -> StoredBlob:
+        """Stage and commit ``source`` in one go. Call under :meth:`lock` (shared)."""
+        with self.scratch() as folder:
+            return self.commit(self.stage(source, folder, safetensors=safetensors))
 
     def check(self, sha256: str, size: int | None = None) -> Path:
         """The blob's path after re-hashing it; :class:`IntegrityError` if it is missing or corrupt."""
@@ -125,8 +164,9 @@ class BlobStore:
             yield from (p for p in self.blobs.glob("*/*") if p.is_file())
 
     def temp_files(self) -> Iterator[Path]:
+        """Files and scratch folders under ``tmp/``: what interrupted imports left."""
         if self.tmp.exists():
-            yield from (p for p in self.tmp.iterdir() if p.is_file())
+            yield from sorted(self.tmp.iterdir())
 
 
 class _Worker:
@@ -174,14 +214,3 @@ def hash_file(path: Path) -> str:
 
 def age_seconds(path: Path) -> float:
     return time.time() - path.stat().st_mtime
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - directories cannot be opened on Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,12 +1,45 @@
-"""The model card (``README.md``) lorastack writes for a pushed adapter version."""
+"""The model card (``README.md``) lorastack writes for a pushed adapter version.
+
+Every value in a card can come from a downloaded file (adapter metadata, a pulled manifest), so none is pasted in
+as it is: the YAML is dumped by huggingface_hub, code snippets get quoted literals (a Python string literal, a shell
+word) and only values that are valid Hub ids, prose is escaped for Markdown and HTML.
+"""
 
 from __future__ import annotations
+
+import html
+import json
+import re
+import shlex
 
 from .records import Version
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 CARD_TAGS = ("lora", "text-to-image", "diffusers", "stable-diffusion", "lorastack")
 DEFAULT_LICENSES = {"sd1": "creativeml-openrail-m", "sd2": "openrail++", "sdxl": "openrail++"}
+#: The shape of the Hub's license ids (``openrail++``, ``apache-2.0``, ``cc-by-nc-4.0``, ``other``).
+_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def hub_id(value: str | None) -> str | None:
+    """``value`` if it is a valid Hub repo id (what ``base_model`` must be), else ``None``."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(value, str) or value.count("/") > 1 or len(value) > 96:
+        return None
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return None
+    return value
+
+
+def prose(text: str) -> str:
+    """Untrusted text as inert Markdown: HTML escaped, Markdown syntax escaped, on one line."""
+    flat = " ".join(str(text).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def model_card(version: Version, repo_id: str, files: list[str], license: str | None = None) -> str:
@@ -14,17 +47,19 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
     from huggingface_hub import ModelCardData
 
     prompt = ", ".join(version.trigger_words)
+    base = hub_id(version.base_model)
     tags = list(CARD_TAGS) + (["stable-diffusion-xl"] if version.family == "sdxl" else [])
+    chosen = license or version.metadata.get("modelspec.license") or DEFAULT_LICENSES.get(version.family or "")
     data = ModelCardData(
-        base_model=version.base_model,
-        license=license or version.metadata.get("modelspec.license") or DEFAULT_LICENSES.get(version.family or ""),
+        base_model=base,
+        license=chosen if chosen and _LICENSE.fullmatch(chosen) else ("other" if chosen else None),
         library_name="diffusers",
         tags=tags,
         instance_prompt=prompt or None,
     )
     weight = DIFFUSERS_FILE if DIFFUSERS_FILE in files else next(f for f in files if f.endswith(".safetensors"))
-    base = version.base_model or "BASE_MODEL"
-    example = f"{prompt}, " if prompt else ""
+    example = f"{prompt}, a photo" if prompt else "a photo"
+    base_word = base or "BASE_MODEL"
     lines = [
         "---",
         data.to_yaml(),
@@ -32,25 +67,28 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
         "",
         f"# {version.name}",
         "",
-        version.description or f"A LoRA adapter for {version.family or 'Stable Diffusion'}.",
+        prose(version.description)
+        if version.description
+        else f"A LoRA adapter for {version.family or 'Stable Diffusion'}.",
         "",
-        f"Trigger words: `{prompt}`." if prompt else "",
+        f"Trigger words: {prose(prompt)}" if prompt else "",
         "",
         "## Use it with diffusers",
         "",
         "```python",
         "from diffusers import AutoPipelineForText2Image",
         "",
-        f'pipe = AutoPipelineForText2Image.from_pretrained("{base}")',
-        f'pipe.load_lora_weights("{repo_id}", weight_name="{weight}")',
-        f'image = pipe("{example}a photo").images[0]',
+        f"pipe = AutoPipelineForText2Image.from_pretrained({json.dumps(base_word)})",
+        f"pipe.load_lora_weights({json.dumps(repo_id)}, weight_name={json.dumps(weight)})",
+        f"image = pipe({json.dumps(example)}).images[0]",
         "```",
         "",
         "## Use it with lorastack",
         "",
         "```bash",
-        f"lorastack pull {repo_id}",
-        f'lorastack generate "{example}a photo" --base {base} --lora {repo_id}:0.8',
+        f"lorastack pull {shlex.quote(repo_id)}",
+        f"lorastack generate {shlex.quote(example)} --base {shlex.quote(base_word)} "
+        f"--lora {shlex.quote(repo_id + ':0.8')}",
         "```",
         "",
         f"Version {version.number} (Hub tag `v{version.number}`), pushed by lorastack. Files: "
@@ -58,4 +96,7 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
         + ".",
         "",
     ]
+    if version.base_model and not base:
+        lines.insert(lines.index("## Use it with diffusers"), f"Base model (as recorded): {prose(version.base_model)}")
+        lines.insert(lines.index("## Use it with diffusers"), "")
     return "\n".join(lines)

@@ -8,11 +8,13 @@ instead of failing. The schema moves forward through the append-only :data:`MIGR
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
-from .errors import ReadOnlyError, RegistryError
+from .errors import BusyError, CorruptIndexError, NoSpaceError, ReadOnlyError, RegistryError
 
 BUSY_TIMEOUT_MS = 120_000
 
@@ -60,21 +62,35 @@ MIGRATIONS = [
     CREATE INDEX tags_by_version ON tags (version_id);
     CREATE INDEX versions_by_family ON versions (family);
     """,
+    # Version numbers are never reused: recipes, Hub tags vN and provenance name versions by number, so a removed
+    # version's number is retired with its adapter's name (which may be imported again later).
+    """
+    CREATE TABLE retired_versions (
+        name TEXT NOT NULL COLLATE NOCASE,
+        number INTEGER NOT NULL,
+        PRIMARY KEY (name, number)
+    );
+    """,
 ]
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """Open (and migrate) the index. ``readonly`` opens an existing file without writing anything."""
+    """Open (and migrate) the index. ``readonly`` opens an existing file without writing anything.
+
+    A read-only open of a WAL database needs its ``-shm`` file, which a read-only folder may lack and cannot get:
+    then the file is opened ``immutable`` (SQLite reads it as a plain file, which is right for a read-only mount,
+    where nobody can be writing it).
+    """
     try:
         if readonly:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            conn = _open_readonly(path)
         else:
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.create_function("ls_contains", 2, contains, deterministic=True)
+        conn.create_function("ls_words_contain", 2, words_contain, deterministic=True)
         if not readonly:
             # WAL is a property of the file: switch once. The switch itself can fail with "database is locked"
             # without waiting for the busy timeout, which is why callers open the index under the registry lock.
@@ -86,7 +102,35 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     except sqlite3.OperationalError as e:
         if "readonly" in str(e) or "read-only" in str(e) or "unable to open" in str(e):
             raise ReadOnlyError(f"{path}: the registry index cannot be written ({e})") from None
-        raise RegistryError(f"{path}: cannot open the registry index: {e}") from None
+        raise
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    uri = "file:" + quote(str(Path(path).absolute()))
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+    conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    return conn
+
+
+def contains(text: str | None, needle: str | None) -> bool:
+    """Case-insensitive substring test for any script (SQL ``LIKE`` folds ASCII only and treats ``_``/``%``
+    as wildcards)."""
+    return bool(text) and bool(needle) and needle.casefold() in text.casefold()
+
+
+def words_contain(words_json: str | None, needle: str | None) -> bool:
+    """Whether any word of a JSON list (trigger words, stored with ``\\u`` escapes) contains ``needle``."""
+    try:
+        words = json.loads(words_json or "[]")
+    except ValueError:
+        return False
+    return isinstance(words, list) and any(isinstance(w, str) and contains(w, needle) for w in words)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -112,3 +156,29 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def index_error(e: sqlite3.Error, path: Path) -> RegistryError | None:
+    """A SQLite error as the registry error a user can act on (one line naming the index); ``None`` for errors
+    that are lorastack's own bugs (constraint violations, misuse), which keep their traceback."""
+    text = str(e)
+    if isinstance(e, sqlite3.OperationalError):
+        if "full" in text:
+            return NoSpaceError(
+                f"{path}: the disk is full ({text}); nothing was changed. Free space (lorastack gc, lorastack rm) "
+                "and try again"
+            )
+        if "readonly" in text or "read-only" in text:
+            return ReadOnlyError(f"{path}: the registry index cannot be written ({text}); nothing was changed")
+        if "locked" in text or "busy" in text:
+            return BusyError(
+                f"{path}: another lorastack process has held the registry for over {BUSY_TIMEOUT_MS // 1000} s "
+                f"({text}); try again when it is done"
+            )
+        return RegistryError(f"{path}: the registry index cannot be used ({text})")
+    if type(e) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError, …: a bug, not the file
+        return None
+    return CorruptIndexError(
+        f"{path}: the registry index is damaged ({text}); lorastack cannot read names, versions or tags from it. "
+        "The stored files under blobs/ are untouched: restore index.sqlite from a backup"
+    )

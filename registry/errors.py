@@ -28,3 +28,15 @@ class IntegrityError(RegistryError):
 
 class ReadOnlyError(RegistryError):
     """The registry folder cannot be written."""
+
+
+class CorruptIndexError(IntegrityError):
+    """The index file itself (``index.sqlite``) is damaged: not a database, truncated, or malformed inside."""
+
+
+class NoSpaceError(RegistryError):
+    """The disk (or quota) is full; the operation changed nothing."""
+
+
+class BusyError(RegistryError):
+    """Another lorastack process held the registry for longer than the busy timeout."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -22,15 +23,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from lorastack.faults import crash_point
 
 from .cards import DIFFUSERS_FILE, model_card
-from .errors import ConflictError, IntegrityError, RegistryError
-from .names import LATEST, parse_ref
+from .errors import ConflictError, IntegrityError, InvalidNameError, RegistryError
+from .names import LATEST, MAX_VERSION, parse_ref, validate_tag
 from .records import ImportResult, Version
 from .store import Registry
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "lorastack.json"
-VERSION_TAG = re.compile(r"^v(\d+)$")
+VERSION_TAG = re.compile(r"^v([0-9]{1,9})$")
+#: Seconds the Hub may stay silent (connecting, or between two chunks of an answer) before a call gives up.
+#: huggingface_hub's own client waits forever: a Hub that accepts the connection and never answers would hang.
+TIMEOUT_ENV = "LORASTACK_HUB_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
+#: Small files read from a repo (the manifest, the model card): larger ones are not what lorastack wrote.
+MAX_TEXT_FILE = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class HubError(RegistryError):
@@ -83,17 +96,87 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def _translate(e: Exception, repo_id: str, endpoint: str, what: str) -> HubError:
-    """A huggingface_hub/httpx error → a one-line HubError that says what to do (and never holds the token)."""
+def redact(url: str) -> str:
+    """``url`` without the user name and password it may carry (``http://user:secret@host`` → ``http://***@host``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def hub_timeout() -> float:
+    """The Hub timeout in seconds: ``LORASTACK_HUB_TIMEOUT`` or :data:`DEFAULT_TIMEOUT`."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise HubError(f"{TIMEOUT_ENV}={raw[:40]!r} is not a number of seconds from 0 (exclusive) to 3600")
+    return value
+
+
+_configured_timeout: float | None = None
+
+
+def _configure_client() -> None:
+    """Give huggingface_hub's HTTP client a timeout (its default client has none; calls that pass their own, such
+    as downloads, keep theirs)."""
+    global _configured_timeout
+    timeout = hub_timeout()
+    if _configured_timeout == timeout:
+        return
+    try:
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # pragma: no cover - huggingface_hub < 1.0 (requests) has no client factory
+        return
+
+    def factory():
+        client = default_client_factory()
+        client.timeout = timeout
+        return client
+
+    set_client_factory(factory)
+    _configured_timeout = timeout
+
+
+def _network_failure(e: BaseException) -> str | None:
+    """``"timeout"`` or ``"network"`` when ``e`` is a transport failure (of httpx, httpcore, requests or the OS)."""
+    names = {cls.__name__ for cls in type(e).__mro__}
+    modules = {(cls.__module__ or "").split(".")[0] for cls in type(e).__mro__}
+    if isinstance(e, TimeoutError) or ({"TimeoutException", "Timeout"} & names and modules & _HTTP_MODULES):
+        return "timeout"
+    if modules & _HTTP_MODULES and names & {"TransportError", "RequestError", "ConnectionError"}:
+        return "network"
+    if isinstance(e, ConnectionError | OSError):
+        return "network"
+    return None
+
+
+_HTTP_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
+
+
+def _translate(e: Exception, repo_id: str, endpoint: str, what: str, token: str | None = None) -> Exception:
+    """A huggingface_hub/httpx error → a one-line HubError that says what to do (and never holds the token or the
+    endpoint's credentials). Anything else is lorastack's own bug and is returned as it is, to be re-raised."""
     from huggingface_hub.errors import HfHubHTTPError
 
     cause = e
     while cause is not None and not isinstance(cause, HfHubHTTPError):  # uploads wrap HTTP errors in RuntimeError
         cause = cause.__cause__
-    return _translate_one(cause or e, repo_id, endpoint, what)
+    return _translate_one(cause or e, repo_id, redact(endpoint), what, token)
 
 
-def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str) -> HubError:
+def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str, token: str | None) -> Exception:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -104,6 +187,8 @@ def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str) -> HubE
         RevisionNotFoundError,
     )
 
+    if isinstance(e, HubError | RegistryError):
+        return e
     if isinstance(e, RevisionNotFoundError):
         return HubError(f"{repo_id} has no revision {what!r} on the Hub; check the branch, tag or commit")
     if isinstance(e, RemoteEntryNotFoundError):
@@ -122,6 +207,11 @@ def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str) -> HubE
     if isinstance(e, HfHubHTTPError) and e.response is not None:
         status = e.response.status_code
         if status == 401:
+            if _has_token(token):
+                return HubError(
+                    f"the Hub refused your token for {repo_id} (401): it is wrong, expired or revoked; log in again "
+                    "(hf auth login) or fix HF_TOKEN"
+                )
             return HubError(
                 f"the Hub refused the request for {repo_id}: not logged in; run `hf auth login` or set HF_TOKEN"
             )
@@ -133,12 +223,32 @@ def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str) -> HubE
                 "commits first, then push again"
             )
         return HubError(f"the Hub answered {status} for {repo_id}; try again later")
-    return HubError(f"cannot reach the Hub at {endpoint} ({type(e).__name__}); check the network, then try again")
+    failure = _network_failure(e)
+    if failure == "timeout":
+        return HubError(
+            f"the Hub at {endpoint} did not answer within {hub_timeout():g} s ({type(e).__name__}); try again later, "
+            f"or set {TIMEOUT_ENV} to wait longer"
+        )
+    if failure == "network":
+        return HubError(f"cannot reach the Hub at {endpoint} ({type(e).__name__}); check the network, then try again")
+    return e
+
+
+def _has_token(token: str | None) -> bool:
+    if token:
+        return True
+    try:
+        from huggingface_hub import get_token
+
+        return bool(get_token())
+    except Exception:  # pragma: no cover - a broken token store: behave as if there were none
+        return False
 
 
 def _api(endpoint: str, token: str | None):
     from huggingface_hub import HfApi
 
+    _configure_client()
     return HfApi(endpoint=endpoint, token=token)
 
 
@@ -158,7 +268,11 @@ def push(
     token: str | None = None,
     endpoint: str | None = None,
 ) -> PushResult:
-    """Push one version (``ref``) or every version of its adapter to ``repo_id``: one commit and one tag each."""
+    """Push one version (``ref``) or every version of its adapter to ``repo_id``: one commit and one tag each.
+
+    Afterwards the branch holds the last version pushed (the newest, with ``all_versions``), even when that
+    version's tag already held its files and earlier versions needed new commits.
+    """
     from huggingface_hub import CommitOperationAdd
 
     check_repo_id(repo_id)
@@ -172,15 +286,17 @@ def push(
         # the Hub commit this registry last saw for the adapter: a branch that moved since is someone else's work
         parent = _last_synced_commit(registry.versions(target.name), repo_id) or _branch_head(api, repo_id)
     except Exception as e:
-        raise _translate(e, repo_id, endpoint, "main") from None
+        raise _translate(e, repo_id, endpoint, "main", token) from None
     result = PushResult(repo_id, url)
     with tempfile.TemporaryDirectory() as tmp:
-        for version, blob in staged:
+        for i, (version, blob) in enumerate(staged):
             files = _files_for(version, blob, Path(tmp), repo_id, kohya, license)
             tag = f"v{version.number}"
+            last = i == len(staged) - 1
             try:
-                commit = _already_pushed(api, repo_id, tag, files)
-                if commit is None:
+                commit = _tag_holding(api, repo_id, tag, files)
+                # the branch must end on the last version: commit it again when the branch holds something else
+                if commit is None or (last and commit != parent and not _holds(api, repo_id, parent, files)):
                     operations = [CommitOperationAdd(path, source) for path, source in files.items()]
                     info = api.create_commit(
                         repo_id,
@@ -189,32 +305,39 @@ def push(
                         parent_commit=parent,
                     )
                     commit = parent = info.oid
+                    crash_point("hub.push.committed")
                     _move_tag(api, repo_id, tag, commit)
             except Exception as e:
-                raise _translate(e, repo_id, endpoint, "main") from None
+                raise _translate(e, repo_id, endpoint, "main", token) from None
             hub = {"repo": repo_id, "commit": commit, "tag": tag, "synced_at": time.time()}
             registry.record_provenance(version.ref, {"hub": hub})
             result.pushed.append((version.ref, commit, tag))
-        result.tags = _mirror_local_tags(api, registry, target.name, repo_id, result, endpoint)
+        result.tags = _mirror_local_tags(api, registry, target.name, repo_id, result, endpoint, token)
     return result
 
 
-def _already_pushed(api, repo_id: str, tag: str, files: dict) -> str | None:
+def _tag_holding(api, repo_id: str, tag: str, files: dict) -> str | None:
     """The commit of Hub tag ``tag`` if it holds exactly ``files`` (so this version needs no new commit)."""
+    target = next((t.target_commit for t in api.list_repo_refs(repo_id).tags if t.name == tag), None)
+    return target if target is not None and _holds(api, repo_id, target, files) else None
+
+
+def _holds(api, repo_id: str, revision: str | None, files: dict) -> bool:
+    """Whether ``revision`` has every one of ``files`` with the same bytes."""
     from huggingface_hub.utils.sha import git_hash
 
-    target = next((t.target_commit for t in api.list_repo_refs(repo_id).tags if t.name == tag), None)
-    if target is None:
-        return None
-    remote = {entry.path: entry for entry in api.get_paths_info(repo_id, list(files), revision=target)}
+    if revision is None:
+        return False
+    remote = {entry.path: entry for entry in api.get_paths_info(repo_id, list(files), revision=revision)}
     for path, source in files.items():
         entry = remote.get(path)
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        lfs = getattr(entry, "lfs", None)
         if entry is None or (
-            hashlib.sha256(data).hexdigest() != entry.lfs.sha256 if entry.lfs else git_hash(data) != entry.blob_id
+            hashlib.sha256(data).hexdigest() != lfs.sha256 if lfs else git_hash(data) != getattr(entry, "blob_id", "")
         ):
-            return None
-    return target
+            return False
+    return True
 
 
 def _last_synced_commit(versions: list[Version], repo_id: str) -> str | None:
@@ -237,7 +360,7 @@ def _move_tag(api, repo_id: str, tag: str, commit: str) -> None:
     api.create_tag(repo_id, tag=tag, revision=commit)
 
 
-def _mirror_local_tags(api, registry, name, repo_id, result: PushResult, endpoint: str) -> list[str]:
+def _mirror_local_tags(api, registry, name, repo_id, result: PushResult, endpoint: str, token) -> list[str]:
     """Point Hub tags named like the local tags (not ``latest`` and not ``vN``) at the pushed versions."""
     commits = {ref: commit for ref, commit, _ in result.pushed}
     mirrored = []
@@ -251,7 +374,7 @@ def _mirror_local_tags(api, registry, name, repo_id, result: PushResult, endpoin
             try:
                 _move_tag(api, repo_id, tag, commit)
             except Exception as e:
-                raise _translate(e, repo_id, endpoint, tag) from None
+                raise _translate(e, repo_id, endpoint, tag, token) from None
             mirrored.append(tag)
     return mirrored
 
@@ -304,7 +427,12 @@ def pull(
     token: str | None = None,
     endpoint: str | None = None,
 ) -> PullResult:
-    """Import ``OWNER/NAME[@REVISION]`` (or, with ``all_versions``, every ``vN`` tag in order) into the registry."""
+    """Import ``OWNER/NAME[@REVISION]`` (or, with ``all_versions``, every ``vN`` tag in order) into the registry.
+
+    Hub tag ``vN`` (or the manifest's version) becomes local version N when the local adapter never had a version
+    N, so local numbers follow the Hub's whatever order revisions are pulled in. Each revision is validated
+    completely (repo id, manifest, tags, sha256) before anything is imported, and imported in one transaction.
+    """
     repo_id, _, revision = spec.partition("@")
     check_repo_id(repo_id)
     local = name or repo_id
@@ -316,23 +444,39 @@ def pull(
         try:
             refs = api.list_repo_refs(repo_id)
         except Exception as e:
-            raise _translate(e, repo_id, endpoint, "tags") from None
-        numbered = sorted((int(VERSION_TAG.match(t.name).group(1)), t) for t in refs.tags if VERSION_TAG.match(t.name))
+            raise _translate(e, repo_id, endpoint, "tags", token) from None
+        numbered = sorted(
+            (int(m.group(1)), t) for t in refs.tags if (m := VERSION_TAG.match(t.name)) and int(m.group(1)) > 0
+        )
+        numbered = [(n, t) for n, t in numbered if n <= MAX_VERSION]
         if not numbered:
             raise HubError(f"{repo_id} has no version tags (v1, v2, …); pull a revision instead")
-        for _, tag in numbered:
-            result.versions.append(_pull_one(registry, api, repo_id, tag.name, local, file, token, endpoint))
-        by_commit = {commit: imported.version for imported, commit in result.versions}
-        for tag in refs.tags:  # other Hub tags become local tags on the same versions
-            version = by_commit.get(tag.target_commit)
-            if version is not None and not VERSION_TAG.match(tag.name) and tag.name.lower() != LATEST:
-                registry.tag(version.ref, tag.name)
+        others = {}  # commit → other Hub tags on it, which become local tags of the same version
+        for tag in refs.tags:
+            if not VERSION_TAG.match(tag.name) and tag.name.lower() != LATEST and _valid_tag(tag.name):
+                others.setdefault(tag.target_commit, []).append(tag.name)
+        for number, tag in numbered:
+            pulled = _pull_one(registry, api, repo_id, tag.name, local, file, token, endpoint, number,
+                               others.get(tag.target_commit, []))  # fmt: skip
+            result.versions.append(pulled)
         return result
-    result.versions.append(_pull_one(registry, api, repo_id, revision or "main", local, file, token, endpoint))
+    revision = revision or "main"
+    result.versions.append(_pull_one(registry, api, repo_id, revision, local, file, token, endpoint))
     return result
 
 
-def _pull_one(registry, api, repo_id, revision, local, file, token, endpoint) -> tuple[ImportResult, str]:
+def _valid_tag(tag: str) -> bool:
+    try:
+        validate_tag(tag)
+    except InvalidNameError:
+        logger.warning("Hub tag %r is not a valid lorastack tag; it is not copied", tag[:60])
+        return False
+    return True
+
+
+def _pull_one(
+    registry, api, repo_id, revision, local, file, token, endpoint, number=None, extra_tags=()
+) -> tuple[ImportResult, str]:
     from huggingface_hub import hf_hub_download
 
     offline = _offline()
@@ -342,45 +486,182 @@ def _pull_one(registry, api, repo_id, revision, local, file, token, endpoint) ->
         else:
             info = api.model_info(repo_id, revision=revision, files_metadata=True)
             commit = info.sha
-            listing = {s.rfilename: (s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
+            listing = {s.rfilename: (getattr(s.lfs, "sha256", None) if s.lfs else None) for s in info.siblings or []}
+    except Exception as e:
+        raise _translate(e, repo_id, endpoint, revision, token) from None
 
-        def download(path: str) -> Path:
-            # by the revision's name, so the cache learns which commit it names and later offline pulls of the
-            # same name work; a tag moved in between gives other bytes, which the sha256 check below refuses
+    def download(path: str, force: bool = False) -> Path:
+        # by the revision's name, so the cache learns which commit it names and later offline pulls of the same
+        # name work; a tag moved in between gives other bytes, which the sha256 check refuses
+        try:
             return Path(
                 hf_hub_download(
-                    repo_id, path, revision=revision, endpoint=endpoint, token=token, local_files_only=offline
+                    repo_id,
+                    path,
+                    revision=revision,
+                    endpoint=endpoint,
+                    token=token,
+                    local_files_only=offline,
+                    force_download=force,
                 )
             )
+        except Exception as e:
+            from huggingface_hub.errors import RemoteEntryNotFoundError
 
-        manifest = json.loads(download(MANIFEST).read_text()) if MANIFEST in listing else {}
-        chosen = _choose_file(repo_id, listing, file, manifest)
-        path = download(chosen)
-        card = _card_data(download("README.md")) if "README.md" in listing else {}
-    except HubError:
-        raise
-    except Exception as e:
-        from huggingface_hub.errors import RemoteEntryNotFoundError
+            raise _translate(e, repo_id, endpoint, path if isinstance(e, RemoteEntryNotFoundError) else revision,
+                             token) from None  # fmt: skip
 
-        raise _translate(e, repo_id, endpoint, file if isinstance(e, RemoteEntryNotFoundError) else revision) from None
+    where = f"{repo_id}@{revision}"
+    manifest = _read_manifest(download(MANIFEST), where, lenient=file is not None) if MANIFEST in listing else {}
+    chosen = _choose_file(repo_id, listing, file, manifest)
     expected = listing.get(chosen) or (manifest.get("adapter", {}).get("sha256") if manifest else None)
-    if expected and _sha256(path) != expected:
-        raise IntegrityError(f"{repo_id}@{revision}: {chosen} does not match its sha256 on the Hub; pull it again")
+    path = _verified(download, chosen, expected, where, offline)
+    card = _card_data(download("README.md"), where) if "README.md" in listing else {}
     manifest_matches = manifest.get("adapter", {}).get("path") == chosen
     details = {
         "trigger_words": manifest.get("trigger_words") if manifest_matches else card.get("trigger_words"),
         "base_model": manifest.get("base_model") if manifest_matches else card.get("base_model"),
         "description": manifest.get("description") if manifest_matches else None,
     }
+    tags = [t for t in (manifest.get("tags", []) if manifest_matches else []) if not VERSION_TAG.match(t)]
+    tags += [t for t in extra_tags if t not in tags]
+    if number is None:
+        number = _revision_number(api, repo_id, revision, commit, manifest if manifest_matches else {}, offline)
     provenance = {"hub": {"repo": repo_id, "commit": commit, "revision": revision, "file": chosen}}
-    synced = {"hub": {**provenance["hub"], "synced_at": time.time()}}
-    imported = registry.import_file(path, local, provenance=provenance, **details)
-    registry.record_provenance(imported.version.ref, synced)  # also when the bytes were already here
-    if manifest_matches:
-        for tag in manifest.get("tags", []):
-            if not VERSION_TAG.match(tag):
-                registry.tag(imported.version.ref, tag)
+    sync = {"hub": {**provenance["hub"], "synced_at": time.time()}}
+    crash_point("hub.pull.downloaded")
+    imported = registry.import_file(
+        path, local, tags=tags, number=number, provenance=provenance, sync=sync, **details
+    )  # fmt: skip
     return imported, commit
+
+
+def _revision_number(api, repo_id, revision, commit, manifest, offline) -> int | None:
+    """The version number a revision stands for: its own name (``v3``), a ``vN`` tag on its commit, or the
+    manifest's version."""
+    m = VERSION_TAG.match(revision)
+    if m and 0 < int(m.group(1)) <= MAX_VERSION:
+        return int(m.group(1))
+    if not offline:
+        with contextlib.suppress(Exception):  # only a hint: a failure here changes no outcome
+            for tag in api.list_repo_refs(repo_id).tags:
+                m = VERSION_TAG.match(tag.name)
+                if m and tag.target_commit == commit and 0 < int(m.group(1)) <= MAX_VERSION:
+                    return int(m.group(1))
+    return manifest.get("version")
+
+
+def _verified(download, chosen: str, expected: str | None, where: str, offline: bool) -> Path:
+    """Download ``chosen`` and check its sha256. A mismatching copy is evicted from the Hugging Face cache (where
+    it would fail every later pull the same way) and fetched once more."""
+    path = download(chosen)
+    if not expected or _sha256(path) == expected:
+        return path
+    _evict(path)
+    if not offline:
+        path = download(chosen, force=True)
+        if _sha256(path) == expected:
+            return path
+        _evict(path)
+    raise IntegrityError(
+        f"{where}: {chosen} does not match its sha256 on the Hub (expected {expected[:12]}…); the bad copy was "
+        "removed from the Hugging Face cache, pull it again" + (" when online" if offline else "")
+    )
+
+
+def _evict(path: Path) -> None:
+    """Remove a cached file: the snapshot link and the blob it points at."""
+    real = path.resolve()
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if real != path:
+        with contextlib.suppress(OSError):
+            real.unlink()
+
+
+def _read_manifest(path: Path, where: str, lenient: bool = False) -> dict[str, Any]:
+    """The repo's ``lorastack.json``, validated field by field (it comes from someone else's repo).
+
+    A malformed manifest is a :class:`HubError` naming the field; with ``lenient`` (a ``--file`` was chosen, so
+    the manifest is not needed) it is ignored with a warning.
+    """
+    try:
+        return _validate_manifest(_small_text(path, where, MANIFEST), where)
+    except HubError as e:
+        if not lenient:
+            raise
+        logger.warning("%s; ignored", e)
+        return {}
+
+
+def _small_text(path: Path, where: str, what: str) -> str:
+    size = path.stat().st_size
+    if size > MAX_TEXT_FILE:
+        raise HubError(f"{where}: its {what} is {size} bytes, over the {MAX_TEXT_FILE} lorastack reads")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HubError(f"{where}: its {what} is not UTF-8 text") from None
+
+
+def _validate_manifest(text: str, where: str) -> dict[str, Any]:
+    def bad(field_name: str, problem: str) -> HubError:
+        return HubError(
+            f"{where}: its {MANIFEST} is malformed: {field_name} {problem}; pull a weight file with --file instead"
+        )
+
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise bad("the file", "is not JSON") from None
+    if not isinstance(data, dict):
+        raise bad("the file", f"holds a {type(data).__name__}, not an object")
+
+    def optional_text(key: str, limit: int) -> str | None:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise bad(key, f"must be text of at most {limit} characters")
+        return value
+
+    adapter = data.get("adapter")
+    if not isinstance(adapter, dict):
+        raise bad("adapter", "must be an object with path, sha256 and tensor_sha256")
+    path = adapter.get("path")
+    if not isinstance(path, str) or not path or len(path) > 1000 or ".." in path.split("/") or path.startswith("/"):
+        raise bad("adapter.path", "must be a relative file path in the repo")
+    for key in ("sha256", "tensor_sha256"):
+        value = adapter.get(key)
+        if (value is not None or key == "sha256") and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            raise bad(f"adapter.{key}", "must be 64 lowercase hex digits")
+    version = data.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or
+                                not 1 <= version <= MAX_VERSION):  # fmt: skip
+        raise bad("version", f"must be a number from 1 to {MAX_VERSION}")
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or len(tags) > 1000:
+        raise bad("tags", "must be a list of tags")
+    for tag in tags:
+        try:
+            validate_tag(tag)
+        except InvalidNameError as e:
+            raise bad("tags", f"holds an invalid one ({e})") from None
+    words = data.get("trigger_words")
+    if words is not None and (
+        not isinstance(words, list)
+        or len(words) > 1000
+        or not all(isinstance(w, str) and len(w) <= 1000 for w in words)
+    ):
+        raise bad("trigger_words", "must be a list of texts")
+    return {
+        "version": version,
+        "tags": list(tags),
+        "adapter": {"path": path, "sha256": adapter["sha256"], "tensor_sha256": adapter.get("tensor_sha256")},
+        "trigger_words": list(words) if words is not None else None,
+        "base_model": optional_text("base_model", 1000),
+        "description": optional_text("description", 100_000),
+        "format": optional_text("format", 100),
+        "family": optional_text("family", 100),
+    }
 
 
 def _cached_listing(repo_id: str, revision: str) -> tuple[str, dict[str, str | None]]:
@@ -414,17 +695,21 @@ def _choose_file(repo_id: str, listing: dict, file: str | None, manifest: dict) 
     raise HubError(f"{repo_id} has several weight files ({', '.join(weights)}); pass --file with the one to pull")
 
 
-def _card_data(path: Path) -> dict[str, Any]:
+def _card_data(path: Path, where: str) -> dict[str, Any]:
+    """``trigger_words`` and ``base_model`` from a model card's YAML, when they are well-formed (else none)."""
     from huggingface_hub import ModelCard
 
     try:
-        data = ModelCard(path.read_text(encoding="utf-8")).data.to_dict()
+        data = ModelCard(_small_text(path, where, "README.md")).data.to_dict()
     except Exception:  # a card the Hub accepted but lorastack cannot parse: no details from it
         return {}
     prompt = data.get("instance_prompt")
+    base = data.get("base_model")
     return {
-        "trigger_words": [w.strip() for w in prompt.split(",") if w.strip()] if isinstance(prompt, str) else None,
-        "base_model": data.get("base_model") if isinstance(data.get("base_model"), str) else None,
+        "trigger_words": [w.strip() for w in prompt.split(",") if w.strip()][:1000]
+        if isinstance(prompt, str) and len(prompt) <= 100_000
+        else None,
+        "base_model": base if isinstance(base, str) and len(base) <= 1000 else None,
     }
 
 

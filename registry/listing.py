@@ -11,14 +11,18 @@ def list_rows(db: sqlite3.Connection, family: str | None, search: str | None, al
     if not all_versions:
         where.append(
             "v.id = COALESCE((SELECT t.version_id FROM tags t WHERE t.adapter_id = a.id AND t.tag = 'latest'), "
-            "(SELECT MAX(v2.id) FROM versions v2 WHERE v2.adapter_id = a.id))"
+            "(SELECT v2.id FROM versions v2 WHERE v2.adapter_id = a.id ORDER BY v2.number DESC LIMIT 1))"
         )
     if family:
         where.append("v.family = ?")
         args.append(family)
     if search:
-        where.append("(a.name LIKE ? OR v.trigger_words LIKE ? OR v.description LIKE ? OR v.base_model LIKE ?)")
-        args += [f"%{search}%"] * 4
+        # substring, case-insensitive in every script; no LIKE (its _ and % are wildcards, and it folds ASCII only)
+        where.append(
+            "(ls_contains(a.name, ?) OR ls_words_contain(v.trigger_words, ?) OR ls_contains(v.description, ?) "
+            "OR ls_contains(v.base_model, ?))"
+        )
+        args += [search] * 4
     sql = (
         "SELECT a.name, v.number, v.family, v.kind, v.rank, v.created_at, v.trigger_words, f.size, f.sha256, "
         "(SELECT COUNT(*) FROM versions c WHERE c.adapter_id = a.id) AS versions, "

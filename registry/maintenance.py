@@ -1,26 +1,40 @@
-"""Keeping the store honest: verify re-hashes blobs, gc sweeps what no version uses."""
+"""Keeping the store honest: verify re-hashes blobs and checks the index, gc sweeps what no version uses."""
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
+
+from lorastack.faults import crash_point
 
 from .blobs import age_seconds
 from .errors import IntegrityError
 from .records import GcReport, VerifyReport
 
 DEFAULT_GRACE_SECONDS = 3600
+#: SQLite's integrity check stops after this many problems; a handful is enough to tell the user.
+INDEX_PROBLEMS = 10
 
 
 def verify(registry, ref: str | None = None) -> VerifyReport:
-    """Re-hash blobs (all, or one version's): report missing, corrupt and extra blobs and stale temp files."""
+    """Re-hash blobs (all, or one version's) and check the index: report missing, corrupt and extra blobs, stale
+    temp files and a damaged index."""
     report = VerifyReport()
     db = registry._db()
     if db is None:
         return report
+    if ref is None:
+        problems = [r[0] for r in db.execute(f"PRAGMA integrity_check({INDEX_PROBLEMS})")]
+        if problems != ["ok"]:
+            report.index = [str(p) for p in problems]
     if ref is not None:
         records = [(f.sha256, f.size) for f in registry.resolve(ref).files]
     else:
-        records = [(r[0], r[1]) for r in db.execute("SELECT DISTINCT sha256, size FROM files")]
+        try:
+            records = [(r[0], r[1]) for r in db.execute("SELECT DISTINCT sha256, size FROM files")]
+        except sqlite3.DatabaseError as e:  # the integrity check said why; keep reporting, not crashing
+            report.index = report.index or [str(e)]
+            return report
     for sha256, size in records:
         report.checked += 1
         try:
@@ -35,9 +49,13 @@ def verify(registry, ref: str | None = None) -> VerifyReport:
 
 
 def gc(registry, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) -> GcReport:
-    """Delete blobs no version references and stale temp files, both older than ``grace`` seconds."""
+    """Delete blobs no version references and stale temp files, both older than ``grace`` seconds.
+
+    Only reads the index, so it works on a full disk. Imports hold the blob lock shared from their first temp
+    file to their commit, and gc holds it exclusively: it never sweeps an import in flight, whatever the grace.
+    """
     report = GcReport(dry_run=dry_run)
-    db = registry._db(write=not dry_run) if registry.index_path.exists() else None
+    db = registry._db() if registry.index_path.exists() else None
     if db is None:
         return report
     with registry.blobs.lock(exclusive=True):
@@ -48,14 +66,17 @@ def gc(registry, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) ->
                 report.freed += blob.stat().st_size
                 if not dry_run:
                     blob.unlink()
+                    crash_point("registry.gc.unlinked")
         for temp in registry.blobs.temp_files():
             if age_seconds(temp) >= grace:
                 report.temp.append(temp.name)
-                report.freed += temp.stat().st_size
+                report.freed += _size(temp)
                 if not dry_run:
-                    temp.unlink()
-        if not dry_run and registry.blobs.tmp.exists():
-            for leftover in registry.blobs.tmp.iterdir():  # scratch folders of interrupted pickle imports
-                if leftover.is_dir() and age_seconds(leftover) >= grace:
-                    shutil.rmtree(leftover, ignore_errors=True)
+                    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
     return report
+
+
+def _size(path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

@@ -4,7 +4,12 @@
   ``.``, ``_`` and ``-``; at most 200 characters in all. Names compare case-insensitively (like ollama's).
 * A **tag** follows the same rule for one part (at most 128 characters) and may not be all digits (those read as
   version numbers).
-* A **reference** is ``name``, ``name:tag`` or ``name@N`` (version N); ``name`` alone means ``name:latest``.
+* A **reference** is ``name``, ``name:tag`` or ``name@N`` (version N, from 1 to :data:`MAX_VERSION`); ``name``
+  alone means ``name:latest``.
+
+Names become file and folder names (run folders, Hub file names), so no part may be a Windows device name (``con``,
+``nul``, ``com1``…``com9``, ``lpt1``…``lpt9``, with or without an extension: Windows opens ``con.txt`` as the
+console) or end with a dot (Windows drops it, so ``a.`` and ``a`` would be one file).
 """
 
 from __future__ import annotations
@@ -17,9 +22,16 @@ from .errors import InvalidNameError
 LATEST = "latest"
 MAX_NAME = 200
 MAX_TAG = 128
+#: The largest version number: SQLite integers are 64-bit, and nobody makes a billion versions of one adapter.
+MAX_VERSION = 999_999_999
 #: Words that cannot be adapter names: they would read as commands or tags.
-RESERVED_NAMES = frozenset({"latest", "all", "none", "con", "nul", "prn", "aux"})
+RESERVED_NAMES = frozenset({"latest", "all", "none"})
+#: Windows device names, which Windows opens as devices whatever the extension.
+WINDOWS_DEVICES = frozenset(
+    {"con", "nul", "prn", "aux", "conin$", "conout$"} | {f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10)}
+)
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_VERSION = re.compile(r"[0-9]{1,9}")
 
 
 def _check_text(kind: str, value: str, limit: int) -> None:
@@ -45,6 +57,14 @@ def _check_part(kind: str, whole: str, part: str) -> None:
                 + (" ('/' only between a namespace and a name)" if kind == "name" else "")
             )
         raise InvalidNameError(f"{kind} {whole!r} must start with a letter or a digit")
+    if kind == "name":
+        if part.split(".", 1)[0].lower() in WINDOWS_DEVICES:
+            raise InvalidNameError(
+                f"name {whole!r} has the part {part!r}, a Windows device name (con, nul, prn, aux, com1–com9, "
+                "lpt1–lpt9, with any extension)"
+            )
+        if part.endswith("."):
+            raise InvalidNameError(f"name {whole!r} has a part ending with '.'; end it with a letter or digit")
 
 
 def validate_name(name: str) -> str:
@@ -96,13 +116,29 @@ def parse_ref(text: str) -> Ref:
         raise InvalidNameError("reference is empty")
     if "@" in text:
         name, _, number = text.rpartition("@")
-        if not number.isdigit() or int(number) < 1:
-            raise InvalidNameError(f"reference {text!r}: the version after '@' must be a number from 1")
+        # str.isdigit() accepts '²' and int() refuses over 4,300 digits: match ASCII digits of bounded length
+        if not _VERSION.fullmatch(number) or not 1 <= int(number) <= MAX_VERSION:
+            shown = number if len(number) <= 20 else number[:20] + "…"
+            raise InvalidNameError(
+                f"reference {_short(text)!r}: the version after '@' must be a number from 1 to {MAX_VERSION}, "
+                f"not {shown!r}"
+            )
         return Ref(validate_name(name), version=int(number))
     if ":" in text:
         name, _, tag = text.rpartition(":")
         return Ref(validate_name(name), tag=validate_tag(tag))
     return Ref(validate_name(text))
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def validate_version(number: object) -> int:
+    """A version number from outside (a manifest, a Hub tag) as an int, or :class:`InvalidNameError`."""
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_VERSION:
+        raise InvalidNameError(f"version {_short(repr(number))} is not a number from 1 to {MAX_VERSION}")
+    return number
 
 
 def parse_name_tag(text: str) -> tuple[str, str | None]:

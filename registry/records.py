@@ -72,15 +72,24 @@ class ImportResult:
 
 @dataclass
 class VerifyReport:
+    """What ``verify`` found. ``clean`` means nothing is lost or damaged: every listed version has its blob with
+    the right bytes, and the index itself is sound. ``extra`` blobs and ``temp`` files are what an interrupted
+    operation leaves behind; they harm nothing and ``gc`` sweeps them."""
+
     checked: int = 0
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     temp: list[str] = field(default_factory=list)
+    index: list[str] = field(default_factory=list)  # problems SQLite's integrity check found in index.sqlite
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.corrupt or self.extra or self.temp)
+        return not (self.missing or self.corrupt or self.index)
+
+    @property
+    def reclaimable(self) -> bool:
+        return bool(self.extra or self.temp)
 
 
 @dataclass

@@ -6,40 +6,76 @@ Layout under the registry folder (``$LORASTACK_HOME/registry`` by default)::
     blobs/sha256/ab/…     file contents by sha256
     tmp/                  files being written (swept by gc)
     lock                  orders blob writes against deletions
+    reserve               1 MiB kept free, so that rm can commit on a full disk
 
-An import stores its blob first (temp file, fsync, rename) and commits its version after, in one transaction; a
-version is therefore visible only once it is complete, and a crash leaves at most an unreferenced blob or temp
-file, which ``gc`` sweeps.
+An import copies its file into a private scratch folder (hashing it), parses that copy, moves it into ``blobs/``
+(fsync, rename) and commits its version after, in one transaction; a version is therefore visible only once it is
+complete. A removal commits first and deletes blobs after. A crash at any point leaves at most an unreferenced
+blob or a scratch folder, which ``gc`` sweeps, and never a listed version without its blob.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
+import functools
 import json
 import os
 import sqlite3
-import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lorastack.adapters.files import PICKLE_SUFFIXES, atomic_write_bytes, check_path
+from lorastack.adapters.files import PICKLE_SUFFIXES, atomic_write_bytes, check_output_file, check_path
+from lorastack.faults import crash_point
 from lorastack.paths import data_home
 
 from . import maintenance
 from .blobs import BlobStore
-from .db import connect, transaction
-from .errors import ConflictError, IntegrityError, NotFoundError, ReadOnlyError, RegistryError
+from .db import connect, index_error, transaction
+from .errors import (
+    ConflictError,
+    CorruptIndexError,
+    IntegrityError,
+    NoSpaceError,
+    NotFoundError,
+    ReadOnlyError,
+    RegistryError,
+)
 from .listing import list_rows
 from .maintenance import DEFAULT_GRACE_SECONDS
-from .names import LATEST, Ref, parse_ref, validate_name, validate_tag
+from .names import LATEST, MAX_VERSION, Ref, parse_ref, validate_name, validate_tag, validate_version
 from .records import FileRecord, GcReport, ImportResult, VerifyReport, Version
 
 ADAPTER_FILE = "adapter.safetensors"
+RESERVE_FILE = "reserve"
+#: Space kept back for deletions: a removal's WAL frames and the index pages it rewrites fit in far less.
+RESERVE_BYTES = 1 << 20
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_WRITE = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def default_root() -> Path:
     return data_home() / "registry"
+
+
+def _guarded(method):
+    """SQLite and file-system failures inside a registry operation become one-line registry errors."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            error = index_error(e, self.index_path)
+            if error is None:
+                raise
+            raise error from None
+        except OSError as e:
+            raise self._os_error(e) from None
+
+    return run
 
 
 class Registry:
@@ -59,25 +95,42 @@ class Registry:
     # Locking order: open the index (which may take the blob lock briefly) before taking the blob lock.
 
     def _db(self, write: bool = False) -> sqlite3.Connection | None:
+        self._check_root()
         if write:
             self._check_writable()
         if self._conn is not None and not (write and self._readonly):
             return self._conn
+        self.close()
         if not self.index_path.exists():
             if not write:
                 return None
             self.root.mkdir(parents=True, exist_ok=True)
-        if not write and not os.access(self.root, os.W_OK):
+        if not write and not self._writable():
             self._conn, self._readonly = connect(self.index_path, readonly=True), True
         else:
             with self.blobs.lock(exclusive=True):  # one process at a time creates or migrates the index
                 self._conn, self._readonly = connect(self.index_path), False
+            if write:
+                self._ensure_reserve()
         return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def _check_root(self) -> None:
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            where = "is" if probe == self.root else f"cannot be made: {probe} is"
+            raise RegistryError(
+                f"{self.root}: the registry folder {where} a file, not a folder; point LORASTACK_HOME at a folder"
+            )
+
+    def _writable(self) -> bool:
+        return os.access(self.root, os.W_OK) and (not self.index_path.exists() or os.access(self.index_path, os.W_OK))
 
     def _check_writable(self) -> None:
         probe = self.root
@@ -86,58 +139,109 @@ class Registry:
         if not os.access(probe, os.W_OK) or (self.index_path.exists() and not os.access(self.index_path, os.W_OK)):
             raise ReadOnlyError(f"{self.root}: the registry folder is read-only; nothing was changed")
 
+    def _os_error(self, e: OSError) -> RegistryError:
+        where = e.filename or self.root
+        reason = e.strerror or str(e)
+        if e.errno in _NO_SPACE:
+            return NoSpaceError(
+                f"{where}: no space left on the device ({reason}); nothing was changed. Free space (lorastack gc, "
+                "lorastack rm) and try again"
+            )
+        if e.errno in _NO_WRITE:
+            return ReadOnlyError(f"{where}: cannot be written ({reason}); nothing was changed")
+        return RegistryError(f"{where}: {reason}")
+
+    # --- space for deletions ---------------------------------------------------------------------------------
+    @property
+    def _reserve(self) -> Path:
+        return self.root / RESERVE_FILE
+
+    def _ensure_reserve(self) -> None:
+        """Keep :data:`RESERVE_BYTES` allocated, so a full disk can still commit a removal (best effort)."""
+        if self._reserve.exists():
+            return
+        try:
+            with open(self._reserve, "wb") as f:
+                f.write(b"\0" * RESERVE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+
+    def _with_space(self, operation):
+        """Run a deletion; if the disk is too full to commit it, give back the reserve and try once more."""
+        try:
+            return operation()
+        except sqlite3.OperationalError as e:
+            if "full" not in str(e) or not self._reserve.exists():
+                raise
+            self._reserve.unlink()
+            return operation()
+
     # --- import ----------------------------------------------------------------------------------------------
+    @_guarded
     def import_file(
         self,
         path: str | Path,
         name: str,
         tag: str | None = None,
         *,
+        tags: Iterable[str] = (),
+        number: int | None = None,
         trigger_words: list[str] | None = None,
         base_model: str | None = None,
         description: str | None = None,
         provenance: dict[str, Any] | None = None,
+        sync: dict[str, Any] | None = None,
         allow_pickle: bool = False,
     ) -> ImportResult:
         """Import an adapter file as a new version of ``name`` (tagged ``tag`` and, unless pinned, ``latest``).
 
         Importing bytes and details identical to an existing version of ``name`` returns that version instead.
+        ``tags`` are more tags for the version; ``number`` asks for a version number (a Hub tag ``vN``), granted
+        when ``name`` never had a version ``number``, else the next number is used. ``sync`` is merged into the
+        provenance of the version whether it is new or not (where and when it was last synced). Everything, the
+        tags included, lands in one transaction, after the file is stored.
         """
         from lorastack.adapters import read_adapter, write_adapter
 
         validate_name(name)
-        if tag is not None:
-            validate_tag(tag)
+        wanted = [validate_tag(t) for t in ([tag] if tag is not None else []) + list(tags)]
+        if number is not None:
+            validate_version(number)
         self._check_writable()
         source = check_path(path)
-        # the structure is enough to refuse what is not an adapter and to describe it; the numbers are checked
-        # when a version is loaded
-        adapter = read_adapter(source, allow_pickle=allow_pickle, tensors=False)
-        meta = adapter.metadata
-        details = {
-            "trigger_words": list(trigger_words) if trigger_words is not None else list(meta.trigger_words),
-            "base_model": base_model if base_model is not None else meta.base_model,
-            "description": description if description is not None else meta.description,
-        }
+        pickle = source.suffix.lower() in PICKLE_SUFFIXES
         provenance = {"file": str(source.resolve()), **(provenance or {})}
         db = self._db(write=True)  # open (and maybe create) the index before taking the blob lock
-        with tempfile.TemporaryDirectory(dir=self._tmp_dir()) as scratch:
-            if source.suffix.lower() in PICKLE_SUFFIXES:  # store pickles as safetensors, never as pickles
-                converted = Path(scratch) / ADAPTER_FILE
-                write_adapter(adapter, converted, format=adapter.source_format)
-                provenance["converted_from_pickle"] = True
-                source = converted
-            with self.blobs.lock(exclusive=False):
-                blob = self.blobs.store(source)
-                with transaction(db):
-                    result = self._record(db, name, tag, adapter, blob, details, provenance)
+        with self.blobs.lock(exclusive=False), self.blobs.scratch() as scratch:
+            if pickle:  # store pickles as safetensors, never as pickles; read the private copy only
+                copy = self.blobs.stage(source, scratch, "source" + source.suffix.lower(), safetensors=False)
+                adapter = read_adapter(copy.path, allow_pickle=allow_pickle)
+                write_adapter(adapter, scratch / "converted.safetensors", format=adapter.source_format)
+                staged = self.blobs.stage(scratch / "converted.safetensors", scratch)
+                provenance.update(converted_from_pickle=True, source_sha256=copy.sha256)
+            else:
+                staged = self.blobs.stage(source, scratch)
+                # the structure is enough to refuse what is not an adapter and to describe it; the numbers are
+                # checked when a version is loaded
+                adapter = read_adapter(staged.path, tensors=False)
+            crash_point("registry.import.staged")
+            meta = adapter.metadata
+            details = {
+                "trigger_words": list(trigger_words) if trigger_words is not None else list(meta.trigger_words),
+                "base_model": base_model if base_model is not None else meta.base_model,
+                "description": description if description is not None else meta.description,
+            }
+            blob = self.blobs.commit(staged)
+            crash_point("registry.import.stored")
+            with transaction(db):
+                result = self._record(db, name, wanted, number, adapter, blob, details, provenance, sync)
+                crash_point("registry.import.before-commit")
+            crash_point("registry.import.after-commit")
         return result
 
-    def _tmp_dir(self) -> Path:
-        self.blobs.tmp.mkdir(parents=True, exist_ok=True)
-        return self.blobs.tmp
-
-    def _record(self, db, name, tag, adapter, blob, details, provenance) -> ImportResult:
+    def _record(self, db, name, tags, number, adapter, blob, details, provenance, sync) -> ImportResult:
         now = time.time()
         row = db.execute("SELECT id, name FROM adapters WHERE name = ?", (name,)).fetchone()
         if row is None:
@@ -154,31 +258,71 @@ class Registry:
         ).fetchone()  # fmt: skip
         created = same is None
         if created:
-            (number,) = db.execute(
-                "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE adapter_id = ?", (adapter_id,)
-            ).fetchone()
+            number = self._new_number(db, adapter_id, stored_name, number)
             kinds = adapter.kinds()
             version_id = db.execute(
                 "INSERT INTO versions (adapter_id, number, created_at, format, family, kind, rank, alpha, "
                 "trigger_words, base_model, description, provenance, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (adapter_id, number, now, adapter.source_format, adapter.family, "+".join(kinds), adapter.rank,
                  adapter.alpha, json.dumps(details["trigger_words"]), details["base_model"], details["description"],
-                 json.dumps(provenance, sort_keys=True), json.dumps(adapter.metadata.raw, sort_keys=True)),
+                 json.dumps({**provenance, **(sync or {})}, sort_keys=True),
+                 json.dumps(adapter.metadata.raw, sort_keys=True)),
             ).lastrowid  # fmt: skip
             db.execute(
                 "INSERT INTO files (version_id, path, role, size, sha256, tensor_sha256) VALUES (?,?,?,?,?,?)",
                 (version_id, ADAPTER_FILE, "adapter", blob.size, blob.sha256, blob.tensor_sha256),
             )
-            pinned = db.execute("SELECT latest_pinned FROM adapters WHERE id = ?", (adapter_id,)).fetchone()[0]
-            if not pinned:
-                self._set_tag(db, adapter_id, LATEST, version_id)
         else:
             version_id = same["id"]
-        if tag is not None:
-            self._set_tag(db, adapter_id, tag, version_id)
-            if tag.lower() == LATEST:
+            if sync:
+                self._merge_provenance(db, version_id, sync)
+        for t in tags:
+            self._set_tag(db, adapter_id, t, version_id)
+            if t.lower() == LATEST:
                 db.execute("UPDATE adapters SET latest_pinned = 1 WHERE id = ?", (adapter_id,))
+        self._follow_newest(db, adapter_id)
         return ImportResult(self._version(db, version_id, stored_name), created)
+
+    @staticmethod
+    def _new_number(db, adapter_id: int, name: str, wanted: int | None) -> int:
+        """``wanted`` if ``name`` never had that version, else one more than every number it ever had."""
+        taken = db.execute(
+            "SELECT 1 FROM versions WHERE adapter_id = ? AND number = ? UNION ALL "
+            "SELECT 1 FROM retired_versions WHERE name = ? AND number = ?",
+            (adapter_id, wanted, name, wanted),
+        ).fetchone()
+        if wanted is not None and taken is None:
+            return wanted
+        (highest,) = db.execute(
+            "SELECT MAX(n) FROM (SELECT MAX(number) AS n FROM versions WHERE adapter_id = ? "
+            "UNION ALL SELECT MAX(number) FROM retired_versions WHERE name = ?)",
+            (adapter_id, name),
+        ).fetchone()
+        number = (highest or 0) + 1
+        if number > MAX_VERSION:
+            raise ConflictError(f"'{name}' has used every version number up to {MAX_VERSION}")
+        return number
+
+    def _follow_newest(self, db, adapter_id: int) -> None:
+        """Unless ``latest`` is pinned, point it at the highest-numbered version."""
+        pinned = db.execute("SELECT latest_pinned FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
+        newest = db.execute(
+            "SELECT id FROM versions WHERE adapter_id = ? ORDER BY number DESC LIMIT 1", (adapter_id,)
+        ).fetchone()
+        if newest is not None and (not pinned[0] or not self._has_tag(db, adapter_id, LATEST)):
+            self._set_tag(db, adapter_id, LATEST, newest[0])
+
+    @staticmethod
+    def _has_tag(db, adapter_id: int, tag: str) -> bool:
+        return (
+            db.execute("SELECT 1 FROM tags WHERE adapter_id = ? AND tag = ?", (adapter_id, tag)).fetchone() is not None
+        )
+
+    @staticmethod
+    def _merge_provenance(db, version_id: int, updates: dict[str, Any]) -> None:
+        (raw,) = db.execute("SELECT provenance FROM versions WHERE id = ?", (version_id,)).fetchone()
+        merged = {**json.loads(raw), **updates}
+        db.execute("UPDATE versions SET provenance = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id))
 
     @staticmethod
     def _set_tag(db, adapter_id: int, tag: str, version_id: int) -> None:
@@ -199,6 +343,13 @@ class Registry:
             for f in db.execute("SELECT * FROM files WHERE version_id = ? ORDER BY path", (version_id,))
         ]
         tags = [t[0] for t in db.execute("SELECT tag FROM tags WHERE version_id = ? ORDER BY tag", (version_id,))]
+        try:
+            decoded = {key: json.loads(row[key]) for key in ("trigger_words", "provenance", "metadata")}
+        except (TypeError, ValueError):
+            raise CorruptIndexError(
+                f"{self.index_path}: the record of {row['adapter_name']}@{row['number']} is damaged (not JSON); "
+                "restore index.sqlite from a backup, or remove that version"
+            ) from None
         return Version(
             name=row["adapter_name"],
             number=row["number"],
@@ -208,15 +359,16 @@ class Registry:
             kind=row["kind"],
             rank=row["rank"],
             alpha=row["alpha"],
-            trigger_words=json.loads(row["trigger_words"]),
+            trigger_words=decoded["trigger_words"],
             base_model=row["base_model"],
             description=row["description"],
-            provenance=json.loads(row["provenance"]),
-            metadata=json.loads(row["metadata"]),
+            provenance=decoded["provenance"],
+            metadata=decoded["metadata"],
             files=files,
             tags=tags,
         )
 
+    @_guarded
     def resolve(self, ref: str | Ref) -> Version:
         """The version a reference names; :class:`NotFoundError` with close matches when there is none."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
@@ -246,6 +398,7 @@ class Registry:
             raise NotFoundError(f"'{row['name']}' has no tag '{tag}'; tags: {', '.join(tags) or 'none'}{hint}")
         return self._version(db, found["version_id"])
 
+    @_guarded
     def versions(self, name: str) -> list[Version]:
         db = self._db()
         if db is None:
@@ -256,6 +409,7 @@ class Registry:
         )
         return [self._version(db, row[0]) for row in ids.fetchall()]
 
+    @_guarded
     def list(self, family: str | None = None, search: str | None = None, all_versions: bool = False) -> list[dict]:
         """One row per adapter (its latest version), or per version with ``all_versions``; filtered."""
         db = self._db()
@@ -263,6 +417,7 @@ class Registry:
             return []
         return list_rows(db, family, search, all_versions)
 
+    @_guarded
     def adapter_path(self, ref: str | Ref, verify: bool = True) -> tuple[Version, Path]:
         """The version and the path of its adapter file, re-hashed unless ``verify=False`` (corrupt ones refused)."""
         version = self.resolve(ref)
@@ -275,6 +430,7 @@ class Registry:
         return version, self.blobs.path(record.sha256)
 
     # --- tags and removal ------------------------------------------------------------------------------------
+    @_guarded
     def tag(self, ref: str, new_tag: str) -> Version:
         """Point ``new_tag`` at the version ``ref`` names (moving it if it exists). Tagging ``latest`` pins it."""
         validate_tag(new_tag)
@@ -285,8 +441,10 @@ class Registry:
             self._set_tag(db, adapter_id, new_tag, version_id)
             if new_tag.lower() == LATEST:
                 db.execute("UPDATE adapters SET latest_pinned = 1 WHERE id = ?", (adapter_id,))
+            crash_point("registry.tag.before-commit")
             return self._version(db, version_id)
 
+    @_guarded
     def record_provenance(self, ref: str, updates: dict[str, Any]) -> Version:
         """Add to a version's provenance (where it came from or went: a Hub repo and commit, a training run).
 
@@ -295,45 +453,80 @@ class Registry:
         target = self.resolve(ref)
         with transaction(self._db(write=True)) as db:
             version_id = self._version_id(db, self._adapter_id(db, target.name), target.number)
-            (raw,) = db.execute("SELECT provenance FROM versions WHERE id = ?", (version_id,)).fetchone()
-            merged = {**json.loads(raw), **updates}
-            db.execute(
-                "UPDATE versions SET provenance = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id)
-            )
+            self._merge_provenance(db, version_id, updates)
+            crash_point("registry.provenance.before-commit")
             return self._version(db, version_id)
 
+    @_guarded
     def follow_latest(self, name: str) -> Version:
         """Unpin ``latest``: point it at the newest version again and let imports move it."""
         with transaction(self._db(write=True)) as db:
             adapter_id = self._adapter_id(db, validate_name(name))
-            (newest,) = db.execute("SELECT MAX(id) FROM versions WHERE adapter_id = ?", (adapter_id,)).fetchone()
             db.execute("UPDATE adapters SET latest_pinned = 0 WHERE id = ?", (adapter_id,))
-            self._set_tag(db, adapter_id, LATEST, newest)
+            self._follow_newest(db, adapter_id)
+            (newest,) = db.execute(
+                "SELECT version_id FROM tags WHERE adapter_id = ? AND tag = ?", (adapter_id, LATEST)
+            ).fetchone()
             return self._version(db, newest)
 
+    @_guarded
     def remove(self, ref: str, *, all_versions: bool = False, force: bool = False) -> dict[str, Any]:
         """Remove a tag (``name:tag``), a version (``name@N``) or, with ``all_versions``, a whole adapter.
 
-        A version that tags still point at is kept unless ``force``. Blobs no longer referenced are deleted.
+        A version that tags still point at is kept unless ``force``. The index change commits first; the blobs it
+        leaves unreferenced are deleted after, so a crash in between leaves orphans for ``gc``, never a listed
+        version without its file. Removed version numbers are never given out again.
         """
         parsed = parse_ref(ref)
+        if all_versions and parsed.explicit:
+            raise ConflictError(
+                f"--all removes every version of {parsed.name}, but {ref!r} names one "
+                f"{'tag' if parsed.tag is not None else 'version'}: write lorastack rm {parsed.name} --all for the "
+                f"whole adapter, or leave out --all to remove only {parsed}"
+            )
         if not all_versions and not parsed.explicit:
             raise ConflictError(
                 f"say what to remove: {parsed.name}:TAG removes a tag, {parsed.name}@N a version, "
                 f"{parsed.name} --all the whole adapter"
             )
         db = self._db(write=True)
-        with self.blobs.lock(exclusive=True), transaction(db):
-            adapter_id = self._adapter_id(db, parsed.name)
-            if all_versions:
-                removed = {"adapter": parsed.name}
-                db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
-            elif parsed.tag is not None:
-                removed = self._remove_tag(db, adapter_id, parsed)
-            else:
-                removed = self._remove_version(db, adapter_id, parsed, force)
-            removed["freed"] = self._delete_unreferenced(db)
+        with self.blobs.lock(exclusive=True):
+            removed, candidates = self._with_space(lambda: self._remove_committed(db, parsed, all_versions, force))
+            crash_point("registry.rm.after-commit")
+            removed["freed"] = self._delete_unreferenced(db, candidates)
+        self._ensure_reserve()
         return removed
+
+    def _remove_committed(self, db, parsed: Ref, all_versions: bool, force: bool) -> tuple[dict[str, Any], set[str]]:
+        with transaction(db):
+            adapter_id = self._adapter_id(db, parsed.name)
+            if parsed.tag is not None and not all_versions:
+                removed, version_ids = self._remove_tag(db, adapter_id, parsed), []
+            elif all_versions:
+                removed = {"adapter": parsed.name}
+                version_ids = [r[0] for r in db.execute("SELECT id FROM versions WHERE adapter_id = ?", (adapter_id,))]
+            else:
+                removed, version_ids = self._remove_version(db, adapter_id, parsed, force)
+            candidates = {
+                r[0]
+                for vid in version_ids
+                for r in db.execute("SELECT sha256 FROM files WHERE version_id = ?", (vid,))
+            }
+            if version_ids:
+                (name,) = db.execute("SELECT name FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
+                db.executemany(
+                    "INSERT OR IGNORE INTO retired_versions (name, number) "
+                    "SELECT ?, number FROM versions WHERE id = ?",
+                    [(name, vid) for vid in version_ids],
+                )
+                db.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in version_ids])
+                (left,) = db.execute("SELECT COUNT(*) FROM versions WHERE adapter_id = ?", (adapter_id,)).fetchone()
+                if left == 0:
+                    db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
+                else:
+                    self._follow_newest(db, adapter_id)
+            crash_point("registry.rm.before-commit")
+        return removed, candidates
 
     def _remove_tag(self, db, adapter_id: int, parsed: Ref) -> dict[str, Any]:
         if parsed.tag.lower() == LATEST:
@@ -346,7 +539,7 @@ class Registry:
             self.resolve(parsed)  # raises NotFoundError listing the tags
         return {"tag": str(parsed)}
 
-    def _remove_version(self, db, adapter_id: int, parsed: Ref, force: bool) -> dict[str, Any]:
+    def _remove_version(self, db, adapter_id: int, parsed: Ref, force: bool) -> tuple[dict[str, Any], list[int]]:
         version_id = self._version_id(db, adapter_id, parsed.version)
         tags = [r[0] for r in db.execute("SELECT tag FROM tags WHERE version_id = ? ORDER BY tag", (version_id,))]
         others = [t for t in tags if t.lower() != LATEST]
@@ -354,23 +547,25 @@ class Registry:
             raise ConflictError(
                 f"{parsed} is tagged {', '.join(others)}; pass --force to remove it and its tags, or move the tags"
             )
+        if LATEST in (t.lower() for t in tags):
+            db.execute("UPDATE adapters SET latest_pinned = 0 WHERE id = ?", (adapter_id,))
         db.execute("DELETE FROM tags WHERE version_id = ?", (version_id,))
-        db.execute("DELETE FROM versions WHERE id = ?", (version_id,))
-        (left,) = db.execute("SELECT COUNT(*) FROM versions WHERE adapter_id = ?", (adapter_id,)).fetchone()
-        if left == 0:
-            db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
-        elif LATEST in [t.lower() for t in tags]:
-            (newest,) = db.execute("SELECT MAX(id) FROM versions WHERE adapter_id = ?", (adapter_id,)).fetchone()
-            self._set_tag(db, adapter_id, LATEST, newest)
-        return {"version": str(parsed), "tags": tags}
+        return {"version": str(parsed), "tags": tags}, [version_id]
 
-    def _delete_unreferenced(self, db) -> int:
-        referenced = {r[0] for r in db.execute("SELECT sha256 FROM files")}
+    def _delete_unreferenced(self, db, candidates: set[str]) -> int:
+        """Delete the blobs among ``candidates`` that no file record references any more (under the blob lock)."""
         freed = 0
-        for blob in self.blobs.all_blobs():
-            if blob.name not in referenced:
-                freed += blob.stat().st_size
+        for sha256 in sorted(candidates):
+            if db.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None:
+                continue
+            blob = self.blobs.path(sha256)
+            try:
+                size = blob.stat().st_size
                 blob.unlink()
+            except FileNotFoundError:
+                continue
+            freed += size
+            crash_point("registry.rm.unlinked")
         return freed
 
     def _adapter_id(self, db, name: str) -> int:
@@ -389,15 +584,15 @@ class Registry:
         return row["id"]
 
     # --- export, verify, gc ----------------------------------------------------------------------------------
+    @_guarded
     def export(self, ref: str, output: str | Path, format: str | None = None, overwrite: bool = False) -> Path:
-        """Write a version's adapter to ``output``: its stored bytes, or converted to ``format``."""
+        """Write a version's adapter to ``output``: its stored bytes, or converted to ``format``.
+
+        The output is checked first (only a regular file is ever replaced, and only with ``overwrite``).
+        """
         from lorastack.adapters import read_adapter, write_adapter
 
-        output = Path(output)
-        if output.exists() and not overwrite:
-            raise ConflictError(f"{output} already exists; choose another path or pass --force")
-        if not output.parent.is_dir():
-            raise RegistryError(f"{output.parent}: no such folder")
+        output = check_output_file(output, overwrite=overwrite)
         version, path = self.adapter_path(ref)
         if format is None or format == version.format:
             atomic_write_bytes(output, path.read_bytes())
@@ -405,13 +600,18 @@ class Registry:
             write_adapter(read_adapter(path), output, format=format)
         return output
 
+    @_guarded
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs (all, or one version's): report missing, corrupt and extra blobs and stale temp files."""
         return maintenance.verify(self, ref)
 
+    @_guarded
     def gc(self, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) -> GcReport:
         """Delete blobs no version references and stale temp files, both older than ``grace`` seconds."""
-        return maintenance.gc(self, dry_run, grace)
+        report = maintenance.gc(self, dry_run, grace)
+        if not dry_run and self.index_path.exists() and self._writable():
+            self._ensure_reserve()
+        return report
 
 
 def _ranges(numbers: list[int]) -> str:

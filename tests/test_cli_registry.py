@@ -63,7 +63,7 @@ def test_rm_verify_gc(files):
         (["show", "nothing"], "no adapter named 'nothing' in the registry (the registry is empty)"),
         (["rm", "style"], "say what to remove"),
         (["tag", "style", "12"], "all digits"),
-        (["export", "style", "-o", "/no/such/dir/x.safetensors"], "no such folder"),
+        (["export", "style", "-o", "/no/such/dir/x.safetensors"], "the folder /no/such/dir does not exist"),
     ],
 )
 def test_bad_input_gives_one_line_errors(files, args, message):

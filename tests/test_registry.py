@@ -6,7 +6,7 @@ import stat
 import pytest
 from safetensors.torch import save_file
 
-from lorastack.adapters import NotAnAdapterError, read_adapter, tensor_sha256
+from lorastack.adapters import NotAnAdapterError, OutputError, read_adapter, tensor_sha256
 from lorastack.registry import (
     ConflictError,
     IntegrityError,
@@ -78,7 +78,7 @@ def test_export_then_reimport_keeps_the_hashes(registry, files, tmp_path):
     kohya = registry.export("roundtrip", tmp_path / "k.safetensors", format="kohya")
     first, last = read_adapter(files[1]), read_adapter(kohya)
     assert set(first.layers) == set(last.layers) and back.rank == original.rank
-    with pytest.raises(ConflictError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         registry.export("style", tmp_path / "out.safetensors")
 
 
