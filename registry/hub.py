@@ -128,22 +128,37 @@ _configured_timeout: float | None = None
 
 
 def _configure_client() -> None:
-    """Give huggingface_hub's HTTP client a timeout (its default client has none; calls that pass their own, such
-    as downloads, keep theirs)."""
+    """Give every call huggingface_hub makes a timeout. Its default client has none, and most of its calls pass
+    ``timeout=None``, which overrides a client default, so the timeout is set where each request is sent."""
     global _configured_timeout
     timeout = hub_timeout()
     if _configured_timeout == timeout:
         return
     try:
         from huggingface_hub import set_client_factory
-        from huggingface_hub.utils._http import default_client_factory
+        from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
     except ImportError:  # pragma: no cover - huggingface_hub < 1.0 (requests) has no client factory
         return
+    import importlib
+
+    httpx = importlib.import_module(type(default_client_factory()).__module__.split(".")[0])
+
+    class TimeoutTransport(httpx.HTTPTransport):
+        def handle_request(self, request):
+            limits = dict(request.extensions.get("timeout") or {})
+            request.extensions["timeout"] = {
+                key: limits.get(key) if limits.get(key) is not None else timeout
+                for key in ("connect", "read", "write", "pool")
+            }
+            return super().handle_request(request)
 
     def factory():
-        client = default_client_factory()
-        client.timeout = timeout
-        return client
+        return httpx.Client(
+            event_hooks={"request": [hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=timeout,
+            transport=TimeoutTransport(),
+        )
 
     set_client_factory(factory)
     _configured_timeout = timeout
@@ -283,8 +298,7 @@ def push(
     api = _api(endpoint, token)
     try:
         url = str(api.create_repo(repo_id, private=private, exist_ok=True))
-        # the Hub commit this registry last saw for the adapter: a branch that moved since is someone else's work
-        parent = _last_synced_commit(registry.versions(target.name), repo_id) or _branch_head(api, repo_id)
+        parent = _parent_commit(api, registry, target.name, repo_id, token)
     except Exception as e:
         raise _translate(e, repo_id, endpoint, "main", token) from None
     result = PushResult(repo_id, url)
@@ -297,15 +311,18 @@ def push(
                 commit = _tag_holding(api, repo_id, tag, files)
                 # the branch must end on the last version: commit it again when the branch holds something else
                 if commit is None or (last and commit != parent and not _holds(api, repo_id, parent, files)):
-                    operations = [CommitOperationAdd(path, source) for path, source in files.items()]
-                    info = api.create_commit(
-                        repo_id,
-                        operations,
-                        commit_message=message or f"lorastack: {version.ref}",
-                        parent_commit=parent,
-                    )
-                    commit = parent = info.oid
-                    crash_point("hub.push.committed")
+                    if _holds(api, repo_id, parent, files):  # the head has it already (a push killed before its tag)
+                        commit = parent
+                    else:
+                        operations = [CommitOperationAdd(path, source) for path, source in files.items()]
+                        info = api.create_commit(
+                            repo_id,
+                            operations,
+                            commit_message=message or f"lorastack: {version.ref}",
+                            parent_commit=parent,
+                        )
+                        commit = parent = info.oid
+                        crash_point("hub.push.committed")
                     _move_tag(api, repo_id, tag, commit)
             except Exception as e:
                 raise _translate(e, repo_id, endpoint, "main", token) from None
@@ -338,6 +355,32 @@ def _holds(api, repo_id: str, revision: str | None, files: dict) -> bool:
         ):
             return False
     return True
+
+
+def _parent_commit(api, registry: Registry, name: str, repo_id: str, token: str | None) -> str | None:
+    """The commit a push builds on: the branch head when lorastack made it (recorded, or recognisably its own: the
+    head's manifest names a local version never recorded as synced with this repo, which only a push killed after
+    its commit leaves); otherwise the commit this registry last synced, so that a branch someone else moved gives a
+    conflict instead of being overwritten."""
+    versions = registry.versions(name)
+    last = _last_synced_commit(versions, repo_id)
+    head = _branch_head(api, repo_id)
+    if last is None or head is None or head == last:
+        return head
+    try:
+        from huggingface_hub import hf_hub_download
+
+        manifest = _validate_manifest(
+            _small_text(Path(hf_hub_download(repo_id, MANIFEST, revision=head, token=token)), repo_id, MANIFEST),
+            repo_id,
+        )
+    except Exception:  # no manifest, or not ours: someone else's commit
+        return last
+    # a version this registry holds but never recorded as synced with this repo: only a push of ours puts it there
+    unrecorded = {
+        (v.number, v.adapter_file.sha256) for v in versions if (v.provenance.get("hub") or {}).get("repo") != repo_id
+    }
+    return head if (manifest.get("version"), manifest["adapter"]["sha256"]) in unrecorded else last
 
 
 def _last_synced_commit(versions: list[Version], repo_id: str) -> str | None:

@@ -608,6 +608,7 @@ class Registry:
     @_guarded
     def gc(self, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) -> GcReport:
         """Delete blobs no version references and stale temp files, both older than ``grace`` seconds."""
+        self._check_root()
         report = maintenance.gc(self, dry_run, grace)
         if not dry_run and self.index_path.exists() and self._writable():
             self._ensure_reserve()

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
+#: How long a "hang" fault holds a request unanswered at most (the server's stop() ends it sooner).
+HANG_SECONDS = 300
+
 
 @dataclass
 class Logged:
@@ -93,6 +96,10 @@ def handler_for(hub):  # hub: a FakeHub
             req = Request(self.command, url.path, parse_qs(url.query), self.headers, self._read_body())
             route = f"{self.command} {path}"
             fault = self._fault(route)
+            if fault == "hang":  # accept the request and never answer (until the server stops)
+                hub.stopping.wait(HANG_SECONDS)
+                self.close_connection = True
+                return
             try:
                 if fault is not None and fault.isdigit():
                     raise HubError(int(fault), f"injected {fault}")
@@ -110,6 +117,10 @@ def handler_for(hub):  # hub: a FakeHub
             self.end_headers()
             if response.head_only or self.command == "HEAD":  # HEAD answers never carry a body
                 return
+            if fault == "corrupt" and response.body:  # the whole body, one byte of it changed
+                body = bytearray(response.body)
+                body[len(body) // 2] ^= 0xFF
+                response.body = bytes(body)
             if fault == "drop":  # half the body, then the connection goes away
                 self.wfile.write(response.body[: len(response.body) // 2])
                 self.wfile.flush()

@@ -73,6 +73,7 @@ class FakeHub:
         self.lock = threading.RLock()
         self._counter = 0
         self.connections: set = set()
+        self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(self))
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -89,6 +90,7 @@ class FakeHub:
 
     def stop(self) -> None:
         """Stop serving, and drop the connections clients keep alive (as a Hub going away would)."""
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
         with self.lock:
@@ -100,7 +102,8 @@ class FakeHub:
     # --- test helpers ------------------------------------------------------------------------------------------
     def inject(self, route_regex: str, fault: str, times: int = 1) -> None:
         """Make the next ``times`` requests whose ``METHOD path`` matches fail: ``"drop"`` closes the connection
-        halfway through the response body; ``"500"``, ``"403"``, … answer that status."""
+        halfway through the response body; ``"corrupt"`` sends the whole body with one byte changed; ``"hang"``
+        accepts the request and never answers; ``"500"``, ``"403"``, … answer that status."""
         self.faults.append((re.compile(route_regex), fault, times))
 
     def calls(self, method: str | None = None, route: str | None = None) -> list[Logged]:

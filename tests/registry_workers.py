@@ -54,3 +54,77 @@ def churn(root: str, files: list[str], seed: int) -> None:
             if type(e).__name__ not in ("NotFoundError",):
                 raise
         n += 1
+
+
+# --- operations killed at chosen crash points (tests/test_crash_points.py) ------------------------------------------
+
+
+def crashing(env: dict, op: str, *args) -> None:
+    """Run operation ``op`` with the crash-point environment ``env`` (set before anything reads it)."""
+    import os
+
+    os.environ.update(env)
+    globals()[f"op_{op}"](*args)
+
+
+def op_import(root: str, path: str, name: str, tag: str | None = None) -> None:
+    from lorastack.registry import Registry
+
+    Registry(root).import_file(path, name, tag)
+
+
+def op_pickle_import(root: str, path: str, name: str) -> None:
+    from lorastack.registry import Registry
+
+    Registry(root).import_file(path, name, allow_pickle=True)
+
+
+def op_rm(root: str, ref: str, all_versions: bool = False) -> None:
+    from lorastack.registry import Registry
+
+    Registry(root).remove(ref, all_versions=all_versions, force=True)
+
+
+def op_tag(root: str, ref: str, tag: str) -> None:
+    from lorastack.registry import Registry
+
+    Registry(root).tag(ref, tag)
+
+
+def op_gc(root: str) -> None:
+    from lorastack.registry import Registry
+
+    Registry(root).gc(grace=0)
+
+
+class _Setter:
+    """What ``point_client_at`` needs of pytest's monkeypatch, applied for good (in a throw-away process)."""
+
+    setenv = staticmethod(lambda key, value: __import__("os").environ.__setitem__(key, value))
+    delenv = staticmethod(lambda key, raising=True: __import__("os").environ.pop(key, None))
+    setattr = staticmethod(setattr)
+
+
+def _point_at_hub(hub_env: dict) -> None:
+    import os
+
+    from lorastack.testing.hub_server import point_client_at
+
+    point_client_at(hub_env["HF_ENDPOINT"], hub_env["HF_HOME"], _Setter)
+    os.environ.update(hub_env)
+
+
+def op_pull(root: str, hub_env: dict, spec: str, all_versions: bool = False) -> None:
+    _point_at_hub(hub_env)
+    from lorastack.registry import Registry
+    from lorastack.registry.hub import pull
+
+    pull(Registry(root), spec, all_versions=all_versions)
+
+
+def op_push(root: str, hub_env: dict, ref: str, repo: str, all_versions: bool = False) -> None:
+    _point_at_hub(hub_env)
+    from lorastack.registry import Registry
+    from lorastack.registry.hub import push
+
+    push(Registry(root), ref, repo, all_versions=all_versions)
