@@ -14,7 +14,7 @@ import click
 @click.option("--json", "as_json", is_flag=True)
 def dataset_cmd(location, source, pairs, as_json):
     """Check a dataset: how many images, which have captions, and which files were skipped and why."""
-    from lorastack.core.data import open_dataset
+    from lorastack.core.data import one_line, open_dataset
     from lorastack.core.interfaces import parse_option_pairs
 
     dataset = open_dataset(location, source, parse_option_pairs(pairs, "--option"), allow_empty=True)
@@ -29,11 +29,14 @@ def dataset_cmd(location, source, pairs, as_json):
             "skipped": [{"source": s.source, "reason": s.reason} for s in dataset.skipped],
         }, indent=2))  # fmt: skip
         return
+    # names and captions may hold newlines or bytes that are not UTF-8 (a file name is any bytes): one line each
     for item in dataset.items:
         width, height = item.image.size
-        click.echo(f"{item.source}  {width}x{height}  {item.caption or '(no caption)'}")
+        click.echo(
+            f"{one_line(item.source, 1000)}  {width}x{height}  {one_line(item.caption or '(no caption)', 1000)}"
+        )
     for skipped in dataset.skipped:
-        click.echo(f"skipped {skipped.source}: {skipped.reason}", err=True)
+        click.echo(f"skipped {one_line(skipped.source, 1000)}: {one_line(skipped.reason, 1000)}", err=True)
     click.echo(dataset.summary())
 
 

@@ -39,6 +39,14 @@ class Option:
     :param required: the user must give a value
     :param minimum: the smallest valid value of an ``int``/``float`` option
     :param exclusive_minimum: ``minimum`` itself is not valid (``lr > 0``)
+    :param maximum: the largest valid value of an ``int``/``float`` option. Give every number a maximum: a huge
+        value typed by mistake (``--rank 100000``) then fails at once, naming the valid range, instead of
+        exhausting memory or time after the models load.
+    :param exclusive_maximum: ``maximum`` itself is not valid (``dropout < 1``)
+
+    ``int`` and ``float`` options refuse ``true``/``false`` (a TOML ``steps = true`` is no step count), NaN and
+    infinities; text options (``str``, ``choice``) refuse lists, tables, booleans and text that is no valid
+    Unicode. Error messages name the option, echo the value (cut when long) and state the valid range.
     """
 
     name: str
@@ -49,12 +57,16 @@ class Option:
     required: bool = False
     minimum: float | None = None
     exclusive_minimum: bool = False
+    maximum: float | None = None
+    exclusive_maximum: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name!r}: type {self.type!r} is not one of {', '.join(OPTION_TYPES)}")
         if self.type == "choice" and not self.choices:
             raise ValueError(f"option {self.name!r}: a choice option needs choices")
+        if self.minimum is not None and self.maximum is not None and self.maximum < self.minimum:
+            raise ValueError(f"option {self.name!r}: maximum {self.maximum} is below minimum {self.minimum}")
 
     def parse(self, value: Any, owner: str = "") -> Any:
         """``value`` (a string from the command line, or already typed) converted and checked."""
@@ -69,34 +81,65 @@ class Option:
                 if text in _TRUE | _FALSE:
                     return text in _TRUE
                 raise ValueError
+            if self.type in ("int", "float") and isinstance(value, bool):
+                raise ValueError  # a bool is an int in Python, not a number to a user
             if self.type == "int":
                 if isinstance(value, float) and not value.is_integer():
                     raise ValueError
                 parsed: Any = int(str(value).strip()) if not isinstance(value, int | float) else int(value)
             elif self.type == "float":
-                parsed = float(value)
+                parsed = float(value)  # OverflowError for an int beyond float's range
                 if parsed != parsed or parsed in (float("inf"), float("-inf")):
                     raise ValueError
             elif self.type == "path":
                 parsed = Path(value).expanduser()
-            elif self.type == "choice":
-                parsed = str(value)
-                if parsed not in self.choices:
-                    raise PluginOptionError(f"{where}--{self.flag} {value!r} is not one of: {', '.join(self.choices)}")
-                return parsed
             else:
+                if self.type == "str" and isinstance(value, bool | list | tuple | dict | set | bytes | bytearray):
+                    raise PluginOptionError(f"{where}--{self.flag} {shown_value(value)} is not text")
                 parsed = str(value)
+                try:
+                    parsed.encode("utf-8")
+                except UnicodeEncodeError:  # bytes a terminal passed on undecoded (surrogate escapes)
+                    why = "is not text (it holds bytes that are not UTF-8)"
+                    raise PluginOptionError(f"{where}--{self.flag} {shown_value(value)} {why}") from None
+                if self.type == "choice" and parsed not in self.choices:
+                    choices = ", ".join(self.choices)
+                    raise PluginOptionError(f"{where}--{self.flag} {shown_value(value)} is not one of: {choices}")
+                return parsed
         except PluginOptionError:
             raise
-        except (TypeError, ValueError):
-            kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(self.type, self.type)
-            raise PluginOptionError(f"{where}--{self.flag} {value!r} is not {kind}") from None
-        if self.minimum is not None and self.type in ("int", "float"):
-            low = parsed <= self.minimum if self.exclusive_minimum else parsed < self.minimum
-            if low:
-                sign = ">" if self.exclusive_minimum else "≥"
-                raise PluginOptionError(f"{where}--{self.flag} {value!r} must be {sign} {self.minimum:g}")
+        except (TypeError, ValueError, OverflowError):
+            kind = {"bool": "true or false", "int": "an integer", "float": "a number", "path": "a path"}.get(
+                self.type, self.type
+            )
+            raise PluginOptionError(f"{where}--{self.flag} {shown_value(value)} is not {kind}") from None
+        if self.type in ("int", "float"):
+            self._check_range(parsed, value, where)
         return parsed
+
+    def _check_range(self, parsed: float, value: Any, where: str) -> None:
+        low, high = self.minimum, self.maximum
+        given = f"{where}--{self.flag} {shown_value(value)}"
+        if low is not None and (parsed <= low if self.exclusive_minimum else parsed < low):
+            also = f" (the range is {self.range_text()})" if high is not None else ""
+            sign = ">" if self.exclusive_minimum else "≥"
+            raise PluginOptionError(f"{given} must be {sign} {_number(low)}{also}")
+        if high is not None and (parsed >= high if self.exclusive_maximum else parsed > high):
+            raise PluginOptionError(f"{given} must be {'in ' if low is not None else ''}{self.range_text()}")
+
+    def range_text(self) -> str | None:
+        """The valid range for people: ``1–1024``, ``[0, 1)``, ``(0, 1]``, ``≥ 1``, ``> 0``, ``≤ 10``; or ``None``."""
+        low, high = self.minimum, self.maximum
+        if low is None and high is None:
+            return None
+        if high is None:
+            return f"{'>' if self.exclusive_minimum else '≥'} {_number(low)}"
+        if low is None:
+            return f"{'<' if self.exclusive_maximum else '≤'} {_number(high)}"
+        if not self.exclusive_minimum and not self.exclusive_maximum:
+            return f"{_number(low)}–{_number(high)}"
+        opening, closing = "(" if self.exclusive_minimum else "[", ")" if self.exclusive_maximum else "]"
+        return f"{opening}{_number(low)}, {_number(high)}{closing}"
 
     @property
     def flag(self) -> str:
@@ -107,12 +150,39 @@ class Option:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "help": self.help}
         if self.default is not None:
             out["default"] = str(self.default) if isinstance(self.default, Path) else self.default
-        for key in ("choices", "minimum"):
-            if getattr(self, key) is not None:
-                out[key] = list(self.choices) if key == "choices" else self.minimum
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        for bound in ("minimum", "maximum"):
+            if getattr(self, bound) is not None:
+                out[bound] = getattr(self, bound)
+                if getattr(self, f"exclusive_{bound}"):
+                    out[f"exclusive_{bound}"] = True
         if self.required:
             out["required"] = True
         return out
+
+
+def _number(value: float) -> str:
+    """A bound for people: ``1024``, ``0.5``, ``10000000`` (never ``1e+07``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def shown_value(value: Any, limit: int = 40) -> str:
+    """``value`` as an error message echoes it: ``repr``, with ``true``/``false`` for bools, long text cut (saying how
+    long it was) and a huge integer described, not written out (Python refuses to print one of over 4,300 digits)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int) and abs(value) >= 10**30:
+        try:
+            digits = len(str(abs(value)))
+        except ValueError:
+            digits = int(abs(value).bit_length() * 0.30103) + 1
+        return f"a {digits:,}-digit integer"
+    if isinstance(value, str) and len(value) > limit:
+        cut = repr(value[: limit // 2])
+        return f"{cut[:-1]}…{cut[-1]} ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def resolve_options(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:

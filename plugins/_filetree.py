@@ -20,10 +20,13 @@ from typing import Any
 from lorastack.core.data import (
     CAPTION_SUFFIXES,
     IMAGE_SUFFIXES,
+    MAX_FILE_BYTES,
     DatasetError,
     ImageError,
+    format_size,
     image_key,
     jsonl_rows,
+    one_line,
     open_image,
 )
 from lorastack.core.interfaces import DatasetItem, Option, Skipped
@@ -31,6 +34,10 @@ from lorastack.core.interfaces import DatasetItem, Option, Skipped
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 TEXT_COLUMNS = ("text", "caption")
 MASK_FOLDER = "masks"
+#: The most bytes (UTF-8) a caption may hold, from a sidecar or a metadata file. CLIP reads 75 tokens (a few hundred
+#: characters) and kohya-style tag lists run to a few KB; 64 KiB is far beyond any real caption, and bounds what many
+#: sparse or runaway caption files can cost in memory.
+MAX_CAPTION_BYTES = 64 * 2**10
 _KOHYA_FOLDER = re.compile(r"^\d+_(.+)$")
 
 CAPTION_OPTION = Option(
@@ -54,13 +61,14 @@ class FileTree:
 
     :param label: the location, for error messages
     :param names: the files' relative paths (hidden files and ``__MACOSX`` already left out or not)
-    :param read: the bytes of one file; raises ``OSError`` when it cannot
+    :param read: ``read(name, limit)``: the bytes of one file; raises ``OSError`` (its message says why, for people)
+        when it cannot, when the file is no regular file, or when it holds more than ``limit`` bytes
     :param path: the file on disk, or ``None`` when there is none (an archive member)
     """
 
     label: str
     names: list[str]
-    read: Callable[[str], bytes]
+    read: Callable[[str, int], bytes]
     path: Callable[[str], Path | None] = lambda name: None
 
 
@@ -88,10 +96,11 @@ def read_items(tree: FileTree, options: Mapping[str, Any], recursive: bool = Tru
     present = set(names)
     images = [n for n in names if _is_image(n)]
     masks, orphans = _pair_masks(images, options.get("mask_suffix") or "")
-    captions, missing = _read_metadata(tree, [n for n in names if posixpath.basename(n) in METADATA_FILES], present)
+    metadata = [n for n in names if posixpath.basename(n) in METADATA_FILES]
+    captions, bad_captions, missing = _read_metadata(tree, metadata, present)
     yield from missing
     mask_names = set(masks.values()) | {name for name, _ in orphans}
-    skipped = dict(orphans)
+    skipped = {**bad_captions, **dict(orphans)}
     for name in images:
         if name in skipped:
             yield Skipped(name, skipped[name])
@@ -122,42 +131,95 @@ def _pair_masks(images: list[str], suffix: str) -> tuple[dict[str, str], list[tu
     return masks, orphans
 
 
-def _read_metadata(tree: FileTree, files: list[str], present: set[str]) -> tuple[dict[str, str | None], list[Skipped]]:
-    """Captions from the metadata files (deeper ones win), and a ``Skipped`` per row naming a missing image."""
+def _read_metadata(
+    tree: FileTree, files: list[str], present: set[str]
+) -> tuple[dict[str, str | None], dict[str, str], list[Skipped]]:  # fmt: skip
+    """Captions from the metadata files (deeper ones win), the images whose caption is unusable (with why), and a
+    ``Skipped`` per row naming a missing image."""
     captions: dict[str, str | None] = {}
+    bad: dict[str, str] = {}
     missing: list[Skipped] = []
     for meta in sorted(files, key=lambda n: (n.count("/"), n)):
+        shown = one_line(meta, 200)
         try:
-            text = tree.read(meta).decode("utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"dataset {tree.label!r}: {meta} cannot be read as UTF-8 text ({e})") from None
+            text = tree.read(meta, MAX_FILE_BYTES).decode("utf-8-sig")
+        except OSError as e:
+            raise DatasetError(f"dataset {tree.label!r}: {shown} cannot be read ({_why(e)})") from None
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"dataset {tree.label!r}: {shown} cannot be read as UTF-8 text ({e})") from None
         rows = _rows(tree.label, meta, text)
         for number, row in rows:
             file_name = row.get("file_name")
-            if not isinstance(file_name, str) or not file_name.strip():
-                raise DatasetError(f"dataset {tree.label!r}: {meta} row {number} has no file_name")
+            if file_name is not None and not isinstance(file_name, str):
+                raise DatasetError(f"dataset {tree.label!r}: {shown} row {number} file_name is "
+                                   f"{_kind(file_name)}, not a file name")  # fmt: skip
+            if not file_name or not file_name.strip():
+                raise DatasetError(f"dataset {tree.label!r}: {shown} row {number} has no file_name")
             name = posixpath.normpath(posixpath.join(posixpath.dirname(meta), file_name.strip().replace("\\", "/")))
             if name not in present:
                 missing.append(Skipped(name, f"listed in {meta} (row {number}) but not in the dataset"))
                 continue
-            caption = next((row[c] for c in TEXT_COLUMNS if row.get(c) is not None), None)
-            captions[name] = (str(caption).strip() or None) if caption is not None else None
-    return captions, missing
+            value = next((row[c] for c in TEXT_COLUMNS if row.get(c) is not None), None)
+            try:
+                captions[name] = _metadata_caption(value)
+                bad.pop(name, None)
+            except ValueError as e:
+                bad[name] = f"its caption in {meta} (row {number}) {e}"
+                captions.pop(name, None)
+    return captions, bad, missing
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, int | float):
+        return "a number"
+    return {list: "a list", dict: "a dict"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _metadata_caption(value: Any) -> str | None:
+    """A metadata cell as a caption: text, a number as text, or a list's first text (several captions per image,
+    COCO style); ``ValueError(why)`` for anything else, text that is no valid Unicode, or a caption over
+    ``MAX_CAPTION_BYTES``."""
+    if isinstance(value, list) and (not value or any(isinstance(v, str) for v in value)):
+        value = next((v for v in value if isinstance(v, str) and v.strip()), None)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"is {_kind(value)}, not text")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # JSON may hold lone surrogates ("\\ud800"); no tokenizer reads them
+        raise ValueError("is not valid Unicode text (it holds a lone surrogate)") from None
+    if size > MAX_CAPTION_BYTES:
+        raise ValueError(f"is {size:,} bytes, over the {format_size(MAX_CAPTION_BYTES)} limit of a caption")
+    return value.strip() or None
 
 
 def _rows(label: str, meta: str, text: str) -> list[tuple[int, dict[str, Any]]]:
     """The rows of a metadata file with their 1-based numbers; an error naming the file when it is malformed."""
+    shown = one_line(meta, 200)
     if meta.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        columns = reader.fieldnames or []
-        if "file_name" not in columns:
-            listed = ", ".join(columns) or "none"
-            raise DatasetError(f"dataset {label!r}: {meta} has no file_name column (its columns: {listed})")
-        return list(enumerate(reader, 1))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # csv refuses fields over 128 KiB (a process-wide setting some libraries raise): lift it for this file, which
+        # is bounded, so a long caption is judged by MAX_CAPTION_BYTES as in a metadata.jsonl
+        field_limit = csv.field_size_limit(MAX_FILE_BYTES)
+        try:
+            columns = reader.fieldnames or []
+            if "file_name" not in columns:
+                listed = one_line(", ".join(columns)) or "none"
+                raise DatasetError(f"dataset {label!r}: {shown} has no file_name column (its columns: {listed})")
+            return list(enumerate(reader, 1))
+        except csv.Error as e:
+            raise DatasetError(f"dataset {label!r}: {shown} is not CSV after line {reader.line_num} ({e})") from None
+        finally:
+            csv.field_size_limit(field_limit)
     try:
         return jsonl_rows(text)
     except ValueError as e:
-        raise DatasetError(f"dataset {label!r}: {meta} {e}") from None
+        raise DatasetError(f"dataset {label!r}: {shown} {e}") from None
 
 
 def _item(
@@ -169,9 +231,9 @@ def _item(
     options: Mapping[str, Any],
 ) -> DatasetItem | Skipped:
     try:
-        data = tree.read(name)
+        data = tree.read(name, MAX_FILE_BYTES)
     except OSError as e:
-        return Skipped(name, f"cannot be read ({e})")
+        return Skipped(name, f"cannot be read ({_why(e)})")
     try:
         image = open_image(data, name)
     except ImageError as e:
@@ -179,13 +241,17 @@ def _item(
     if caption is None:
         try:
             caption = _sidecar(tree, name, present, options.get("caption_extension", "auto"))
-        except (OSError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
             return Skipped(name, f"its caption file cannot be read as UTF-8 text ({e})")
+        except OSError as e:
+            return Skipped(name, f"its caption file cannot be read ({_why(e)})")
     mask = None
     if mask_name is not None:
         try:
-            mask = open_image(tree.read(mask_name), mask_name).convert("L")
-        except (OSError, ImageError) as e:
+            mask = open_image(tree.read(mask_name, MAX_FILE_BYTES), mask_name).convert("L")
+        except OSError as e:
+            return Skipped(name, f"its mask {mask_name} cannot be read ({_why(e)})")
+        except ImageError as e:
             return Skipped(name, f"its mask {mask_name} cannot be read ({str(e).removeprefix(f'{mask_name}: ')})")
         if mask.size != image.size:
             size, mask_size = "x".join(map(str, image.size)), "x".join(map(str, mask.size))
@@ -196,6 +262,11 @@ def _item(
     return DatasetItem(image, caption, name, mask=mask, concept=concept, key=image_key(data), path=tree.path(name))
 
 
+def _why(error: OSError) -> str:
+    """An ``OSError``'s reason without the path it names (the item already names the file)."""
+    return one_line(error.strerror or str(error)) if error.errno is not None else one_line(str(error))
+
+
 def _sidecar(tree: FileTree, name: str, present: set[str], extension: str) -> str | None:
     if extension == "none":
         return None
@@ -203,5 +274,5 @@ def _sidecar(tree: FileTree, name: str, present: set[str], extension: str) -> st
     base = posixpath.splitext(name)[0]
     for suffix in suffixes:
         if base + suffix in present:
-            return tree.read(base + suffix).decode("utf-8-sig").strip() or None
+            return tree.read(base + suffix, MAX_CAPTION_BYTES).decode("utf-8-sig").strip() or None
     return None

@@ -13,15 +13,27 @@ Written like a third-party plugin, on lorastack's public API only. Locations:
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import os
 import re
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorastack.core.data import DatasetError, ImageError, image_key, open_image
+from lorastack.core.data import (
+    MAX_FILE_BYTES,
+    DatasetError,
+    ImageError,
+    format_size,
+    image_key,
+    one_line,
+    open_image,
+    read_file,
+)
 from lorastack.core.interfaces import DatasetItem, Option, Skipped
 from lorastack.plugins._filetree import CAPTION_OPTION, MASK_FOLDER, MASK_OPTION, FileTree, ignored, read_items
 from lorastack.plugins.hookspecs import hookimpl
@@ -33,6 +45,30 @@ HF_BUILDERS = ("imagefolder", "parquet", "arrow", "csv", "json", "webdataset")
 HF_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 TEXT_COLUMNS = ("text", "caption")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+# Zip members are decompressed in memory, and a few KB of DEFLATE or bzip2 can expand to gigabytes (a zip bomb).
+#: The most bytes one member may decompress to: the limit of one file of a folder dataset (an image, a metadata file).
+MAX_MEMBER_BYTES = MAX_FILE_BYTES
+#: The most bytes all members of one zip may decompress to: some 40,000 photos of 200 KB. Members that point at the
+#: same compressed data (an overlapping zip bomb) each count; a bigger dataset reads as a folder, extracted.
+MAX_ZIP_BYTES = 8 * 2**30
+#: Compressed bytes read at once. bzip2 turns 4 KB into up to 5 GB in one call and zipfile gives its bzip2 and LZMA
+#: decompressors no output bound, so those members are decompressed here, with one.
+_CHUNK = 64 * 2**10
+# What zipfile raises for a damaged, encrypted, oddly compressed or badly named archive or member
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+    OverflowError,
+)
 
 
 def _is_hf_folder(path: Path) -> bool:
@@ -63,8 +99,9 @@ class FolderSource:
             raise DatasetError(f"dataset folder {location!r} {what}")
         recursive = options.get("recursive", True)
         tree = FileTree(
-            location, _list_folder(root, recursive), lambda name: (root / name).read_bytes(), lambda name: root / name
-        )
+            location, _list_folder(root, recursive), lambda name, limit: read_file(root / name, limit),
+            lambda name: root / name,
+        )  # fmt: skip
         return read_items(tree, options, recursive=recursive)
 
 
@@ -94,19 +131,41 @@ class ZipSource:
         if not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise DatasetError(f"zip file {location!r} {what}")
-        with _open_zip(path, location) as archive:
+        archive = _open_zip(path, location)
+        try:
             members = _check_members(archive, location)  # before a single member is read
-        return self._read(path, location, members, options)
+        except DatasetError:
+            archive.close()
+            raise
+        return self._read(archive, path, location, members, options)
 
     @staticmethod
-    def _read(path: Path, location: str, members: dict[str, str], options) -> Iterator[DatasetItem | Skipped]:
-        with _open_zip(path, location) as archive:
+    def _read(
+        archive: zipfile.ZipFile, path: Path, location: str, members: dict[str, zipfile.ZipInfo], options
+    ) -> Iterator[DatasetItem | Skipped]:  # fmt: skip
+        total = 0  # bytes decompressed so far, over all members
 
-            def read(name: str) -> bytes:
+        with archive:
+
+            def read(name: str, limit: int) -> bytes:
+                nonlocal total
+                info = members[name]
+                limit = min(limit, MAX_MEMBER_BYTES)
+                if info.file_size > limit:
+                    which = " of one member" if limit == MAX_MEMBER_BYTES else ""  # else the caller's, of a caption
+                    raise OSError(f"{info.file_size:,} bytes decompressed, over the {format_size(limit)} limit{which}")
+                if total + info.file_size > MAX_ZIP_BYTES:
+                    raise DatasetError(
+                        f"zip file {location!r} decompresses to over the {format_size(MAX_ZIP_BYTES)} limit of one "
+                        f"dataset (reached at {one_line(name, 200)}); extract it and read the folder instead"
+                    )
                 try:
-                    return archive.read(members[name])
-                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as e:
-                    raise OSError(str(e)) from None  # a corrupt, encrypted or oddly compressed member
+                    data = _member_bytes(archive, path, info)
+                except _ZIP_ERRORS as e:
+                    # a corrupt, encrypted or oddly compressed member, or one that holds more than it declares
+                    raise OSError(one_line(str(e) or type(e).__name__)) from None
+                total += len(data)
+                return data
 
             yield from read_items(FileTree(location, list(members), read), options)
 
@@ -114,23 +173,100 @@ class ZipSource:
 def _open_zip(path: Path, location: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetError(f"{location!r} cannot be read as a zip file ({e})") from None
+    except _ZIP_ERRORS as e:
+        why = one_line(str(e) or type(e).__name__)
+        raise DatasetError(f"{location!r} cannot be read as a zip file ({why})") from None
 
 
-def _check_members(archive: zipfile.ZipFile, location: str) -> dict[str, str]:
-    """Member name with ``/`` separators → the member; an error when any name could escape an extraction folder."""
-    members: dict[str, str] = {}
+def _check_members(archive: zipfile.ZipFile, location: str) -> dict[str, zipfile.ZipInfo]:
+    """Member name with ``/`` separators → the member; an error when any name could escape an extraction folder.
+
+    Of members with the same name the last one counts, as in ``zipfile``.
+    """
+    members: dict[str, zipfile.ZipInfo] = {}
     for info in archive.infolist():
         name = info.filename
         parts = name.replace("\\", "/").split("/")
         if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name) or ".." in parts:
             raise DatasetError(
-                f"zip file {location!r} has an unsafe member {name!r} (an absolute path or '..'); refusing to read it"
+                f"zip file {location!r} has an unsafe member {one_line(repr(name))} (an absolute path or '..'); "
+                "refusing to read it"
             )
-        if not info.is_dir():
-            members["/".join(p for p in parts if p not in ("", "."))] = name
+        if not name.endswith("/"):  # not ZipInfo.is_dir(): that fails on an empty name
+            members["/".join(p for p in parts if p not in ("", "."))] = info
     return members
+
+
+def _member_bytes(archive: zipfile.ZipFile, path: Path, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, never more than its declared ``file_size`` (which the caller has bounded).
+
+    Headers can lie: a member that holds more than it declares is an error, found without decompressing the rest.
+    """
+    if info.compress_type in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        return _decompress(path, info)
+    chunks, size = [], 0
+    # zipfile bounds each DEFLATE read by the size asked for, and stops at the declared size (then checks the CRC)
+    with archive.open(info) as member:
+        while chunk := member.read(_CHUNK):
+            size += len(chunk)
+            if size > info.file_size:
+                raise ValueError(f"it holds more than the {info.file_size:,} bytes its header declares")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decompress(path: Path, info: zipfile.ZipInfo) -> bytes:
+    """A bzip2 or LZMA member, decompressed with an output bound of its declared size (+1, to notice a lie)."""
+    if info.flag_bits & 0x1:
+        raise RuntimeError(f"{info.filename!r} is encrypted")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("bad local file header")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        f.seek(name_length + extra_length, os.SEEK_CUR)
+        left = info.compress_size
+        decompressor: Any
+        if info.compress_type == zipfile.ZIP_LZMA:
+            # zip's LZMA: a version (2 bytes), the properties' size (2 bytes), the properties, then raw LZMA1 data
+            prefix = f.read(4)
+            if len(prefix) != 4:
+                raise EOFError("truncated LZMA header")
+            (props_size,) = struct.unpack("<H", prefix[2:])
+            props = f.read(props_size)
+            left -= 4 + props_size
+            decompressor = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[_lzma_filter(props)])
+        else:
+            decompressor = bz2.BZ2Decompressor()
+        out = bytearray()
+        while not decompressor.eof:
+            if decompressor.needs_input:
+                if left <= 0:
+                    break
+                data = f.read(min(left, _CHUNK))
+                if not data:
+                    raise EOFError("the member's data is truncated")
+                left -= len(data)
+            else:
+                data = b""
+            out += decompressor.decompress(data, max_length=info.file_size + 1 - len(out))
+            if len(out) > info.file_size:
+                raise ValueError(f"it holds more than the {info.file_size:,} bytes its header declares")
+    if len(out) != info.file_size:
+        raise EOFError(f"it holds {len(out):,} bytes, its header declares {info.file_size:,}")
+    if zlib.crc32(out) != info.CRC:
+        raise zipfile.BadZipFile(f"bad CRC-32 for {info.filename!r}")
+    return bytes(out)
+
+
+def _lzma_filter(props: bytes) -> dict[str, int]:
+    """The LZMA1 filter its 5 property bytes describe: ``lc + lp * 9 + pb * 45``, then the dictionary size."""
+    if len(props) != 5 or props[0] >= 9 * 5 * 5:
+        raise lzma.LZMAError("bad LZMA properties")
+    lc, rest = props[0] % 9, props[0] // 9
+    (dict_size,) = struct.unpack("<I", props[1:])
+    return {"id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5, "dict_size": dict_size}
 
 
 # --- Hugging Face datasets ----------------------------------------------------------------------------------------
@@ -260,9 +396,9 @@ def _image_bytes(value: Any) -> tuple[bytes | None, Path | str | None]:
         return bytes(value), None
     if isinstance(value, str) and value:
         try:
-            return Path(value).read_bytes(), Path(value)
+            return read_file(value), Path(value)
         except OSError as e:
-            return None, f"its image file {value!r} cannot be read ({e.strerror or e})"
+            return None, f"its image file {one_line(repr(value))} cannot be read ({one_line(e.strerror or str(e))})"
     return None, "no image" if value is None else f"an image cell of type {type(value).__name__}"
 
 

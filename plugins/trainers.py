@@ -13,7 +13,7 @@ import re
 
 from lorastack.core.data import open_image
 from lorastack.core.interfaces import DatasetItem, Option
-from lorastack.core.training.options import TrainingError
+from lorastack.core.training.options import MAX_LEARNING_RATE, MAX_STEPS, TrainingError
 from lorastack.plugins import hookimpl
 
 log = logging.getLogger("lorastack.train")
@@ -41,8 +41,17 @@ class DreamBoothTrainer:
         Option("instance_prompt", "str", "a photo of {token} {class_name}", "Prompt of the subject's images."),
         Option("class_prompt", "str", "a photo of {class_name}", "Prompt of the class images."),
         Option("prior_preservation", "bool", True, "Train on class images too, so the class keeps its meaning."),
-        Option("prior_loss_weight", "float", 1.0, "Weight of the class images' loss.", minimum=0),
-        Option("class_images", "int", 50, "How many class images (generated with the base when missing).", minimum=1),
+        # 1 is the DreamBooth paper's weight; a class loss 100 times the subject's teaches nothing of the subject
+        Option("prior_loss_weight", "float", 1.0, "Weight of the class images' loss.", minimum=0, maximum=100),
+        # each is generated once with the base (a full sampling run); papers use 100–300, kohya users up to thousands
+        Option(
+            "class_images",
+            "int",
+            50,
+            "How many class images (generated with the base when missing).",
+            minimum=1,
+            maximum=10_000,
+        ),
         Option("class_data", "path", None, "Class images to use instead of generating them (captions kept)."),
         Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
     )
@@ -74,12 +83,13 @@ class PivotalTrainer:
         Option("token", "str", None, "The new token, e.g. aawxbc (becomes --vectors vectors).", required=True),
         Option("class_name", "str", "", "The subject's class, e.g. figurine (also the embeddings' starting point)."),
         Option("instance_prompt", "str", "a photo of {token} {class_name}", "Prompt of the subject's images."),
-        Option("vectors", "int", 2, "Embedding vectors per token.", minimum=1),
+        # CLIP reads 75 tokens: a token of more vectors than 64 leaves the prompt no room
+        Option("vectors", "int", 2, "Embedding vectors per token.", minimum=1, maximum=64),
         Option("init_word", "str", "", "Word the embeddings start from (default: the class)."),
         Option("ti_steps", "int", None, "Steps that train only the embeddings before LoRA joins (default: a third).",
-               minimum=0),
+               minimum=0, maximum=MAX_STEPS),
         Option("ti_learning_rate", "float", 5e-4, "Learning rate of the embeddings.", minimum=0,
-               exclusive_minimum=True),
+               exclusive_minimum=True, maximum=MAX_LEARNING_RATE),
         Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
     )  # fmt: skip
 

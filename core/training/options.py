@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorastackError
-from ..interfaces import Option, PluginOptionError, resolve_options
+from ..interfaces import Option, PluginOptionError, resolve_options, shown_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,69 +32,117 @@ TARGETS = {
 }  # fmt: skip
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
+# Every number has a maximum, so a slip (--rank 100000, steps = 1e23) fails before any work with the valid range,
+# instead of exhausting memory or time once the models are loaded. The bounds are generous: well past what any run
+# uses, below what breaks something.
+MAX_STEPS = 10_000_000  # LoRA runs take 10^3–10^5 steps; 10^7 is months of training at several steps a second
+MAX_RANK = 1024  # LoRA ranks are 1–256 in practice, and no SD/SDXL layer is wider than 5,120 (rank 100,000: 21 GB)
+MAX_RESOLUTION = 4096  # SDXL trains at 1024; 4096 is 16x its pixels, and buckets reach twice the resolution
+MAX_BATCH = 1024  # images per step (and micro-batches per step for gradient accumulation)
+MAX_BATCH_PIXELS = 2**28  # batch size x resolution²: 1,024 images of 512², 256 of 1024², 16 of 4096² (3 GiB fp32)
+MAX_LEARNING_RATE = 1.0  # LoRA learns at 1e-5–1e-3 with AdamW; at rates over 1 it only diverges
+MAX_SEED = 2**32 - 1  # 32-bit seeds, as every SD tool writes them; class images use seed x 100,003 (< 2^63)
+MAX_SAMPLE_STEPS = 1000  # schedulers have 1,000 training timesteps: more denoising steps than that are refused
+MAX_VALIDATION_PROMPTS = 32  # each is sampled at every checkpoint, and the grid is resolution x prompts wide
+
 ENGINE_OPTIONS: tuple[Option, ...] = (
-    Option("steps", "int", 500, "Optimizer steps to train.", minimum=1),
-    Option("learning_rate", "float", 1e-4, "UNet LoRA learning rate.", minimum=0, exclusive_minimum=True),
-    Option("text_encoder_lr", "float", 0.0, "Train LoRA on the text encoder(s) at this rate (0: frozen).", minimum=0),
-    Option("rank", "int", 4, "LoRA rank.", minimum=1),
-    Option("alpha", "float", None, "LoRA alpha (default: the rank).", minimum=0, exclusive_minimum=True),
+    Option("steps", "int", 500, "Optimizer steps to train.", minimum=1, maximum=MAX_STEPS),
+    Option("learning_rate", "float", 1e-4, "UNet LoRA learning rate.", minimum=0, exclusive_minimum=True,
+           maximum=MAX_LEARNING_RATE),
+    Option("text_encoder_lr", "float", 0.0, "Train LoRA on the text encoder(s) at this rate (0: frozen).", minimum=0,
+           maximum=MAX_LEARNING_RATE),
+    Option("rank", "int", 4, "LoRA rank.", minimum=1, maximum=MAX_RANK),
+    # the update is scaled by alpha / rank, like a learning rate: alpha is the rank or less in practice
+    Option("alpha", "float", None, "LoRA alpha (default: the rank).", minimum=0, exclusive_minimum=True,
+           maximum=4 * MAX_RANK),
     Option("targets", "choice", "attention", "Modules that get LoRA layers: attention, + feed-forward, + convs.",
            choices=tuple(TARGETS)),
-    Option("batch_size", "int", 1, "Images per step.", minimum=1),
-    Option("gradient_accumulation", "int", 1, "Micro-batches per optimizer step.", minimum=1),
+    Option("batch_size", "int", 1, "Images per step.", minimum=1, maximum=MAX_BATCH),
+    Option("gradient_accumulation", "int", 1, "Micro-batches per optimizer step.", minimum=1, maximum=MAX_BATCH),
     Option("mixed_precision", "choice", "no", "fp16/bf16 compute (LoRA weights stay fp32).",
            choices=("no", "fp16", "bf16")),
     Option("gradient_checkpointing", "bool", False, "Trade compute for memory."),
     Option("optimizer", "choice", "adamw", "adamw or adamw8bit (needs bitsandbytes).", choices=("adamw", "adamw8bit")),
-    Option("weight_decay", "float", 1e-2, "AdamW weight decay.", minimum=0),
+    # decoupled decay shrinks weights by lr x decay per step: 0.01–0.1 is usual, over 1 is never meant
+    Option("weight_decay", "float", 1e-2, "AdamW weight decay.", minimum=0, maximum=1),
     Option("lr_scheduler", "choice", "constant", "Learning-rate schedule.",
            choices=("constant", "constant_with_warmup", "cosine", "linear")),
-    Option("warmup_steps", "int", 0, "Warm-up steps of the schedule.", minimum=0),
-    Option("min_snr_gamma", "float", 0.0, "Min-SNR loss weighting gamma (0: off; 5 is usual).", minimum=0),
-    Option("noise_offset", "float", 0.0, "Noise offset (0.05–0.1 helps very dark/bright images).", minimum=0),
+    Option("warmup_steps", "int", 0, "Warm-up steps of the schedule.", minimum=0, maximum=MAX_STEPS),
+    # 5 is the paper's; the SNR of the least noisy timesteps is ~10^4, so gammas above 1,000 clip nothing
+    Option("min_snr_gamma", "float", 0.0, "Min-SNR loss weighting gamma (0: off; 5 is usual).", minimum=0,
+           maximum=1000),
+    # an offset of 1 is noise as strong as the noise itself; 0.05–0.1 is usual
+    Option("noise_offset", "float", 0.0, "Noise offset (0.05–0.1 helps very dark/bright images).", minimum=0,
+           maximum=1),
     Option("prediction_type", "choice", "auto", "Training target: the scheduler's, epsilon or v_prediction.",
            choices=("auto", "epsilon", "v_prediction")),
+    # no maximum: any finite clipping norm is valid, and a large one only stops clipping
     Option("max_grad_norm", "float", 1.0, "Gradient clipping norm (0: off).", minimum=0),
-    Option("seed", "int", 0, "Seed of everything: data order, noise, timesteps, LoRA init."),
-    Option("resolution", "int", 512, "Training resolution (multiple of 8).", minimum=8),
+    Option("seed", "int", 0, "Seed of everything: data order, noise, timesteps, LoRA init.", minimum=0,
+           maximum=MAX_SEED),
+    Option("resolution", "int", 512, "Training resolution (multiple of 8).", minimum=8, maximum=MAX_RESOLUTION),
     Option("center_crop", "bool", True, "Center crop (false: random crop, which disables the latent cache)."),
     Option("random_flip", "bool", False, "Flip images horizontally at random."),
     Option("buckets", "bool", False, "Aspect-ratio bucketing instead of square crops."),
     Option("caption_prefix", "str", "", "Text put before every caption."),
     Option("caption_dropout", "float", 0.0, "Probability a caption is dropped (trains unconditional too).",
-           minimum=0),
+           minimum=0, maximum=1, exclusive_maximum=True),
     Option("shuffle_tags", "bool", False, "Shuffle comma-separated tags in captions."),
-    Option("keep_tokens", "int", 0, "Tags kept in place at the front when shuffling.", minimum=0),
-    Option("repeats", "int", 1, "Times each image is seen per epoch.", minimum=1),
+    # a caption has tens of tags; more kept tokens than tags keeps them all
+    Option("keep_tokens", "int", 0, "Tags kept in place at the front when shuffling.", minimum=0, maximum=1000),
+    # kohya folder repeats are 1–100; an epoch lists images x repeats samples in memory
+    Option("repeats", "int", 1, "Times each image is seen per epoch.", minimum=1, maximum=1000),
     Option("latents", "choice", "sample", "Each step draws latents from the VAE's distribution, or uses its mean.",
            choices=("sample", "mean")),
     Option("cache_latents", "bool", True, "Cache VAE latents on disk (keyed by image bytes and settings)."),
     Option("cache_text", "bool", True, "Cache text-encoder outputs per caption when the text encoders are frozen."),
-    Option("checkpoint_every", "int", 0, "Checkpoint every N steps (0: only at the end).", minimum=0),
-    Option("validate_every", "int", 0, "Validation loss and samples every N steps (0: at checkpoints).", minimum=0),
-    Option("validation_images", "int", 0, "Images held out for the validation loss.", minimum=0),
-    Option("validation_prompts", "str", "", "Prompts sampled at each checkpoint, separated by '|'."),
-    Option("sample_steps", "int", 20, "Denoising steps of validation samples.", minimum=1),
+    Option("checkpoint_every", "int", 0, "Checkpoint every N steps (0: only at the end).", minimum=0,
+           maximum=MAX_STEPS),
+    Option("validate_every", "int", 0, "Validation loss and samples every N steps (0: at checkpoints).", minimum=0,
+           maximum=MAX_STEPS),
+    # each held-out image costs a few forward passes at every validation
+    Option("validation_images", "int", 0, "Images held out for the validation loss.", minimum=0, maximum=10_000),
+    Option("validation_prompts", "str", "",
+           f"Prompts sampled at each checkpoint, separated by '|' (at most {MAX_VALIDATION_PROMPTS})."),
+    Option("sample_steps", "int", 20, "Denoising steps of validation samples.", minimum=1, maximum=MAX_SAMPLE_STEPS),
     Option("device", "str", None, "cpu, cuda, cuda:1, mps (default: what accelerate picks)."),
 )  # fmt: skip
+
+#: The most bytes a recipe file may hold: recipes are a few hundred bytes of TOML.
+MAX_RECIPE_BYTES = 2**20
+_RECIPE_TEXT_KEYS = ("trainer", "base", "data", "name")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """A recipe file: TOML whose top-level keys are options (and ``trainer``, ``base``, ``data``, ``name``)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:  # a bounded read: the path may be a pipe (--config <(…)) or /dev/zero
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise TrainingError(f"recipe {str(path)!r} is over the {MAX_RECIPE_BYTES // 2**20} MiB limit of a recipe")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise TrainingError(f"recipe {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise TrainingError(f"recipe {str(path)!r} cannot be read: {e}") from None
+        raise TrainingError(f"recipe {str(path)!r} cannot be read: {_first_line(str(e))}") from None
+    except ValueError as e:  # tomllib raises a bare ValueError for an integer of over 4,300 digits
+        raise TrainingError(f"recipe {str(path)!r} cannot be read: {_first_line(str(e).split(':')[0])}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):  # [section] tables are for the reader's eyes only
             flat.update(value)
         else:
             flat[key] = value
+    for key in _RECIPE_TEXT_KEYS:
+        if key in flat and not isinstance(flat[key], str):
+            raise TrainingError(f"recipe {str(path)!r}: {key} must be text, not {shown_value(flat[key])}")
     return flat
+
+
+def _first_line(text: str) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= 200 else line[:199] + "…"
 
 
 def resolve(
@@ -107,13 +155,34 @@ def resolve(
     if resolved["resolution"] % 8:
         raise PluginOptionError(f"--resolution {resolved['resolution']} is not divisible by 8; try "
                                 f"{resolved['resolution'] // 8 * 8}")  # fmt: skip
-    if not 0 <= resolved["caption_dropout"] < 1:
-        raise PluginOptionError(f"--caption-dropout {resolved['caption_dropout']} must be in [0, 1)")
+    pixels = resolved["batch_size"] * resolved["resolution"] ** 2
+    if pixels > MAX_BATCH_PIXELS:
+        most = max(1, MAX_BATCH_PIXELS // resolved["resolution"] ** 2)
+        raise PluginOptionError(
+            f"--batch-size {resolved['batch_size']} at --resolution {resolved['resolution']} is {pixels:,} pixels per "
+            f"step, over the {MAX_BATCH_PIXELS:,} limit (1024 x 512²); use --batch-size {most} or less (and "
+            "--gradient-accumulation)"
+        )
+    prompts = [p for p in resolved["validation_prompts"].split("|") if p.strip()]
+    if len(prompts) > MAX_VALIDATION_PROMPTS:
+        raise PluginOptionError(f"--validation-prompts has {len(prompts)} prompts; the most is "
+                                f"{MAX_VALIDATION_PROMPTS}")  # fmt: skip
+    if resolved["device"] is not None:
+        _check_device(resolved["device"])
     if resolved["mixed_precision"] == "fp16" and _cpu_only(resolved["device"]):
         raise PluginOptionError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
     if resolved["alpha"] is None:
         resolved["alpha"] = float(resolved["rank"])
     return resolved
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise PluginOptionError(f"--device {shown_value(device)} is not a device: cpu, cuda, cuda:N, mps") from None
 
 
 def _cpu_only(device: str | None) -> bool:
