@@ -59,16 +59,17 @@ def _with(options):
 @click.option("--base", "base", default=None, help="Base model: folder, checkpoint, Hub id or alias.")
 @click.option("--lora", "loras", multiple=True, metavar="[NAME=]SOURCE[:SCALE]", help="Adapter to stack (repeat).")
 @click.option("--negative", default="", help="Negative prompt.")
-@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+# Ranges are checked by lorastack.core.generate.check_options (the bounds live there, for Python callers too).
+@click.option("--steps", type=int, default=25, show_default=True)
 @click.option(
     "--guidance",
-    type=click.FloatRange(min=0.0),
+    type=float,
     default=None,
     help="Classifier-free guidance scale (default: the base's recommended one, else 7).",
 )
-@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=None, help="Random when left out.")
+@click.option("--seed", type=int, default=None, help="Random when left out.")
 @click.option("--size", default=None, metavar="WxH", help="Image size (default: the model's native size).")
-@click.option("--num-images", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--num-images", type=int, default=1, show_default=True)
 @click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default=None, help="Default: the model's own.")
 @click.option("--init-image", type=click.Path(path_type=Path), default=None, help="Start from this image (img2img).")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Repaint where white (inpainting).")
@@ -86,11 +87,13 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     Adapters come from --lora and from <lora:name:scale> tags in the prompt. Every PNG records its recipe;
     `lorastack reproduce IMAGE` makes it again.
     """
+    from lorastack.adapters.files import check_output_dir
     from lorastack.core.base import load_base
     from lorastack.core.config import default_base
-    from lorastack.core.generate import GenerateOptions, Generator
+    from lorastack.core.generate import GenerateOptions, Generator, check_image_file, check_options
     from lorastack.core.recipe import next_free, save_png
     from lorastack.core.sources import parse_lora_option, resolve_adapter, unique_names
+    from lorastack.paths import data_home
 
     from .main import quiet_libraries
 
@@ -98,6 +101,8 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     base = base or default_base()
     if not base:
         raise click.UsageError("give --base (a folder, checkpoint, Hub id or alias) or set default_base in the config")
+    # everything is checked before any model loads: the home (registry, caches), numbers, tags, inputs, the output
+    data_home()
     width, height = _size(size)
     requests = unique_names([parse_lora_option(v) for v in loras])
     options = GenerateOptions(
@@ -105,12 +110,12 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
         seed=seed, num_images=num_images, scheduler=scheduler, init_image=init_image, mask=mask,
         strength=strength, trigger=trigger, adapters={r.name: r.scale for r in requests},
     )  # fmt: skip
-    for path in (init_image, mask):
-        if path is not None and not path.is_file():
-            raise click.BadParameter(f"{path}: no such file", param_hint="--init-image/--mask")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise click.BadParameter(f"{out_dir} exists and is not a folder", param_hint="--output")
-    sources = {r.name: resolve_adapter(r.source) for r in requests}  # before any model loads
+    for path, what in ((init_image, "init image"), (mask, "mask")):
+        if path is not None:
+            check_image_file(path, what)  # a missing file is reported before a mask without an init image
+    check_options(options)
+    check_output_dir(out_dir)  # missing folders are made (mkdir -p) once the images are ready
+    sources = {r.name: resolve_adapter(r.source) for r in requests}
     pipe = load_base(
         base, device=device, dtype=dtype, config=config_dir, prediction_type=prediction_type,
         allow_pickle=allow_pickle, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
@@ -139,16 +144,24 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Where to write the new image.")
 @click.option("--check", is_flag=True, help="Exit with status 1 unless the new image is pixel-identical.")
-def reproduce_cmd(image: Path, base: str | None, device: str, output: Path | None, check: bool) -> None:
-    """Make IMAGE again from the recipe lorastack stored in it, and compare the pixels."""
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def reproduce_cmd(image: Path, base: str | None, device: str, output: Path | None, check: bool, force: bool) -> None:
+    """Make IMAGE again from the recipe lorastack stored in it, and compare the pixels.
+
+    The new image goes to -o, else IMAGE-reproduced.png beside IMAGE; an existing file is replaced only with --force.
+    """
+    from lorastack.adapters.files import check_output_file
     from lorastack.core.recipe import save_png
     from lorastack.core.reproduce import reproduce
+    from lorastack.paths import data_home
 
     from .main import quiet_libraries
 
     quiet_libraries()
-    result = reproduce(image, base=base, device=device)
+    data_home()  # the registry and caches: checked before any work
     output = output or image.with_name(image.stem + "-reproduced.png")
+    check_output_file(output, overwrite=force)
+    result = reproduce(image, base=base, device=device)
     save_png(result.result.image, output, result.result.recipe)
     verdict = "identical" if result.identical else f"differs (max pixel difference {result.max_difference}/255)"
     click.echo(f"{output}: {verdict}")

@@ -57,8 +57,11 @@ def _options_help(trainer_name: str) -> str:
 
 def _option_line(option) -> str:
     kind = "|".join(option.choices) if option.choices else option.type.upper()
-    default = "" if option.default in (None, "") else f" [default: {option.default}]"
-    return f"  --{option.flag} {kind:<14} {option.help}{default}"
+    notes = [f"range {option.range_text()}"] if option.range_text() else []
+    if option.default not in (None, ""):
+        notes.append(f"default: {option.default}")
+    tail = f" [{'; '.join(notes)}]" if notes else ""
+    return f"{f'  --{option.flag} {kind}':<36} {option.help}{tail}"
 
 
 @click.command(

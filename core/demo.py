@@ -72,6 +72,9 @@ def run_demo(
     log: Callable[[str], None] = print,
     options: dict | None = None,
 ) -> DemoResult:
+    from lorastack.adapters.files import check_output_dir, check_output_file
+    from lorastack.paths import data_home
+
     from .base import guidance_kwargs, load_base
     from .generate import _grid
     from .stack import AdapterStack
@@ -79,13 +82,21 @@ def run_demo(
 
     started = time.perf_counter()
     out = Path(out)
+    # before any work: the home (registry, caches) is usable, and the folders and the grid can be written
+    data_home()
+    for folder in (out, out / "data", out / "class", out / "run"):
+        check_output_dir(folder)
+    if out.is_dir():
+        check_output_file(out / "demo-grid.png", overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_base("toy")
     pipe.set_progress_bar_config(disable=True)
     data = concept_images(out / "data", images, seed)
     log(f"training set: {images} yellow stars in {data} (the base has never seen a star)")
     run_dir = out / "run"
-    if run_dir.exists():  # a new demo run each time; the old one's adapter stays registered
+    if run_dir.is_symlink():  # a new demo run each time; the old one's adapter stays registered
+        run_dir.unlink()
+    elif run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)

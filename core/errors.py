@@ -36,3 +36,8 @@ class GenerationError(LorastackError, ValueError):
 
 class ReproduceError(LorastackError):
     """An image whose recipe cannot be replayed."""
+
+
+class RecipeError(ReproduceError, ValueError):
+    """A recipe (read from an image, so untrusted) that is not what lorastack writes: the message names the image,
+    the field, the bad value and what is valid."""

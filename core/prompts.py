@@ -13,22 +13,31 @@ Tags are removed from the prompt; the text around them is kept, with whitespace 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from .errors import ScaleError
+from .scales import SCALE_RANGE, brief, check_scale
 
-TAG = re.compile(r"<(lora|lyco):([^>]*)>", re.IGNORECASE)
+# A tag's body holds no '<': a tag inside a tag is refused as unclosed, and matching stays linear in the prompt.
+TAG = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
+
+
+def _show(tag: str) -> str:
+    return tag if len(tag) <= 80 else tag[:70] + "…>"
 
 
 def _number(text: str, tag: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ScaleError(f"prompt tag {tag}: {text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ScaleError(f"prompt tag {tag}: {text!r} is not a finite number")
-    return value
+        raise ScaleError(f"prompt tag {_show(tag)}: {brief(text)} is not a number; {SCALE_RANGE}") from None
+    try:
+        return check_scale(value, f"prompt tag {_show(tag)}")
+    except ScaleError:
+        problem = "is out of range" if math.isfinite(value) else "is not a finite number"
+        raise ScaleError(f"prompt tag {_show(tag)}: {brief(text)} {problem}; {SCALE_RANGE}") from None
 
 
 def parse_tag(body: str, tag: str) -> tuple[str, Any]:
@@ -36,7 +45,7 @@ def parse_tag(body: str, tag: str) -> tuple[str, Any]:
     parts = body.split(":")
     name = parts[0].strip()
     if not name:
-        raise ScaleError(f"prompt tag {tag} names no adapter")
+        raise ScaleError(f"prompt tag {_show(tag)} names no adapter")
     positional: list[float] = []
     named: dict[str, Any] = {}
     for part in parts[1:]:
@@ -46,14 +55,16 @@ def parse_tag(body: str, tag: str) -> tuple[str, Any]:
             key = key.strip().lower()
             if key == "lbw":
                 named["lbw"] = value.strip()
+                for number in named["lbw"].split(","):  # the count depends on the base: checked when applied
+                    _number(number.strip(), tag)
             elif key in ("te", "unet"):
                 named[key] = _number(value.strip(), tag)
             else:
-                raise ScaleError(f"prompt tag {tag}: unknown key {key!r}; valid keys: te, unet, lbw")
+                raise ScaleError(f"prompt tag {_show(tag)}: unknown key {brief(key)}; valid keys: te, unet, lbw")
         else:
             positional.append(_number(part, tag))
     if len(positional) > 2:
-        raise ScaleError(f"prompt tag {tag}: at most two numbers (text encoder, UNet)")
+        raise ScaleError(f"prompt tag {_show(tag)}: at most two numbers (text encoder, UNet)")
     if not named and len(positional) <= 1:
         return name, positional[0] if positional else 1.0
     te = named.get("te", positional[0] if positional else 1.0)
@@ -70,8 +81,9 @@ def extract_tags(prompt: str) -> tuple[str, dict[str, Any]]:
     for match in TAG.finditer(prompt):
         name, spec = parse_tag(match.group(2), match.group(0))
         found[name] = spec
-    if "<lora:" in TAG.sub("", prompt).lower():
-        raise ScaleError("a <lora:…> tag in the prompt is not closed with '>'")
+    rest = TAG.sub("", prompt).lower()
+    if "<lora:" in rest or "<lyco:" in rest:
+        raise ScaleError("a <lora:…> tag in the prompt is not closed with '>' (or holds another tag)")
     clean = TAG.sub(" ", prompt)
     clean = re.sub(r"\s*,\s*(,\s*)+", ", ", clean)  # "a, <lora:x>, b" leaves a double comma
     clean = re.sub(r"\s+", " ", clean).strip(" ,")

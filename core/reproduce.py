@@ -30,10 +30,7 @@ def reproduce(image_path: str | Path, *, base: str | None = None, device: str = 
 
     ``base`` replaces the recorded base (its digest is then not checked).
     """
-    try:
-        recipe = read_recipe(image_path)
-    except ValueError as e:
-        raise ReproduceError(str(e)) from None
+    recipe = read_recipe(image_path)  # every field checked (RecipeError, a ReproduceError) before anything loads
     recorded = recipe["base"]
     config = recorded.get("config") if base is None else None
     pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device, config=config)

@@ -14,18 +14,27 @@ A scale is one of
   (``BASE`` scales the text encoders, ``INxx``/``MID``/``OUTxx`` the UNet's original blocks);
 
 and a dict may carry ``"scale"``, a multiplier over everything.
+
+Every number must be finite and within ±``MAX_SCALE``: LoRAs are made to apply at about -2…2 (block weights and
+merges rarely leave -10…10), so a larger value is a typo or an attack, and it would push the patched weights
+(``W₀ + s·ΔW``) towards the fp16 limit (65504) and the images to NaN.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from lorastack.adapters.naming import COMPONENTS, diffusers_to_sgm
 
 from .errors import ScaleError
+
+#: The largest strength (either sign) of any number in a scale specification; see the module docstring.
+MAX_SCALE = 100.0
+SCALE_RANGE = f"scales are finite numbers from {-MAX_SCALE:g} to {MAX_SCALE:g}"
 
 SPEC_KEYS = ("scale", *COMPONENTS, "lbw")
 BLOCK_KEYS = ("down", "mid", "up")
@@ -42,23 +51,49 @@ LBW_LAYOUTS = {
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(attentions|resnets|downsamplers|upsamplers)\.(\d+)")
 
 
-def _number(value: Any, where: str) -> float:
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple = 2, 4, 4, 4
+_BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 60, 60, 40
+
+
+def brief(value: Any) -> str:
+    """A short ``repr`` for messages: long strings, deep or long containers and huge integers are cut."""
+    try:
+        text = _BRIEF.repr(value)
+    except (ValueError, RecursionError):  # an integer past Python's int-to-str digit limit; a cycle
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_scale(value: Any, where: str) -> float:
+    """``value`` as a float, or a :class:`ScaleError` saying why it is no scale (type, NaN/inf, > ``MAX_SCALE``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ScaleError(f"{where}: {value!r} is not a number")
-    if not math.isfinite(value):
-        raise ScaleError(f"{where}: {value} is not a finite number")
+        raise ScaleError(f"{where}: {brief(value)} is not a number; {SCALE_RANGE}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScaleError(f"{where}: {value} is not a finite number; {SCALE_RANGE}")
+    if abs(value) > MAX_SCALE:
+        raise ScaleError(f"{where}: {brief(value)} is out of range; {SCALE_RANGE}")
     return float(value)
+
+
+_number = check_scale
+
+
+def _keys(keys: list) -> str:
+    return brief(", ".join(str(k) for k in keys[:10]) + (", …" if len(keys) > 10 else "")).strip("'\"")
 
 
 def parse_lbw(value: Any, family: str) -> dict[str, float]:
     """Block-weight values (a list, or a comma-separated string) → ``{"BASE": …, "IN01": …}``."""
     if isinstance(value, str):
+        if len(value) > 2000:
+            raise ScaleError(f"lbw: {brief(value)} is {len(value)} characters; block weights are at most 26 numbers")
         try:
             value = [float(v) for v in value.split(",")]
         except ValueError:
-            raise ScaleError(f"lbw: {value!r} is not a comma-separated list of numbers") from None
+            raise ScaleError(f"lbw: {brief(value)} is not a comma-separated list of numbers") from None
     if not isinstance(value, (list, tuple)):
-        raise ScaleError(f"lbw: expected a list of numbers, got {value!r}")
+        raise ScaleError(f"lbw: expected a list of numbers, got {brief(value)}")
     numbers = [_number(v, "lbw") for v in value]
     kind = "sdxl" if family == "sdxl" else "sd"
     layout = LBW_LAYOUTS.get((kind, len(numbers)))
@@ -119,24 +154,24 @@ def compile_scale(spec: Any, family: str) -> Callable[[str], float]:
     if not isinstance(spec, Mapping):
         value = _number(spec, "scale")
         return lambda name: value
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    unknown = sorted((k for k in spec if k not in SPEC_KEYS), key=str)
     if unknown:
-        raise ScaleError(f"unknown scale key(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+        raise ScaleError(f"unknown scale key(s) {_keys(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
     overall = _number(spec.get("scale", 1.0), "scale")
     components = {c: spec.get(c, 1.0) for c in COMPONENTS}
     for component in ("text_encoder", "text_encoder_2"):
         _number(components[component], component)
     unet = components["unet"]
     if isinstance(unet, Mapping):
-        bad = sorted(set(unet) - set(BLOCK_KEYS))
+        bad = sorted((k for k in unet if k not in BLOCK_KEYS), key=str)
         if bad:
-            raise ScaleError(f"unknown unet block key(s) {', '.join(bad)}; valid keys: {', '.join(BLOCK_KEYS)}")
+            raise ScaleError(f"unknown unet block key(s) {_keys(bad)}; valid keys: {', '.join(BLOCK_KEYS)}")
         for part in ("down", "up"):
             value = unet.get(part)
             if isinstance(value, Mapping):
                 bad = [k for k in value if not re.fullmatch(r"block_\d+", str(k))]
                 if bad:
-                    raise ScaleError(f"unet.{part}: keys must look like block_0, block_1, …; got {', '.join(bad)}")
+                    raise ScaleError(f"unet.{part}: keys must look like block_0, block_1, …; got {_keys(bad)}")
     else:
         _number(unet, "unet")
     lbw = parse_lbw(spec["lbw"], family) if "lbw" in spec else None
@@ -160,9 +195,11 @@ def compile_scale(spec: Any, family: str) -> Callable[[str], float]:
         for part in ("down", "up"):
             value = unet.get(part)
             if isinstance(value, Mapping):
-                for entry in value.values():
+                for key, entry in value.items():
+                    if isinstance(entry, (list, tuple)) and not entry:
+                        raise ScaleError(f"unet.{part}.{key}: an empty list; give one value per layer")
                     for v in entry if isinstance(entry, (list, tuple)) else [entry]:
-                        _number(v, f"unet.{part}")
+                        _number(v, f"unet.{part}.{key}")
             elif value is not None:
                 _number(value, f"unet.{part}")
         _number(unet.get("mid", 1.0), "unet.mid")

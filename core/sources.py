@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorastack.adapters.errors import AdapterFileError
+
 from .errors import ScaleError, UnknownAdapterError
+from .scales import SCALE_RANGE, brief, check_scale
 from .stack import NAME_PATTERN
 
 
@@ -18,17 +24,32 @@ class AdapterRequest:
     scale: Any = 1.0
 
 
+#: What counts as the scale part of ``--lora``: a decimal number, and NaN and infinities (refused with a reason
+#: instead of being taken for part of a file name).
+_SCALE_TEXT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
 def parse_lora_option(value: str) -> AdapterRequest:
-    """``[NAME=]SOURCE[:SCALE]``: the scale is the last ``:`` part when it is a number (so ``style:v2:0.8`` works)."""
+    """``[NAME=]SOURCE[:SCALE]``: the scale is the last ``:`` part when it is a number (so ``style:v2:0.8`` works).
+
+    The scale must be finite and within ±``MAX_SCALE`` (:mod:`lorastack.core.scales`).
+    """
     name = None
     head, sep, tail = value.rpartition(":")
     source, scale = value, 1.0
-    if sep and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail.strip()):
-        source, scale = head, float(tail)
+    if sep and _SCALE_TEXT.fullmatch(tail.strip()):
+        source, number = head, float(tail)
+        try:
+            scale = check_scale(number, "scale")
+        except ScaleError:
+            problem = "is out of range" if math.isfinite(number) else "is not a finite number"
+            raise ScaleError(
+                f"--lora {brief(value)}: the scale {brief(tail.strip())} {problem}; {SCALE_RANGE}"
+            ) from None
     if "=" in source and NAME_PATTERN.match(source.split("=", 1)[0]):
         name, source = source.split("=", 1)
     if not source:
-        raise ScaleError(f"--lora {value!r} names no adapter")
+        raise ScaleError(f"--lora {brief(value)} names no adapter")
     return AdapterRequest(name or default_name(source), source, scale)
 
 
@@ -59,8 +80,18 @@ def resolve_adapter(source: str, registry=None) -> tuple[Path, str]:
     ``name@N``, so a recipe names exactly the version it used.
     """
     path = Path(source).expanduser()
-    if path.is_file() or path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
-        return path, str(source)  # the reader reports a missing file by name
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, under a file, a name too long for a path, a NUL byte
+        mode = None
+    if mode is not None and stat.S_ISREG(mode):
+        return path, str(source)
+    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):  # a file name: not a registry reference
+        if mode is None:
+            raise AdapterFileError("no such file", path)
+        raise AdapterFileError(
+            "is a folder" if stat.S_ISDIR(mode) else "is not a regular file (a FIFO or device)", path
+        )
     from lorastack.registry import InvalidNameError, NotFoundError, Registry
 
     registry = registry or Registry()

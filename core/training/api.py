@@ -93,10 +93,16 @@ def train(
         name, tag = parse_name_tag(name)
     if hasattr(plugin, "check"):
         plugin.check(resolved)  # trainer-specific rules (a class without a token, …) before any work
-    dataset = open_dataset(data, source, source_options)
     if output is None and resume:
         raise TrainingError("--resume needs the run folder: pass --output RUN_DIR")
+    # the outputs before any work: the home (caches, registry, default run folder) and the run folder
+    from lorastack.adapters.files import check_output_dir
+    from lorastack.paths import data_home
+
+    data_home()
     run_dir = Path(output) if output is not None else default_run_dir(name, trainer)
+    check_output_dir(run_dir)
+    dataset = open_dataset(data, source, source_options)
     identity = {
         "trainer": trainer, "base": str(base), "data": str(data), "recipe": recipe_fingerprint(resolved),
     }  # fmt: skip

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lorastack.adapters.files import atomic_write_bytes
+from lorastack.adapters.files import atomic_write_bytes, check_output_dir
 from lorastack.adapters.writing import write_adapter
 
 from .options import TrainingError
@@ -36,6 +38,7 @@ class RunFolder:
         """Open ``path`` for a run; refuse a folder that holds another recipe's run, or any run unless resuming."""
         self.path = Path(path)
         self.identity = identity
+        check_output_dir(self.path)  # a file, a FIFO, under a file, read-only: refused before anything is read
         existing = self._read()
         if existing is not None:
             if existing.get("identity") != identity:
@@ -72,8 +75,11 @@ class RunFolder:
         return self.path / "adapter.safetensors"
 
     def _read(self) -> dict | None:
+        file = self.path / RUN_FILE
         try:
-            return json.loads((self.path / RUN_FILE).read_text())
+            if not stat.S_ISREG(os.stat(file).st_mode):  # a FIFO there would block the read
+                raise TrainingError(f"{str(file)!r} is not a regular file; choose a new --output folder")
+            return json.loads(file.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
