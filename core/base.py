@@ -64,6 +64,8 @@ def base_info(pipe) -> BaseInfo | None:
 #: makers recommend. lorastack uses them wherever the user gave none (generate, training samples, class images).
 RECOMMENDED_FILE = "lorastack.json"
 _RECOMMENDED = {"guidance": float}
+#: The largest value each setting may have (generation refuses guidance above this too).
+_RECOMMENDED_MAX = {"guidance": 100.0}
 
 
 def recommended(pipe, key: str, default: Any = None) -> Any:
@@ -95,8 +97,10 @@ def read_recommended(folder: Path) -> dict[str, Any]:
         kind = _RECOMMENDED.get(key)
         if kind is None:
             raise BaseModelError(f"{file}: unknown setting {key!r}; known: {', '.join(_RECOMMENDED)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or kind(value) != value:
-            raise BaseModelError(f"{file}: {key} must be a positive {kind.__name__}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _RECOMMENDED_MAX[key]:
+            raise BaseModelError(
+                f"{file}: {key} must be a {kind.__name__} in (0, {_RECOMMENDED_MAX[key]:g}], got {repr(value)[:40]}"
+            )
         out[key] = kind(value)
     return out
 

@@ -224,3 +224,22 @@ def test_push_killed_after_its_commit_pushes_again_without_a_false_conflict(cont
     hub = Registry(root).resolve("me/fig@2").provenance["hub"]
     repo = hub_server.repos["alice/fig"]
     assert repo.tags["v2"] == hub["commit"] and repo.branches["main"] == hub["commit"]
+
+
+@pytest.mark.slow
+def test_the_documented_example_runs(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    block = re.search(r"<!-- reliability-example -->\n```bash\n(.+?)\n```", doc, re.S).group(1)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "LORASTACK_HOME": str(tmp_path / "home"),
+    }
+    done = subprocess.run(["bash", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "killed: 137" in done.stdout and "no adapters in the registry yet" in done.stdout
+    assert done.stdout.count("\nclean") == 2 and "imported me/style@1" in done.stdout

@@ -97,8 +97,9 @@ def test_generate_takes_the_base_recommended_guidance_unless_told(toy_pipe):
         ("{", "not readable JSON"),
         ('{"recommended": [1.5]}', "'recommended' must be an object"),
         ('{"recommended": {"cfg": 2}}', "unknown setting 'cfg'; known: guidance"),
-        ('{"recommended": {"guidance": -1}}', "guidance must be a positive float, got -1"),
-        ('{"recommended": {"guidance": "high"}}', "guidance must be a positive float, got 'high'"),
+        ('{"recommended": {"guidance": -1}}', "guidance must be a float in (0, 100], got -1"),
+        ('{"recommended": {"guidance": "high"}}', "guidance must be a float in (0, 100], got 'high'"),
+        ('{"recommended": {"guidance": 1e9}}', "guidance must be a float in (0, 100], got 1000000000.0"),
     ],
 )
 def test_a_broken_lorastack_json_fails_before_the_weights_load(text, message, tmp_path, monkeypatch):
