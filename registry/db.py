@@ -152,10 +152,13 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # a failed COMMIT (a full disk, a busy reader) may leave the transaction open, or SQLite may have rolled
+        # it back already
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def index_error(e: sqlite3.Error, path: Path) -> RegistryError | None:
