@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from .errors import InvalidAdapterError
+from .errors import InvalidAdapterError, quoted
 
 PREFIX = "bundle_emb."
 TOKEN_RULE = re.compile(r"^[A-Za-z0-9_<>\-]{1,64}$")
@@ -29,12 +29,16 @@ def split_embeddings(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         token, _, field = key[len(PREFIX) :].partition(".")
         if not TOKEN_RULE.match(token) or field not in _COMPONENT:
             raise InvalidAdapterError(
-                f"{key!r} is not an embedding key (bundle_emb.TOKEN.clip_l|clip_g|string_to_param.*)"
+                f"{quoted(key)} is not an embedding key (bundle_emb.TOKEN.clip_l|clip_g|string_to_param.*)"
             )
         if value.ndim == 1:
             value = value[None]
-        if value.ndim != 2:
-            raise InvalidAdapterError(f"{key!r} has shape {tuple(value.shape)}; an embedding is vectors × hidden")
+        if value.ndim != 2 or value.numel() == 0:
+            raise InvalidAdapterError(
+                f"{quoted(key)} has shape {tuple(value.shape)}; an embedding is vectors × hidden, neither of them 0"
+            )
+        if not value.is_floating_point():
+            raise InvalidAdapterError(f"{quoted(key)} has dtype {value.dtype}; an embedding must be floating point")
         embeddings.setdefault(token, {})[_COMPONENT[field]] = value
     return rest, embeddings
 

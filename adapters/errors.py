@@ -39,3 +39,33 @@ class UnsupportedAdapterError(AdapterError):
 class OutputError(AdapterError):
     """A path lorastack cannot write its result to: a folder, a FIFO or device, an existing file without --force,
     a missing or read-only folder. Raised before the work that would produce the result starts."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as it may appear in a one-line message: a short printable string as it is, anything else as a
+    bounded ``repr`` (nesting, containers and long text cut short with "…"), never longer than about ``limit``."""
+    if isinstance(value, str) and value.isprintable() and len(value) <= limit:
+        return value
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """``value``'s ``repr`` for a one-line message, cut short like :func:`shown`."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _brief_repr():
+    import reprlib
+
+    class Brief(reprlib.Repr):
+        def repr_int(self, x, level):  # a huge int is shown by its size (repr of one may even be refused)
+            return repr(x) if abs(x) < 10**30 else f"{'-' if x < 0 else ''}2**{abs(x).bit_length() - 1}+"
+
+    brief = Brief()
+    brief.maxlevel, brief.maxstring, brief.maxother, brief.maxlist, brief.maxdict = 3, 50, 40, 6, 4
+    return brief
+
+
+_BRIEF = _brief_repr()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -18,12 +19,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AdapterFileError, OutputError, UnsupportedAdapterError
+from .errors import AdapterFileError, OutputError, UnsupportedAdapterError, quoted, shown
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: Header size limit of the safetensors format (100 MB), enforced by the library too.
 MAX_HEADER_BYTES = 100_000_000
+#: Tensors one file may declare (real checkpoints have a few thousand); more is refused before parsing, since a
+#: 100 MB header of empty entries would otherwise take gigabytes of memory to parse.
+MAX_TENSORS = 100_000
+#: Dimensions of one tensor (adapter tensors have at most 4; torch itself stops at 64).
+MAX_DIMS = 8
+#: The extent of a shape (the product of its dimensions, zeros counted as 1): what torch computes strides from.
+#: A tensor with data is bounded by the file; this bounds empty ones such as [0, 2**62, 2**62].
+MAX_EXTENT = 2**48
 HASH_CHUNK = 1 << 20
 
 #: safetensors dtype codes → (bytes per element, name of the torch dtype).
@@ -106,17 +115,35 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
 
 
 def parse_safetensors_header(raw: bytes, file_size: int, path: str | Path | None = None) -> SafetensorsHeader:
+    if raw.count(b'"data_offsets"') > MAX_TENSORS:
+        raise AdapterFileError(f"header declares more than {MAX_TENSORS} tensors; lorastack reads at most that", path)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise AdapterFileError(
+            "header nests JSON arrays or objects too deeply; not a safetensors file", path
+        ) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers over Python's 4300-digit limit
         raise AdapterFileError(
             f"header is not valid JSON ({e.__class__.__name__}); not a safetensors file", path
         ) from None
     if not isinstance(header, dict):
         raise AdapterFileError("header is not a JSON object; not a safetensors file", path)
-    metadata = header.pop("__metadata__", None) or {}
+    if len(header) > MAX_TENSORS + 1:
+        raise AdapterFileError(f"header declares more than {MAX_TENSORS} tensors; lorastack reads at most that", path)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise AdapterFileError("header __metadata__ must map strings to strings", path)
+        bad = (
+            metadata
+            if not isinstance(metadata, dict)
+            else next(v for v in metadata.values() if not isinstance(v, str))
+        )
+        raise AdapterFileError(f"header __metadata__ must map strings to strings, not hold {shown(bad)}", path)
+    if _may_hold_surrogates(raw):
+        for text in (*header, *metadata, *metadata.values()):
+            _check_utf8(text, path)
     data_size = file_size - 8 - len(raw)
     tensors: dict[str, TensorInfo] = {}
     for name, info in header.items():
@@ -125,29 +152,66 @@ def parse_safetensors_header(raw: bytes, file_size: int, path: str | Path | None
     return SafetensorsHeader(len(raw), tensors, dict(metadata))
 
 
+def _may_hold_surrogates(raw: bytes) -> bool:
+    # JSON's \uD800-\uDFFF escapes: the only way a header decoded from UTF-8 can hold text that is not UTF-8
+    return b"\\u" in raw and re.search(rb"\\u[dD][89a-fA-F]", raw) is not None
+
+
+def _check_utf8(text: str, path) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AdapterFileError(
+            f"header text {shown(text)} holds a lone UTF-16 surrogate, which is not UTF-8; safetensors headers are "
+            "UTF-8 text",
+            path,
+        ) from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _tensor_info(name: str, info: object, data_size: int, path) -> TensorInfo:
     if not isinstance(info, dict):
-        raise AdapterFileError(f"header entry {name!r} is not an object", path)
+        raise AdapterFileError(f"header entry {quoted(name)} is {shown(info)}, not an object", path)
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
-        raise AdapterFileError(f"tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", path)
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise AdapterFileError(f"tensor {name!r} has an invalid shape {shape!r}", path)
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-    ):
-        raise AdapterFileError(f"tensor {name!r} has invalid data_offsets {offsets!r}", path)
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise AdapterFileError(
+            f"tensor {quoted(name)} has unknown dtype {quoted(dtype)}; known: {', '.join(DTYPES)}", path
+        )
+    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+        raise AdapterFileError(
+            f"tensor {quoted(name)} has an invalid shape {shown(shape)}; a shape is a list of integers >= 0", path
+        )
+    if len(shape) > MAX_DIMS:
+        raise AdapterFileError(
+            f"tensor {quoted(name)} has {len(shape)} dimensions; lorastack reads tensors of at most {MAX_DIMS}", path
+        )
+    extent = 1
+    for s in shape:
+        extent *= max(s, 1)
+    if extent > MAX_EXTENT:
+        raise AdapterFileError(
+            f"tensor {quoted(name)} has an absurd shape {shown(shape)}: its dimensions multiply (zeros as 1) to over "
+            f"2**{MAX_EXTENT.bit_length() - 1}",
+            path,
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise AdapterFileError(
+            f"tensor {quoted(name)} has invalid data_offsets {shown(offsets)}; expected [start, end] in bytes", path
+        )
     start, end = offsets
     if not 0 <= start <= end <= data_size:
         raise AdapterFileError(
-            f"tensor {name!r} spans bytes {start}..{end} but the data section has {data_size}; file truncated?", path
+            f"tensor {quoted(name)} spans bytes {shown(start)}..{shown(end)} but the data section has {data_size}; "
+            "file truncated?",
+            path,
         )
     expected = math.prod(shape) * DTYPES[dtype][0]
     if end - start != expected:
         raise AdapterFileError(
-            f"tensor {name!r} ({dtype}, shape {shape}) needs {expected:g} bytes but its range holds {end - start}",
+            f"tensor {quoted(name)} ({dtype}, shape {shape}) needs {expected} bytes but its range holds {end - start}",
             path,
         )
     return TensorInfo(dtype, tuple(shape), start, end)
@@ -157,7 +221,7 @@ def _check_layout(tensors: dict[str, TensorInfo], data_size: int, path) -> None:
     position = 0
     for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
         if info.start != position:
-            raise AdapterFileError(f"tensor {name!r} starts at byte {info.start}, expected {position}", path)
+            raise AdapterFileError(f"tensor {quoted(name)} starts at byte {info.start}, expected {position}", path)
         position = info.end
     if position != data_size:
         raise AdapterFileError(f"the data section has {data_size - position} bytes that no tensor owns", path)
@@ -169,16 +233,28 @@ def load_safetensors(path: str | Path) -> tuple[dict, dict[str, str]]:
     from safetensors.torch import load_file
 
     header = read_safetensors_header(path)
+    check_torch_dtypes(header, path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError, OverflowError) as e:
+        raise AdapterFileError(f"cannot load tensors: {library_error(e)}", path) from e
+    return tensors, header.metadata
+
+
+def check_torch_dtypes(header: SafetensorsHeader, path) -> None:
+    """An :class:`UnsupportedAdapterError` for the first tensor whose dtype this torch lacks."""
     for name, info in header.tensors.items():
         if torch_dtype(info.dtype) is None:
             raise UnsupportedAdapterError(
-                f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold", path
+                f"tensor {quoted(name)} has dtype {info.dtype}, which this torch cannot hold", path
             )
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise AdapterFileError(f"cannot load tensors: {e}", path) from e
-    return tensors, header.metadata
+
+
+def library_error(e: BaseException, limit: int = 200) -> str:
+    """A library's error as one short line."""
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    text = lines[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_pickle(path: str | Path) -> tuple[dict, dict[str, str]]:
@@ -191,12 +267,18 @@ def load_pickle(path: str | Path) -> tuple[dict, dict[str, str]]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe pickles
-        raise AdapterFileError(f"cannot load pickle with weights_only=True: {str(e).splitlines()[0]}", path) from e
+        raise AdapterFileError(f"cannot load pickle with weights_only=True: {library_error(e)}", path) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise AdapterFileError(f"pickle holds a {type(obj).__name__}, not a state dict", path)
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    for name, t in tensors.items():  # a pickle can hold tensors no safetensors file can: sparse, without data
+        if t.layout != torch.strided or t.is_quantized:
+            kind = "quantized" if t.is_quantized else str(t.layout)
+            raise UnsupportedAdapterError(f"tensor {quoted(name)} is {kind}; lorastack reads dense tensors", path)
+        if t.device.type != "cpu":
+            raise UnsupportedAdapterError(f"tensor {quoted(name)} holds no data (device {t.device.type})", path)
     return tensors, {}
 
 
@@ -312,6 +394,8 @@ os.umask(_UMASK)
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a file"
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -368,6 +452,7 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
         raise OutputError(f"the folder {parent} does not exist", path)
     if not parent.is_dir():
         raise OutputError(f"{parent} is a file, not a folder", path)
+    _check_name_lengths(Path(target.name), parent)
     _probe_writable(parent, path)
     return path
 
@@ -386,8 +471,20 @@ def check_output_dir(path: str | Path) -> Path:
         if probe == path:
             raise OutputError(f"exists and is {_kind(st.st_mode)}, not a folder", path)
         raise OutputError(f"cannot be created: {probe} is {_kind(st.st_mode)}, not a folder", path)
+    _check_name_lengths(path, probe)
     _probe_writable(probe, path)
     return path
+
+
+def _check_name_lengths(path: Path, existing: Path) -> None:
+    """Refuse a name the file system cannot hold before the work, not when the result is written."""
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - Windows has no pathconf
+        limit = 255
+    long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise OutputError(f"has a name of {len(os.fsencode(long))} bytes; this file system allows {limit}", path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -33,6 +33,22 @@ def _check(cond: bool, problem: str) -> None:
         raise InvalidAdapterError(problem)
 
 
+#: dtypes ``torch.isfinite`` handles on every device; others (fp8) are checked upcast to float32.
+_NATIVE_FINITE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FINITE_CHUNK = 1 << 20
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t``. fp8 tensors (which ``isfinite`` does not take on CPU) are upcast a chunk at a
+    time, so the check needs no copy of the whole tensor."""
+    if t.dtype in _NATIVE_FINITE:
+        return bool(torch.isfinite(t).all())
+    flat = t.reshape(-1)
+    return all(
+        bool(torch.isfinite(flat[i : i + _FINITE_CHUNK].float()).all()) for i in range(0, flat.numel(), _FINITE_CHUNK)
+    )
+
+
 @dataclass(eq=False)
 class Layer:
     """Base class of the layer records. Subclasses declare their tensors as dataclass fields."""
@@ -102,8 +118,9 @@ class Layer:
         """Raise :class:`InvalidAdapterError` unless shapes, dtypes and (with ``values``) the numbers are sound."""
         for name, t in self.tensors().items():
             _check(t.is_floating_point(), f"{name} has dtype {t.dtype}; adapter weights must be floating point")
+            _check(t.numel() > 0, f"{name} has shape {tuple(t.shape)}, which holds no values")
             if values:
-                _check(bool(torch.isfinite(t).all()), f"{name} holds NaN or infinite values")
+                _check(all_finite(t), f"{name} holds NaN or infinite values")
         if self.alpha is not None:
             _check(math.isfinite(self.alpha), f"alpha is {self.alpha}")
         self._validate_shapes()

@@ -12,10 +12,15 @@ Keys lorastack does not interpret are kept verbatim in :attr:`AdapterMetadata.ra
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InvalidAdapterError, shown
+
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+#: Longest header value parsed as JSON (a kohya tag list or a peft config of thousands of modules is well under).
+MAX_JSON_VALUE = 8 << 20
 MODELSPEC_PREFIX = "modelspec."
 KOHYA_PREFIX = "ss_"
 #: Header keys derived from the tensors of one particular file; stale once tensors are re-encoded.
@@ -106,39 +111,124 @@ def split_words(text: str | None) -> list[str]:
     return out
 
 
-def parse_peft_metadata(raw: str | None) -> dict[str, dict[str, Any]]:
-    """diffusers' ``lora_adapter_metadata`` JSON → ``{component: LoraConfig dict}``. Malformed JSON gives ``{}``."""
-    if not raw:
-        return {}
+def parse_json_value(raw: str) -> tuple[Any, str | None]:
+    """A header value parsed as JSON: ``(value, None)``, or ``(None, why not)``. Never raises: the text comes from
+    a file (deep nesting, integers past Python's digit limit, megabytes of it)."""
+    if len(raw) > MAX_JSON_VALUE:
+        return None, f"is {len(raw):,} characters long; lorastack parses at most {MAX_JSON_VALUE:,}"
     try:
-        flat = json.loads(raw)
-    except json.JSONDecodeError:
-        return {}
-    if not isinstance(flat, dict):
-        return {}
+        return json.loads(raw), None
+    except RecursionError:
+        return None, "nests JSON arrays or objects too deeply"
+    except ValueError as e:  # JSONDecodeError, or an integer over Python's 4300-digit limit
+        return None, f"is not valid JSON ({e.__class__.__name__})"
+
+
+def _flat_peft(raw: str | None) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """``lora_adapter_metadata`` split by component, and why it could not be read (``None`` when it could)."""
+    if not raw:
+        return {}, None
+    flat, why = parse_json_value(raw)
+    if why is None and not isinstance(flat, dict):
+        why = f"is {shown(flat)}, not a JSON object"
+    if why is not None:
+        return {}, why
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         component, sep, name = str(key).partition(".")
         if not sep:  # saved by a single-model save_lora_adapter: no component prefix
             component, name = "", key
         out.setdefault(component, {})[name] = value
+    return out, None
+
+
+def parse_peft_metadata(raw: str | None) -> dict[str, dict[str, Any]]:
+    """diffusers' ``lora_adapter_metadata`` JSON → ``{component: LoraConfig dict}``. Malformed JSON gives ``{}``
+    (for display; :func:`peft_alpha_configs` is what the reader uses, and it refuses malformed metadata)."""
+    return _flat_peft(raw)[0]
+
+
+@dataclass(frozen=True)
+class PeftAlphaConfig:
+    """What decides the alpha of a peft layer: ``lora_alpha``, ``alpha_pattern`` (in order), rsLoRA."""
+
+    lora_alpha: float | None
+    alpha_pattern: dict[str, float]
+    use_rslora: bool
+
+
+def peft_alpha_configs(raw: str | None) -> dict[str, PeftAlphaConfig]:
+    """The checked ``LoraConfig`` values that set alphas, per component (``""``: no component prefix).
+
+    Every value lorastack interprets must have peft's type: an :class:`InvalidAdapterError` names the key, the value
+    and what it must be. ``r`` and ``rank_pattern`` are checked too (ranks themselves come from the tensors).
+    """
+    flat, why = _flat_peft(raw)
+    if why is not None:
+        raise InvalidAdapterError(f"{LORA_ADAPTER_METADATA_KEY} {why}; it must be the JSON object diffusers writes")
+    out = {}
+    for component, config in flat.items():
+        where = f"{LORA_ADAPTER_METADATA_KEY} {component + '.' if component else ''}"
+
+        def bad(name: str, value: Any, expected: str, where: str = where) -> InvalidAdapterError:
+            return InvalidAdapterError(f"{where}{name} is {shown(value)}; it must be {expected}")
+
+        alpha = config.get("lora_alpha")
+        if alpha is not None and _number(alpha) is None:
+            raise bad("lora_alpha", alpha, "a finite number")
+        pattern = config.get("alpha_pattern")
+        if pattern is None:
+            pattern = {}
+        if not isinstance(pattern, dict):
+            raise bad("alpha_pattern", pattern, "an object of module patterns to numbers")
+        for key, value in pattern.items():
+            if _number(value) is None:
+                raise bad(f"alpha_pattern[{shown(key)}]", value, "a finite number")
+        r = config.get("r")
+        if r is not None and not _rank(r):
+            raise bad("r", r, "an integer of at least 1")
+        ranks = config.get("rank_pattern")
+        if ranks is not None and not isinstance(ranks, dict):
+            raise bad("rank_pattern", ranks, "an object of module patterns to integers")
+        for key, value in (ranks or {}).items():
+            if not _rank(value):
+                raise bad(f"rank_pattern[{shown(key)}]", value, "an integer of at least 1")
+        rslora = config.get("use_rslora")
+        if rslora is not None and not isinstance(rslora, bool):
+            raise bad("use_rslora", rslora, "true or false")
+        out[component] = PeftAlphaConfig(
+            None if alpha is None else _number(alpha), {k: _number(v) for k, v in pattern.items()}, bool(rslora)
+        )
     return out
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float when it is a JSON number (not a boolean), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _tag_frequency_words(raw: str | None, limit: int = 0) -> list[str]:
-    """Top tags from kohya's ``ss_tag_frequency`` (``{dataset: {tag: count}}``)."""
+    """Top tags from kohya's ``ss_tag_frequency`` (``{dataset: {tag: count}}``); shown only, so anything else in
+    it is ignored rather than refused."""
     if not raw:
         return []
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        return []
+    data, why = parse_json_value(raw)
     counts: dict[str, int] = {}
-    if isinstance(data, dict):
+    if why is None and isinstance(data, dict):
         for tags in data.values():
             if isinstance(tags, dict):
                 for tag, n in tags.items():
-                    if isinstance(n, int):
+                    if isinstance(n, int) and not isinstance(n, bool):
                         counts[tag.strip()] = counts.get(tag.strip(), 0) + n
     ranked = sorted(counts, key=lambda t: (-counts[t], t))
     return ranked[:limit] if limit else ranked

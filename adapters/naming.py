@@ -68,30 +68,47 @@ _DIFFUSERS_TOP = {v: k for k, v in _SGM_TOP.items()}
 DEFAULT_LAYERS_PER_BLOCK = 2
 
 
+#: Longest flattened module path considered (the longest real one is under 100 characters).
+MAX_FLAT_LENGTH = 512
+
+
 @lru_cache(maxsize=65536)
 def split_flat(flat: str) -> tuple[str, ...] | None:
     """Split an underscore-flattened module path into its segments, or ``None`` if it is not one.
 
     >>> split_flat("down_blocks_0_attentions_1_transformer_blocks_0_attn1_to_out_0")
     ('down_blocks', '0', 'attentions', '1', 'transformer_blocks', '0', 'attn1', 'to_out', '0')
+
+    Words are tried longest first, and a split that leaves an unparsable rest is undone. The parse of each rest
+    is computed once, from the end (names come from files: a name that splits many ways costs linear time, and a
+    long one no recursion).
     """
-    parts = flat.split("_")
-
-    def parse(i: int) -> tuple[str, ...] | None:
-        if i == len(parts):
-            return ()
-        if parts[i].isdigit():
-            rest = parse(i + 1)
-            return None if rest is None else (parts[i], *rest)
-        for j in range(min(len(parts), i + _MAX_WORD_PARTS), i, -1):  # longest word first
-            word = "_".join(parts[i:j])
-            if word in VOCABULARY:
-                rest = parse(j)
-                if rest is not None:
-                    return (word, *rest)
+    if len(flat) > MAX_FLAT_LENGTH:
         return None
-
-    return parse(0)
+    parts = flat.split("_")
+    n = len(parts)
+    # rest[i]: the segments of parts[i:] as a linked list (word, rest index), or None when they do not parse
+    rest: list[tuple[str, int] | None] = [None] * (n + 1)
+    ok = [False] * (n + 1)
+    ok[n] = True
+    for i in range(n - 1, -1, -1):
+        if parts[i].isdigit():
+            if ok[i + 1]:
+                rest[i], ok[i] = (parts[i], i + 1), True
+            continue
+        for j in range(min(n, i + _MAX_WORD_PARTS), i, -1):  # longest word first
+            if ok[j]:
+                word = "_".join(parts[i:j])
+                if word in VOCABULARY:
+                    rest[i], ok[i] = (word, j), True
+                    break
+    if not ok[0]:
+        return None
+    segments, i = [], 0
+    while i < n:
+        word, i = rest[i]
+        segments.append(word)
+    return tuple(segments)
 
 
 def normalize_text_encoder_path(path: str) -> str:

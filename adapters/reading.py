@@ -16,11 +16,12 @@ import torch
 
 from .adapter import Adapter
 from .embeddings import split_embeddings
-from .errors import AdapterError, InvalidAdapterError, NotAnAdapterError, UnsupportedAdapterError
-from .files import load_weights, read_safetensors_header, torch_dtype
-from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer
-from .metadata import parse_metadata
+from .errors import AdapterError, AdapterFileError, InvalidAdapterError, NotAnAdapterError, quoted, shown
+from .files import check_torch_dtypes, library_error, load_weights, read_safetensors_header, torch_dtype
+from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer, all_finite
+from .metadata import LORA_ADAPTER_METADATA_KEY, parse_metadata, peft_alpha_configs
 from .naming import KOHYA_PREFIXES, kohya_to_canonical, normalize_text_encoder_path
+from .patterns import first_matches
 
 # kohya / LyCORIS key suffix → layer field.
 KOHYA_SUFFIXES = {
@@ -103,22 +104,22 @@ def read_adapter(path: str | Path, allow_pickle: bool = False, tensors: bool = T
 
 
 def _structure(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     header = read_safetensors_header(path)
-    state = {}
-    for name, info in header.tensors.items():
-        dtype = torch_dtype(info.dtype)
-        if dtype is None:
-            raise UnsupportedAdapterError(
-                f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold", path
-            )
-        state[name] = torch.empty(info.shape, dtype=dtype, device="meta")
-    scalars = [name for name, info in header.tensors.items() if len(info.shape) <= 1 and name.endswith(".alpha")]
-    if scalars:
+    check_torch_dtypes(header, path)
+    # shapes only: meta tensors allocate nothing (the header's shapes are bounded, so torch can hold them)
+    state = {
+        name: torch.empty(info.shape, dtype=torch_dtype(info.dtype), device="meta")
+        for name, info in header.tensors.items()
+    }
+    scalars = [name for name, info in header.tensors.items() if name.endswith(".alpha") and math.prod(info.shape) == 1]
+    try:  # the library parses the header too (as a full read would), and reads the alphas' values
         with safe_open(str(path), framework="pt") as f:
             for name in scalars:
                 state[name] = f.get_tensor(name)
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError, OverflowError) as e:
+        raise AdapterFileError(f"cannot read the file: {library_error(e)}", path) from e
     return state, header.metadata
 
 
@@ -133,6 +134,12 @@ def parse_state_dict(
     if not tensors:
         raise NotAnAdapterError("holds no tensors")
     tensors, embeddings = split_embeddings(tensors)
+    for token, parts in embeddings.items():
+        for component, vectors in parts.items():
+            if check_values and not all_finite(vectors):
+                raise InvalidAdapterError(
+                    f"the embedding of {shown(token)} for {component} holds NaN or infinite values"
+                )
     if not tensors:
         raise NotAnAdapterError("holds only textual-inversion embeddings, no LoRA layers")
     kohya = any(k.startswith(tuple(p for p, _ in KOHYA_PREFIXES)) for k in tensors)
@@ -148,26 +155,29 @@ def parse_state_dict(
         styles.add(style)
         parts = grouped.setdefault(module, _Parts())
         if fld in parts.tensors:
-            raise InvalidAdapterError(f"{key!r} duplicates another key for module {module}")
+            raise InvalidAdapterError(f"{quoted(key, 120)} duplicates another key for module {shown(module, 120)}")
         parts.tensors[fld] = value
         parts.keys.append(key)
     if not grouped:
         raise NotAnAdapterError(_not_an_adapter_reason(tensors))
     metadata = parse_metadata(header)
-    peft_config = metadata.peft_config
-    alpha_source = "file"
     layers: dict[str, Layer] = {}
     for module, parts in sorted(grouped.items()):
         layer = _build_layer(module, parts)
-        if layer.alpha is None and not kohya:
-            layer.alpha, source = _peft_alpha(module, layer, peft_config)
-            if source != "file":
-                alpha_source = source
         try:
             layer.validate(values=check_values)
         except InvalidAdapterError as e:
-            raise InvalidAdapterError(f"{parts.keys[0]}: {e.problem}") from None
+            raise InvalidAdapterError(f"{shown(parts.keys[0], 120)}: {e.problem}") from None
         layers[module] = layer
+    alpha_source = "file"
+    needing = [] if kohya else [module for module, layer in layers.items() if layer.alpha is None]
+    if needing:
+        alphas = _peft_alphas(needing, layers, header.get(LORA_ADAPTER_METADATA_KEY))
+        for module in needing:
+            alpha = layers[module].alpha = alphas[module]
+            if alpha is not None and not math.isfinite(alpha):
+                raise InvalidAdapterError(f"{shown(grouped[module].keys[0], 120)}: alpha is {alpha}")
+        alpha_source = "assumed" if alphas[needing[-1]] is None else "metadata"
     return Adapter(
         layers=layers,
         metadata=metadata,
@@ -234,12 +244,15 @@ def _build_layer(module: str, parts: _Parts) -> Layer:
     t = dict(parts.tensors)
     alpha_t = t.pop("alpha", None)
     alpha = None
+    name = shown(module, 120)
     if alpha_t is not None:
-        if alpha_t.numel() != 1 or alpha_t.dtype == torch.bool:
-            raise InvalidAdapterError(f"{module}: alpha must be a single number, got shape {tuple(alpha_t.shape)}")
+        if alpha_t.numel() != 1:
+            raise InvalidAdapterError(f"{name}: alpha must be a single number, got shape {tuple(alpha_t.shape)}")
+        if alpha_t.dtype == torch.bool or alpha_t.is_complex():
+            raise InvalidAdapterError(f"{name}: alpha must be a real number, got a {alpha_t.dtype} value")
         alpha = float(alpha_t.reshape(()).item())
         if not math.isfinite(alpha):
-            raise InvalidAdapterError(f"{module}: alpha is {alpha}")
+            raise InvalidAdapterError(f"{name}: alpha is {alpha}")
     dora = t.pop("dora_scale", None)
     lokr = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("lokr.")}
     fields_ = set(t)
@@ -251,40 +264,42 @@ def _build_layer(module: str, parts: _Parts) -> Layer:
         return LoHaLayer(**t, alpha=alpha, dora_scale=dora)
     if fields_ in ({"diff"}, {"diff", "diff_b"}):
         return FullLayer(t["diff"], t.get("diff_b"), alpha=alpha, dora_scale=dora)
-    present = ", ".join(sorted(parts.keys))
+    present = shown(", ".join(sorted(parts.keys)), 200)
     if fields_ == {"down"} or fields_ == {"up"}:
         missing = "lora_up" if fields_ == {"down"} else "lora_down"
-        raise InvalidAdapterError(f"{module}: has {present} but no {missing}")
-    raise InvalidAdapterError(f"{module}: keys {present} do not form a known layer type")
+        raise InvalidAdapterError(f"{name}: has {present} but no {missing}")
+    raise InvalidAdapterError(f"{name}: keys {present} do not form a known layer type")
 
 
-def _peft_alpha(module: str, layer: Layer, peft_config: dict[str, dict]) -> tuple[float | None, str]:
-    """Alpha for a diffusers-format layer from ``lora_adapter_metadata``; ``None`` (alpha = rank) without it."""
-    component, _, path = module.partition(".")
-    config = peft_config.get(component) or peft_config.get("")
-    if not config:
-        return None, "assumed"
-    alpha = config.get("lora_alpha")
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if _peft_pattern_matches(pattern, path):
-            alpha = value
-            break
-    if alpha is None:
-        return None, "assumed"
-    alpha = float(alpha)
-    if config.get("use_rslora") and layer.rank:
-        alpha = alpha * math.sqrt(layer.rank)  # rsLoRA scales by alpha/sqrt(r); keep scale = alpha/r exact
-    return alpha, "metadata"
+def _peft_alphas(modules: list[str], layers: dict[str, Layer], raw: str | None) -> dict[str, float | None]:
+    """Alphas of diffusers-format layers from ``lora_adapter_metadata``; ``None`` (alpha = rank) without it, as
+    diffusers does.
 
-
-def _peft_pattern_matches(pattern: str, path: str) -> bool:
-    """peft's rule: a pattern matches a module whose name ends with it at a dot boundary (or as a regex)."""
-    if path == pattern or path.endswith("." + pattern):
-        return True
-    try:
-        return re.fullmatch(rf"(.*\.)?({pattern})", path) is not None
-    except re.error:
-        return False
+    Per component, the first ``alpha_pattern`` key that matches the module under peft's rule wins, else
+    ``lora_alpha`` (:func:`~lorastack.adapters.patterns.first_matches` evaluates the file's keys in linear time);
+    rsLoRA's alpha/sqrt(r) is kept as an exact alpha/r scale.
+    """
+    configs = peft_alpha_configs(raw) if raw else {}
+    by_component: dict[str, list[str]] = {}
+    for module in modules:
+        by_component.setdefault(module.partition(".")[0], []).append(module)
+    alphas: dict[str, float | None] = {}
+    for component, group in by_component.items():
+        config = configs.get(component) or configs.get("")
+        if config is None:
+            alphas.update(dict.fromkeys(group, None))
+            continue
+        keys = list(config.alpha_pattern)
+        prefix = f"{component}." if component in configs else ""
+        what = f"{LORA_ADAPTER_METADATA_KEY} {prefix}alpha_pattern key"
+        found = first_matches(keys, [m.partition(".")[2] for m in group], what) if keys else [None] * len(group)
+        for module, index in zip(group, found, strict=True):
+            alpha = config.alpha_pattern[keys[index]] if index is not None else config.lora_alpha
+            rank = layers[module].rank
+            if alpha is not None and config.use_rslora and rank:
+                alpha = alpha * math.sqrt(rank)  # rsLoRA scales by alpha/sqrt(r); keep scale = alpha/r exact
+            alphas[module] = alpha
+    return alphas
 
 
 def _not_an_adapter_reason(tensors: dict[str, torch.Tensor]) -> str:
@@ -295,5 +310,5 @@ def _not_an_adapter_reason(tensors: dict[str, torch.Tensor]) -> str:
         return "holds full model weights, not an adapter; use it as a base model"
     if any(k in _EMBEDDING_KEYS or k.startswith("string_to_param") for k in keys):
         return "is a textual-inversion embedding, not a LoRA adapter"
-    sample = ", ".join(repr(k) for k in keys[:3])
+    sample = ", ".join(quoted(k) for k in keys[:3])
     return f"holds no LoRA/LyCORIS keys lorastack knows (first keys: {sample})"

@@ -52,16 +52,18 @@ def write_adapter(
 ) -> Path:
     """Write ``adapter`` to ``path`` atomically in ``format`` (``"diffusers"`` or ``"kohya"``).
 
-    ``family`` picks family-specific key spellings (SDXL kohya files use SGM block names); by default the probed
-    family. ``dtype`` casts the weights (alphas stay float32).
+    ``family`` picks family-specific key spellings (SDXL kohya files use SGM block names) and is declared in the
+    header; by default the probed family, declared unless it is a guess from topology alone (the header then
+    declares only what the source's header did). ``dtype`` casts the weights (alphas stay float32).
     """
     if format not in FORMATS:
         raise ValueError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
+    declare = True if family else None
     family = family or adapter.family
     if format == "diffusers":
-        tensors, header = diffusers_state_dict(adapter, family, dtype)
+        tensors, header = diffusers_state_dict(adapter, family, dtype, declare=declare)
     else:
-        tensors, header = kohya_state_dict(adapter, family, dtype)
+        tensors, header = kohya_state_dict(adapter, family, dtype, declare=declare)
     tensors.update(embedding_tensors(adapter.embeddings, family))
     header["sshs_model_hash"] = tensor_data_sha256(tensors)
     return atomic_write_safetensors(tensors, path, header)
@@ -87,8 +89,17 @@ def _network_module(adapter: Adapter) -> str:
     return "networks.lora" if plain else "lycoris.kohya"
 
 
+def _declared(adapter: Adapter, family: str | None, declare: bool | None) -> str | None:
+    """The family a written header declares: ``family``, unless (``declare`` left ``None``) it is the probe's guess
+    from topology, which a file must not turn into a declaration (the runtime refuses a declared family that is not
+    the base's)."""
+    if declare is None:
+        declare = family != adapter.family or not adapter.probe.guessed
+    return family if declare else None
+
+
 def kohya_state_dict(
-    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None
+    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None, *, declare: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of the kohya file: ``lora_unet_*``/``lora_te*_*`` keys, a real ``.alpha`` per module."""
     sdxl = family == "sdxl"
@@ -104,7 +115,7 @@ def kohya_state_dict(
             tensors[f"{base}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
     header = build_header(
         adapter.metadata,
-        family=family,
+        family=_declared(adapter, family, declare),
         rank=adapter.rank,
         alpha=adapter.alpha if adapter.alpha is not None else adapter.rank,
         network_module=_network_module(adapter),
@@ -121,7 +132,7 @@ def kohya_state_dict(
 
 
 def diffusers_state_dict(
-    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None
+    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None, *, declare: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of the diffusers/peft file, with the ``lora_adapter_metadata`` diffusers reads.
 
@@ -153,7 +164,7 @@ def diffusers_state_dict(
             tensors[f"{name}.{suffix}"] = _cast(layer.dora_scale.reshape(-1), dtype)
     header = build_header(
         adapter.metadata,
-        family=family,
+        family=_declared(adapter, family, declare),
         rank=adapter.rank,
         alpha=adapter.alpha if adapter.alpha is not None else adapter.rank,
         network_module="networks.lora",

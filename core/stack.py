@@ -25,6 +25,7 @@ import torch
 
 from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer, read_adapter
 from lorastack.adapters.constants import FAMILY_NAMES, UNKNOWN
+from lorastack.adapters.errors import shown
 from lorastack.adapters.files import file_and_tensor_sha256
 
 from .embeddings import add_embeddings, remove_embeddings
@@ -158,8 +159,17 @@ class AdapterStack:
         if label is None:
             label = str(adapter.path or source) if not isinstance(source, Adapter) else str(adapter.path or name)
         base_name = FAMILY_NAMES[self.family]
+        probe = adapter.probe
+        # a family the file declares (and the widths do not contradict) is what it was made for, even when every
+        # layer happens to fit this base's shapes
+        if probe.declared is not None and probe.declared_family != self.family:
+            value = shown(adapter.metadata.raw.get(probe.declared, ""))
+            raise IncompatibleAdapterError(
+                f"adapter '{name}' ({label}) declares {FAMILY_NAMES[probe.declared_family]} ({probe.declared} is "
+                f"{value}) but the base is {base_name}"
+            )
         matched, unmatched = self._match(adapter)
-        # a probed family can be a topology guess (small models); an adapter whose every layer fits the base's
+        # an undeclared family can be a topology guess (small models); an adapter whose every layer fits the base's
         # modules, shapes included, is for this base whatever the guess said
         if adapter.family not in (UNKNOWN, self.family) and (unmatched or not matched):
             raise IncompatibleAdapterError(

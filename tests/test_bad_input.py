@@ -118,6 +118,40 @@ CASES = {
         "textual-inversion",
     ),
     "no tensors": (lambda p: save_file({}, str(p)) or p, NotAnAdapterError, "no tensors"),
+    "deeply nested header": (
+        lambda p: _write(p, struct.pack("<Q", 200_017) + b'{"__metadata__":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        AdapterFileError,
+        "nests",
+    ),
+    "dtype that is a list": (
+        lambda p: _rewrite_header(
+            _valid(p), lambda h: {**h, _first_tensor(h): {**h[_first_tensor(h)], "dtype": ["F32"]}}
+        ),
+        AdapterFileError,
+        "unknown dtype",
+    ),
+    "empty tensor of absurd shape": (
+        lambda p: _rewrite_header(
+            _valid(p), lambda h: {**h, "junk": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}
+        ),
+        AdapterFileError,
+        "absurd shape",
+    ),
+    "peft alpha of the wrong type": (
+        lambda p: (
+            save_file(
+                {
+                    "unet.mid_block.attentions.0.proj_in.lora_A.weight": torch.randn(2, 8),
+                    "unet.mid_block.attentions.0.proj_in.lora_B.weight": torch.randn(8, 2),
+                },
+                str(p),
+                metadata={"lora_adapter_metadata": '{"unet.lora_alpha": [8]}'},
+            )
+            or p
+        ),
+        InvalidAdapterError,
+        r"unet\.lora_alpha is \[8\]; it must be a finite number",
+    ),
 }
 
 

@@ -80,3 +80,27 @@ def test_header_declarations_count_but_must_agree_with_shapes(tiny_sd1_dir, tmp_
     conflict = probe_family(kohya, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
     assert conflict.family == "unknown" and conflict.candidates == ()
     assert "the evidence contradicts itself" in conflict.evidence
+
+
+def _cross_attention_lora(width):
+    name = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    return {name: LoRALayer(torch.zeros(1, width), torch.zeros(320, 1))}
+
+
+def test_a_declaration_against_the_widths_is_ignored():
+    sd15 = _cross_attention_lora(768)  # SD 1.x's cross-attention width, nobody else's
+    probe = probe_family(sd15, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
+    assert probe.family == "sd1" and probe.candidates == ("sd1",) and probe.declared is None
+    assert any("ignored" in e and "modelspec.architecture" in e for e in probe.evidence), probe.evidence
+    agreed = probe_family(sd15, {"ss_base_model_version": "sd_v1"})
+    assert agreed.family == "sd1" and agreed.declared == "ss_base_model_version"
+    assert probe_family(sd15).declared is None
+
+
+def test_declared_records_the_key_that_decided(tiny_sd1_dir, tmp_path):
+    layers = read_adapter(make_case(load_pipeline(tiny_sd1_dir), "peft", tmp_path / "a.safetensors")).layers
+    probe = probe_family(layers, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
+    assert probe.family == "sdxl" and probe.declared == "modelspec.architecture"
+    assert probe_family(layers).declared is None
+    long = probe_family(layers, {"ss_base_model_version": "sdxl" + "x" * 5000 + "\n"})
+    assert long.declared == "ss_base_model_version" and all(len(e) < 200 and e.isprintable() for e in long.evidence)
