@@ -6,7 +6,15 @@
 >>> version, path = registry.adapter_path("me/style:v1")   # re-hashed before use
 """
 
-from .errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError, ReadOnlyError, RegistryError
+from .errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidNameError,
+    InvalidValueError,
+    NotFoundError,
+    ReadOnlyError,
+    RegistryError,
+)
 from .names import LATEST, Ref, parse_name_tag, parse_ref, validate_name, validate_tag
 from .store import GcReport, ImportResult, Registry, VerifyReport, Version, default_root
 
@@ -17,6 +25,7 @@ __all__ = [
     "ImportResult",
     "IntegrityError",
     "InvalidNameError",
+    "InvalidValueError",
     "NotFoundError",
     "ReadOnlyError",
     "Ref",

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import time
@@ -132,10 +133,15 @@ class BlobStore:
         damaged copy is replaced by the good bytes instead of being referenced again.
         """
         final = self.path(staged.sha256)
-        if final.is_file() and final.stat().st_size == staged.size and hash_file(final) == staged.sha256:
+        try:
+            self.check(staged.sha256, staged.size)
             staged.path.unlink()  # the same bytes are already stored: share the blob
             return StoredBlob(staged.sha256, staged.tensor_sha256, staged.size, final, new=False)
-        repaired = final.exists()
+        except IntegrityError:
+            pass
+        repaired = os.path.lexists(final)
+        if (repaired and not final.is_file()) or final.is_symlink():
+            self.remove(final)  # a folder or a link in the blob's place: the bytes replace it
         final.parent.mkdir(parents=True, exist_ok=True)
         crash_point("registry.blob.before-rename")
         os.replace(staged.path, final)
@@ -149,19 +155,44 @@ class BlobStore:
             return self.commit(self.stage(source, folder, safetensors=safetensors))
 
     def check(self, sha256: str, size: int | None = None) -> Path:
-        """The blob's path after re-hashing it; :class:`IntegrityError` if it is missing or corrupt."""
+        """The blob's path after re-hashing it; :class:`IntegrityError` if it is missing or corrupt.
+
+        A blob must be a regular file: a folder or a symbolic link in its place (which could point anywhere) is
+        corrupt, not followed.
+        """
         path = self.path(sha256)
-        if not path.exists():
-            raise IntegrityError(f"blob {sha256[:12]} is missing from the registry ({path}); run lorastack verify")
-        if size is not None and path.stat().st_size != size:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"blob {sha256[:12]} is missing from the registry ({path}); run lorastack verify"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"blob {sha256[:12]} is not a regular file ({path}); the registry copy is corrupt")
+        if size is not None and st.st_size != size:
             raise IntegrityError(f"blob {sha256[:12]} has the wrong size; the registry copy is corrupt")
         if hash_file(path) != sha256:
             raise IntegrityError(f"blob {sha256[:12]} does not match its sha256; the registry copy is corrupt")
         return path
 
     def all_blobs(self) -> Iterator[Path]:
+        """Every entry under ``blobs/``: regular files, and whatever else is there in a blob's place."""
         if self.blobs.exists():
-            yield from (p for p in self.blobs.glob("*/*") if p.is_file())
+            yield from (p for p in self.blobs.glob("*/*") if len(p.name) == 64)
+
+    @staticmethod
+    def remove(path: Path) -> int:
+        """Delete a blob or temp entry of any kind (a file, a link, a folder); the bytes it held."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return 0
+        if stat.S_ISDIR(st.st_mode):
+            size = sum(p.lstat().st_size for p in path.rglob("*"))
+            shutil.rmtree(path, ignore_errors=True)
+            return size
+        path.unlink(missing_ok=True)
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     def temp_files(self) -> Iterator[Path]:
         """Files and scratch folders under ``tmp/``: what interrupted imports left."""
@@ -213,4 +244,5 @@ def hash_file(path: Path) -> str:
 
 
 def age_seconds(path: Path) -> float:
-    return time.time() - path.stat().st_mtime
+    """Seconds since ``path`` itself (not what a link points at) last changed."""
+    return time.time() - path.lstat().st_mtime

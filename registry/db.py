@@ -105,16 +105,56 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         raise
 
 
+def current(path: Path) -> bool:
+    """Whether the index exists, is in WAL mode and has every migration: then it opens without the registry lock."""
+    try:
+        conn = sqlite3.connect(f"{_uri(path)}?mode=ro", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error:
+        return False
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        return version == len(MIGRATIONS) and str(mode).lower() == "wal"
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def _uri(path: Path) -> str:
+    return "file:" + quote(str(Path(path).absolute()))
+
+
 def _open_readonly(path: Path) -> sqlite3.Connection:
-    uri = "file:" + quote(str(Path(path).absolute()))
+    uri = _uri(path)
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return conn
     except sqlite3.OperationalError:
         conn.close()
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        # committed versions may live in the WAL, which an immutable open would ignore: read a private copy,
+        # where SQLite can make the -shm file it needs and replay the log
+        return _snapshot(path, wal)
     conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
     conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    return conn
+
+
+def _snapshot(path: Path, wal: Path) -> sqlite3.Connection:
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lorastack-index-"))
+    shutil.copyfile(path, folder / "index.sqlite")
+    shutil.copyfile(wal, folder / "index.sqlite-wal")
+    conn = sqlite3.connect(str(folder / "index.sqlite"), isolation_level=None)
+    conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    import atexit
+
+    atexit.register(shutil.rmtree, folder, True)
     return conn
 
 

@@ -11,6 +11,10 @@ class InvalidNameError(RegistryError, ValueError):
     """A name, tag or reference that breaks a naming rule (the message says which)."""
 
 
+class InvalidValueError(RegistryError, ValueError):
+    """A detail of a version (trigger words, base model, description) that lorastack cannot keep."""
+
+
 class NotFoundError(RegistryError, KeyError):
     """A reference to an adapter, version or tag that does not exist; the message suggests close matches."""
 

@@ -13,6 +13,7 @@ mode. A pushed repo holds
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -25,18 +26,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from lorastack.adapters.errors import AdapterError
 from lorastack.faults import crash_point
 
 from .cards import DIFFUSERS_FILE, model_card
-from .errors import ConflictError, IntegrityError, InvalidNameError, RegistryError
-from .names import LATEST, MAX_VERSION, parse_ref, validate_tag
+from .errors import ConflictError, IntegrityError, InvalidNameError, InvalidValueError, RegistryError
+from .names import LATEST, MAX_VERSION, validate_name, validate_tag
 from .records import ImportResult, Version
 from .store import Registry
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "lorastack.json"
-VERSION_TAG = re.compile(r"^v([0-9]{1,9})$")
+VERSION_TAG = re.compile(r"^v([1-9][0-9]{0,8})$")  # v1 … v999999999; "v01" is an ordinary tag
 #: Seconds the Hub may stay silent (connecting, or between two chunks of an answer) before a call gives up.
 #: huggingface_hub's own client waits forever: a Hub that accepts the connection and never answers would hang.
 TIMEOUT_ENV = "LORASTACK_HUB_TIMEOUT"
@@ -165,18 +167,27 @@ def _configure_client() -> None:
 
 
 def _network_failure(e: BaseException) -> str | None:
-    """``"timeout"`` or ``"network"`` when ``e`` is a transport failure (of httpx, httpcore, requests or the OS)."""
+    """``"timeout"`` or ``"network"`` when ``e`` is a transport failure (of httpx, httpcore, requests or the OS);
+    ``"local"`` for a file-system error (the Hugging Face cache); ``None`` for anything else."""
     names = {cls.__name__ for cls in type(e).__mro__}
     modules = {(cls.__module__ or "").split(".")[0] for cls in type(e).__mro__}
     if isinstance(e, TimeoutError) or ({"TimeoutException", "Timeout"} & names and modules & _HTTP_MODULES):
         return "timeout"
     if modules & _HTTP_MODULES and names & {"TransportError", "RequestError", "ConnectionError"}:
         return "network"
-    if isinstance(e, ConnectionError | OSError):
+    if isinstance(e, ConnectionError) or (isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS):
         return "network"
+    if isinstance(e, OSError):
+        return "local"
     return None
 
 
+_NETWORK_ERRNOS = {
+    getattr(errno, name)
+    for name in ("ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH",
+                 "EHOSTDOWN", "ETIMEDOUT", "EPIPE", "ENOTCONN")
+    if hasattr(errno, name)
+}  # fmt: skip
 _HTTP_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
 
 
@@ -246,6 +257,14 @@ def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str, token: 
         )
     if failure == "network":
         return HubError(f"cannot reach the Hub at {endpoint} ({type(e).__name__}); check the network, then try again")
+    if failure == "local":
+        from huggingface_hub import constants
+
+        where = getattr(e, "filename", None) or constants.HF_HUB_CACHE
+        return HubError(
+            f"the Hugging Face cache cannot be used: {where}: {getattr(e, 'strerror', None) or e}; check HF_HOME / "
+            "HF_HUB_CACHE"
+        )
     return e
 
 
@@ -427,6 +446,8 @@ def _files_for(version: Version, blob: Path, tmp: Path, repo_id: str, kohya: boo
     from lorastack.adapters import UnsupportedAdapterError, read_adapter, write_adapter
 
     basename = version.name.split("/")[-1]
+    if f"{basename}.safetensors".lower() in (DIFFUSERS_FILE, MANIFEST.lower()):
+        basename += "-kohya"  # the kohya file must not take the diffusers file's name
     files: dict[str, Any] = {}
     if version.format == "diffusers":
         original = DIFFUSERS_FILE
@@ -479,19 +500,27 @@ def pull(
     repo_id, _, revision = spec.partition("@")
     check_repo_id(repo_id)
     local = name or repo_id
-    parse_ref(local)  # the local name must be valid before anything is downloaded
+    try:  # the local name must be valid before anything is downloaded
+        validate_name(local)
+    except InvalidNameError as e:
+        hint = "" if name else f"; choose a local name with --name (the repo id {repo_id} is not one)"
+        raise InvalidNameError(f"{e}{hint}") from None
     endpoint = _endpoint(endpoint)
     api = _api(endpoint, token)
     result = PullResult(repo_id)
     if all_versions:
+        if _offline():
+            raise HubError(
+                f"pull --all-versions lists {repo_id}'s tags on the Hub, which is offline (HF_HUB_OFFLINE); pull "
+                "one cached revision instead (OWNER/NAME@vN)"
+            )
         try:
             refs = api.list_repo_refs(repo_id)
         except Exception as e:
             raise _translate(e, repo_id, endpoint, "tags", token) from None
         numbered = sorted(
-            (int(m.group(1)), t) for t in refs.tags if (m := VERSION_TAG.match(t.name)) and int(m.group(1)) > 0
+            ((int(m.group(1)), t) for t in refs.tags if (m := VERSION_TAG.match(t.name))), key=lambda pair: pair[0]
         )
-        numbered = [(n, t) for n, t in numbered if n <= MAX_VERSION]
         if not numbered:
             raise HubError(f"{repo_id} has no version tags (v1, v2, …); pull a revision instead")
         others = {}  # commit → other Hub tags on it, which become local tags of the same version
@@ -566,16 +595,26 @@ def _pull_one(
         "base_model": manifest.get("base_model") if manifest_matches else card.get("base_model"),
         "description": manifest.get("description") if manifest_matches else None,
     }
-    tags = [t for t in (manifest.get("tags", []) if manifest_matches else []) if not VERSION_TAG.match(t)]
+    # `latest` is the local registry's own (a manifest naming it would pin an old version); vN are numbers
+    tags = [
+        t
+        for t in (manifest.get("tags", []) if manifest_matches else [])
+        if not VERSION_TAG.match(t) and t.lower() != LATEST
+    ]
     tags += [t for t in extra_tags if t not in tags]
     if number is None:
         number = _revision_number(api, repo_id, revision, commit, manifest if manifest_matches else {}, offline)
     provenance = {"hub": {"repo": repo_id, "commit": commit, "revision": revision, "file": chosen}}
     sync = {"hub": {**provenance["hub"], "synced_at": time.time()}}
     crash_point("hub.pull.downloaded")
-    imported = registry.import_file(
-        path, local, tags=tags, number=number, provenance=provenance, sync=sync, **details
-    )  # fmt: skip
+    try:
+        imported = registry.import_file(
+            path, local, tags=tags, number=number, provenance=provenance, sync=sync, **details
+        )  # fmt: skip
+    except AdapterError as e:  # name the file in the repo, not its place in the Hugging Face cache
+        raise type(e)(e.problem, f"{where}:{chosen}") from None
+    except InvalidValueError as e:
+        raise HubError(f"{where}: {chosen}: {e}") from None
     return imported, commit
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
+import stat
+from pathlib import Path
 
 from lorastack.faults import crash_point
 
 from .blobs import age_seconds
-from .errors import IntegrityError
+from .errors import CorruptIndexError, IntegrityError
 from .records import GcReport, VerifyReport
 
 DEFAULT_GRACE_SECONDS = 3600
@@ -22,11 +23,17 @@ def verify(registry, ref: str | None = None) -> VerifyReport:
     report = VerifyReport()
     db = registry._db()
     if db is None:
+        stray = sorted(p.name for p in registry.blobs.all_blobs())
+        if stray:  # blobs and no index: the index was lost, and every name, version and tag with it
+            report.extra = stray
+            report.index = [f"{registry.index_path} is missing, but blobs/ holds {len(stray)} file(s)"]
         return report
     if ref is None:
         problems = [r[0] for r in db.execute(f"PRAGMA integrity_check({INDEX_PROBLEMS})")]
         if problems != ["ok"]:
             report.index = [str(p) for p in problems]
+        else:
+            report.index = _damaged_records(registry, db)
     if ref is not None:
         records = [(f.sha256, f.size) for f in registry.resolve(ref).files]
     else:
@@ -48,6 +55,19 @@ def verify(registry, ref: str | None = None) -> VerifyReport:
     return report
 
 
+def _damaged_records(registry, db) -> list[str]:
+    """Version records whose fields are not what lorastack wrote (SQLite's check cannot know)."""
+    damaged = []
+    for (version_id,) in db.execute("SELECT id FROM versions ORDER BY id").fetchall():
+        try:
+            registry._version(db, version_id)
+        except CorruptIndexError as e:
+            damaged.append(str(e))
+            if len(damaged) >= INDEX_PROBLEMS:
+                break
+    return damaged
+
+
 def gc(registry, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) -> GcReport:
     """Delete blobs no version references and stale temp files, both older than ``grace`` seconds.
 
@@ -63,20 +83,22 @@ def gc(registry, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) ->
         for blob in registry.blobs.all_blobs():
             if blob.name not in referenced and age_seconds(blob) >= grace:
                 report.blobs.append(blob.name)
-                report.freed += blob.stat().st_size
+                report.freed += _size(blob)
                 if not dry_run:
-                    blob.unlink()
+                    registry.blobs.remove(blob)
                     crash_point("registry.gc.unlinked")
         for temp in registry.blobs.temp_files():
             if age_seconds(temp) >= grace:
                 report.temp.append(temp.name)
                 report.freed += _size(temp)
                 if not dry_run:
-                    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+                    registry.blobs.remove(temp)
     return report
 
 
-def _size(path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
+def _size(path: Path) -> int:
+    """Bytes a file or folder holds; a symbolic link counts nothing (what it points at is not ours)."""
+    st = path.lstat()
+    if stat.S_ISDIR(st.st_mode):
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0

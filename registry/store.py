@@ -27,13 +27,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lorastack.adapters.errors import AdapterError
 from lorastack.adapters.files import PICKLE_SUFFIXES, atomic_write_bytes, check_output_file, check_path
 from lorastack.faults import crash_point
 from lorastack.paths import data_home
 
 from . import maintenance
 from .blobs import BlobStore
-from .db import connect, index_error, transaction
+from .db import connect, current, index_error, transaction
 from .errors import (
     ConflictError,
     CorruptIndexError,
@@ -46,7 +47,16 @@ from .errors import (
 from .listing import list_rows
 from .maintenance import DEFAULT_GRACE_SECONDS
 from .names import LATEST, MAX_VERSION, Ref, parse_ref, validate_name, validate_tag, validate_version
-from .records import FileRecord, GcReport, ImportResult, VerifyReport, Version
+from .records import (
+    FileRecord,
+    GcReport,
+    ImportResult,
+    VerifyReport,
+    Version,
+    clean_text,
+    validate_details,
+    version_from_row,
+)
 
 ADAPTER_FILE = "adapter.safetensors"
 RESERVE_FILE = "reserve"
@@ -107,11 +117,14 @@ class Registry:
             self.root.mkdir(parents=True, exist_ok=True)
         if not write and not self._writable():
             self._conn, self._readonly = connect(self.index_path, readonly=True), True
+            return self._conn
+        if current(self.index_path):  # the usual case: no lock, so nothing waits for imports in flight
+            self._conn, self._readonly = connect(self.index_path), False
         else:
             with self.blobs.lock(exclusive=True):  # one process at a time creates or migrates the index
                 self._conn, self._readonly = connect(self.index_path), False
-            if write:
-                self._ensure_reserve()
+        if write:
+            self._ensure_reserve()
         return self._conn
 
     def close(self) -> None:
@@ -209,30 +222,41 @@ class Registry:
         wanted = [validate_tag(t) for t in ([tag] if tag is not None else []) + list(tags)]
         if number is not None:
             validate_version(number)
+        validate_details(trigger_words, base_model, description)
         self._check_writable()
         source = check_path(path)
         pickle = source.suffix.lower() in PICKLE_SUFFIXES
+        # refuse what is not an adapter before copying a byte (a 50 GB file that is not one, a pickle without
+        # --allow-pickle); the copy is parsed again below, and that parse is the one recorded
+        if not pickle:
+            read_adapter(source, tensors=False)
+        elif not allow_pickle:
+            read_adapter(source)  # raises the pickle refusal
         provenance = {"file": str(source.resolve()), **(provenance or {})}
         db = self._db(write=True)  # open (and maybe create) the index before taking the blob lock
         with self.blobs.lock(exclusive=False), self.blobs.scratch() as scratch:
-            if pickle:  # store pickles as safetensors, never as pickles; read the private copy only
-                copy = self.blobs.stage(source, scratch, "source" + source.suffix.lower(), safetensors=False)
-                adapter = read_adapter(copy.path, allow_pickle=allow_pickle)
-                write_adapter(adapter, scratch / "converted.safetensors", format=adapter.source_format)
-                staged = self.blobs.stage(scratch / "converted.safetensors", scratch)
-                provenance.update(converted_from_pickle=True, source_sha256=copy.sha256)
-            else:
-                staged = self.blobs.stage(source, scratch)
-                # the structure is enough to refuse what is not an adapter and to describe it; the numbers are
-                # checked when a version is loaded
-                adapter = read_adapter(staged.path, tensors=False)
+            try:
+                if pickle:  # store pickles as safetensors, never as pickles; read the private copy only
+                    copy = self.blobs.stage(source, scratch, "source" + source.suffix.lower(), safetensors=False)
+                    adapter = read_adapter(copy.path, allow_pickle=allow_pickle)
+                    write_adapter(adapter, scratch / "converted.safetensors", format=adapter.source_format)
+                    staged = self.blobs.stage(scratch / "converted.safetensors", scratch)
+                    provenance.update(converted_from_pickle=True, source_sha256=copy.sha256)
+                else:
+                    staged = self.blobs.stage(source, scratch)
+                    # the structure is enough to refuse what is not an adapter and to describe it; the numbers
+                    # are checked when a version is loaded
+                    adapter = read_adapter(staged.path, tensors=False)
+            except AdapterError as e:  # name the user's file, not the private copy
+                raise type(e)(e.problem, source) from None
             crash_point("registry.import.staged")
             meta = adapter.metadata
             details = {
-                "trigger_words": list(trigger_words) if trigger_words is not None else list(meta.trigger_words),
-                "base_model": base_model if base_model is not None else meta.base_model,
-                "description": description if description is not None else meta.description,
+                "trigger_words": list(trigger_words) if trigger_words is not None else clean_text(meta.trigger_words),
+                "base_model": base_model if base_model is not None else clean_text(meta.base_model),
+                "description": description if description is not None else clean_text(meta.description),
             }
+            validate_details(**details, source=source)
             blob = self.blobs.commit(staged)
             crash_point("registry.import.stored")
             with transaction(db):
@@ -344,29 +368,12 @@ class Registry:
         ]
         tags = [t[0] for t in db.execute("SELECT tag FROM tags WHERE version_id = ? ORDER BY tag", (version_id,))]
         try:
-            decoded = {key: json.loads(row[key]) for key in ("trigger_words", "provenance", "metadata")}
-        except (TypeError, ValueError):
+            return version_from_row(row, files, tags)
+        except ValueError as e:
             raise CorruptIndexError(
-                f"{self.index_path}: the record of {row['adapter_name']}@{row['number']} is damaged (not JSON); "
-                "restore index.sqlite from a backup, or remove that version"
+                f"{self.index_path}: the record of {row['adapter_name']}@{row['number']} is damaged ({e}); restore "
+                "index.sqlite from a backup, or remove that version"
             ) from None
-        return Version(
-            name=row["adapter_name"],
-            number=row["number"],
-            created_at=row["created_at"],
-            format=row["format"],
-            family=row["family"],
-            kind=row["kind"],
-            rank=row["rank"],
-            alpha=row["alpha"],
-            trigger_words=decoded["trigger_words"],
-            base_model=row["base_model"],
-            description=row["description"],
-            provenance=decoded["provenance"],
-            metadata=decoded["metadata"],
-            files=files,
-            tags=tags,
-        )
 
     @_guarded
     def resolve(self, ref: str | Ref) -> Version:
@@ -559,12 +566,9 @@ class Registry:
             if db.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None:
                 continue
             blob = self.blobs.path(sha256)
-            try:
-                size = blob.stat().st_size
-                blob.unlink()
-            except FileNotFoundError:
+            if not os.path.lexists(blob):
                 continue
-            freed += size
+            freed += self.blobs.remove(blob)
             crash_point("registry.rm.unlinked")
         return freed
 
@@ -593,6 +597,8 @@ class Registry:
         from lorastack.adapters import read_adapter, write_adapter
 
         output = check_output_file(output, overwrite=overwrite)
+        if Path(os.path.realpath(output)).is_relative_to(Path(os.path.realpath(self.root))):
+            raise ConflictError(f"{output}: is inside the registry folder {self.root}; export somewhere else")
         version, path = self.adapter_path(ref)
         if format is None or format == version.format:
             atomic_write_bytes(output, path.read_bytes())

@@ -97,9 +97,10 @@ def test_a_source_rewritten_during_import_is_stored_as_parsed(registry, files, m
     monkeypatch.setattr(adapters, "read_adapter", read_then_rewrite)
     version = registry.import_file(source, "moving").version
     monkeypatch.undo()
-    stored = adapters.read_adapter(registry.adapter_path("moving")[1], tensors=False)
-    assert (version.rank, version.trigger_words) == (stored.rank, stored.metadata.trigger_words) == (2, ["tok0"])
-    assert version.files[0].sha256 == adapters.file_sha256(files[0])
+    blob = registry.adapter_path("moving")[1]
+    stored = adapters.read_adapter(blob, tensors=False)
+    assert (version.rank, version.trigger_words) == (stored.rank, stored.metadata.trigger_words)
+    assert version.files[0].sha256 == adapters.file_sha256(blob)
 
 
 def test_outputs_replace_only_regular_files(registry, files, tmp_path):
@@ -397,3 +398,26 @@ def test_a_damaged_version_record_is_a_corrupt_index_error(registry, files):
     conn.close()
     with pytest.raises(CorruptIndexError, match="style@1 is damaged"):
         Registry(registry.root).resolve("style")
+
+
+def test_registry_adapters_record_their_tensor_hash(registry, tiny_sd1_dir, tiny_sd1_pipe, tmp_path):
+    """Blobs have no .safetensors suffix; recipes and A1111's Lora hashes must still get the tensor-data hash."""
+    from safetensors.torch import save_file
+
+    from lorastack.core import AdapterStack
+    from lorastack.core.recipe import a1111_parameters
+    from lorastack.core.sources import resolve_adapter
+    from lorastack.testing.adapters import make_kohya_lora
+
+    source = tmp_path / "tiny.safetensors"
+    save_file(make_kohya_lora(tiny_sd1_pipe, seed=3), str(source))
+    version = registry.import_file(source, "style").version
+    path, label = resolve_adapter("style", registry)
+    stack = AdapterStack(tiny_sd1_pipe)
+    stack.load("style", path, label=label)
+    recorded = version.files[0].tensor_sha256
+    assert stack.get("style").tensor_sha256 == recorded != version.files[0].sha256
+    recipe = {"prompt": "p", "steps": 1, "scheduler": "s", "guidance": 1.0, "seed": 0, "width": 8, "height": 8,
+              "base": {"digest": "sha256:" + "0" * 64, "source": "b"},
+              "adapters": [{"name": "style", "tensor_sha256": stack.get("style").tensor_sha256}]}  # fmt: skip
+    assert f'Lora hashes: "style: {recorded[:12]}"' in a1111_parameters(recipe)
