@@ -34,6 +34,8 @@ MAX_DIMS = 8
 #: A tensor with data is bounded by the file; this bounds empty ones such as [0, 2**62, 2**62].
 MAX_EXTENT = 2**48
 HASH_CHUNK = 1 << 20
+#: Files up to this size are read into memory before they are parsed; larger ones are memory-mapped.
+IN_MEMORY_BYTES = 2 << 30
 
 #: safetensors dtype codes → (bytes per element, name of the torch dtype).
 DTYPES: dict[str, tuple[int, str]] = {
@@ -84,12 +86,22 @@ class SafetensorsHeader:
 
 
 def check_path(path: str | Path) -> Path:
-    """The path as a :class:`Path`, or a typed error if it is missing, a directory or unreadable."""
+    """The path as a :class:`Path`, or a typed error if it is missing, not a regular file, or unreadable.
+
+    A FIFO would block the reader for ever and a device (``/dev/zero``) never ends, so only regular files (also
+    behind symbolic links) are read.
+    """
     path = Path(path)
-    if not path.exists():
-        raise AdapterFileError("no such file", path)
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AdapterFileError("no such file", path) from None
+    except OSError as e:
+        raise AdapterFileError(f"cannot be read ({e.strerror or e})", path) from None
+    if stat.S_ISDIR(st.st_mode):
         raise AdapterFileError("is a directory, not an adapter file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise AdapterFileError(f"is {_kind(st.st_mode)}, not a file; adapters are read from regular files", path)
     if not os.access(path, os.R_OK):
         raise AdapterFileError("permission denied", path)
     return path
@@ -230,15 +242,41 @@ def _check_layout(tensors: dict[str, TensorInfo], data_size: int, path) -> None:
 def load_safetensors(path: str | Path) -> tuple[dict, dict[str, str]]:
     """Validate, then load all tensors (on CPU) and the header metadata."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
-    header = read_safetensors_header(path)
-    check_torch_dtypes(header, path)
+    path = check_path(path)
+    size = path.stat().st_size
+    if size > IN_MEMORY_BYTES:  # mapped: a file truncated while it is read would kill the process (SIGBUS)
+        header = read_safetensors_header(path)
+        check_torch_dtypes(header, path)
+        loading = lambda: load_file(str(path), device="cpu")  # noqa: E731
+    else:  # read once, then parsed: the header checked is the one loaded, and a shrinking file is an error
+        with open(path, "rb") as f:
+            data = f.read(size + 1)
+        if len(data) != size:
+            raise AdapterFileError(f"changed size while it was read ({size} → {len(data)} bytes); read it again", path)
+        header = _header_of(data, path)
+        check_torch_dtypes(header, path)
+        loading = lambda: load(data)  # noqa: E731
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = loading()
     except (SafetensorError, OSError, RuntimeError, ValueError, TypeError, OverflowError) as e:
         raise AdapterFileError(f"cannot load tensors: {library_error(e)}", path) from e
     return tensors, header.metadata
+
+
+def _header_of(data: bytes, path) -> SafetensorsHeader:
+    """The validated header of a safetensors file held in memory."""
+    if not data:
+        raise AdapterFileError("file is empty", path)
+    if len(data) < 8:
+        raise AdapterFileError(f"file is truncated ({len(data)} bytes; a safetensors file needs at least 8)", path)
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > MAX_HEADER_BYTES:
+        raise AdapterFileError(f"header length {size} is over the format's 100 MB limit; not safetensors", path)
+    if 8 + size > len(data):
+        raise AdapterFileError(f"header length {size} runs past the end of the file ({len(data)} bytes)", path)
+    return parse_safetensors_header(data[8 : 8 + size], len(data), path)
 
 
 def check_torch_dtypes(header: SafetensorsHeader, path) -> None:
@@ -315,26 +353,31 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _data_offset(path: Path) -> int:
+    """Where a file's tensor data starts: after the header of a safetensors file (told by its content, so that
+    registry blobs, which have no suffix, count), 0 for pickles and other files."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return 0
+    try:
+        return read_safetensors_header(path).data_offset
+    except AdapterFileError:
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            raise
+        return 0
+
+
 def tensor_sha256(path: str | Path) -> str:
     """sha256 of the tensor data only, after the header (kohya ``sshs_model_hash``, civitai AutoV3).
 
-    It survives edits of the header metadata. For non-safetensors files it equals :func:`file_sha256`.
+    It survives edits of the header metadata. For files that are not safetensors it equals :func:`file_sha256`.
     """
-    path = check_path(path)
-    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
-        return file_sha256(path)
-    header = read_safetensors_header(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in _iter_chunks(f, header.data_offset):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_and_tensor_sha256(path)[1]
 
 
 def file_and_tensor_sha256(path: str | Path) -> tuple[str, str]:
     """Both hashes in a single read of the file."""
     path = check_path(path)
-    offset = read_safetensors_header(path).data_offset if path.suffix.lower() in SAFETENSORS_SUFFIXES else 0
+    offset = _data_offset(path)
     whole, data = hashlib.sha256(), hashlib.sha256()
     seen = 0
     with open(path, "rb") as f:

@@ -97,8 +97,20 @@ def convert_cmd(file: Path, to: str, output: Path, family: str | None, force: bo
     """Convert an adapter FILE to the diffusers/peft or kohya (A1111/ComfyUI) format."""
     from lorastack.adapters import convert_file
 
+    _outside_the_registry(output)
     written = convert_file(file, output, to, allow_pickle=allow_pickle, family=family, overwrite=force)
-    click.echo(f"wrote {written} ({to} format)")
+    click.echo(f"wrote {printable(written)} ({to} format)")
+
+
+def _outside_the_registry(output: Path) -> None:
+    """A conversion written over a registry blob or its index would destroy what the registry keeps."""
+    import os
+
+    from lorastack.registry.store import default_root
+
+    root = Path(os.path.realpath(default_root()))
+    if Path(os.path.realpath(output)).is_relative_to(root):
+        raise click.BadParameter(f"{printable(output)} is inside the registry folder {root}", param_hint="-o/--output")
 
 
 def register(group: click.Group) -> None:

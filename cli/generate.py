@@ -91,6 +91,7 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     from lorastack.core.base import load_base
     from lorastack.core.config import default_base
     from lorastack.core.generate import GenerateOptions, Generator, check_image_file, check_options
+    from lorastack.core.prompts import extract_tags
     from lorastack.core.recipe import next_free, save_png
     from lorastack.core.sources import parse_lora_option, resolve_adapter, unique_names
     from lorastack.paths import data_home
@@ -116,6 +117,8 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     check_options(options)
     check_output_dir(out_dir)  # missing folders are made (mkdir -p) once the images are ready
     sources = {r.name: resolve_adapter(r.source) for r in requests}
+    # adapters named only in <lora:…> tags are found now too, not after the base has loaded
+    tagged = {name: resolve_adapter(name) for name in extract_tags(prompt)[1] if name not in sources}
     pipe = load_base(
         base, device=device, dtype=dtype, config=config_dir, prediction_type=prediction_type,
         allow_pickle=allow_pickle, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
@@ -125,6 +128,10 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     for request in requests:
         path, label = sources[request.name]
         report = generator.stack.load(request.name, path, allow_pickle=allow_pickle, label=label)
+        if not report.complete:
+            click.echo(f"warning: {report.summary()}", err=True)
+    for name, (path, label) in tagged.items():
+        report = generator.stack.load(name, path, allow_pickle=allow_pickle, label=label)
         if not report.complete:
             click.echo(f"warning: {report.summary()}", err=True)
     results = [generator.compare(options)] if compare else generator.generate(options)

@@ -16,6 +16,8 @@ from lorastack.adapters.errors import AdapterError
 from lorastack.core.errors import LorastackError
 from lorastack.registry.errors import RegistryError
 
+from .text import printable
+
 #: Exceptions whose message is meant for the user: shown without a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (AdapterError, LorastackError, RegistryError)
 
@@ -67,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:
         if os.environ.get("LORASTACK_RAISE_ERRORS"):
             raise
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {printable(e)}", err=True)  # messages quote file names and values from outside
         sys.exit(1)
     except ValueError as e:
         # Public functions raise ValueError for bad arguments (diffusers/peft style); show it, not a traceback.
         if os.environ.get("LORASTACK_RAISE_ERRORS"):
             raise
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {printable(e)}", err=True)
         sys.exit(2)
 
 

@@ -22,6 +22,12 @@ def _echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _finite(value: float, flag: str) -> float:
+    if value != value:  # FloatRange lets NaN through (every comparison with it is false)
+        raise click.BadParameter(f"{value} is not a number of seconds", param_hint=flag)
+    return value
+
+
 def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
@@ -151,7 +157,7 @@ def rm_cmd(ref, all_versions, force):
 def export_cmd(ref, output, fmt, force):
     """Write a version's adapter file to OUTPUT, converted to --format if given."""
     path = _registry().export(ref, output, format=fmt, overwrite=force)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {printable(path)}")
 
 
 @click.command("verify")
@@ -168,7 +174,7 @@ def verify_cmd(ref, as_json):
             click.echo(f"index   {printable(problem)}")
         for kind in ("missing", "corrupt", "extra", "temp"):
             for item in getattr(report, kind):
-                click.echo(f"{kind:<8}{item}")
+                click.echo(f"{kind:<8}{printable(item)}")
         if report.clean:
             leftovers = " (extra/temp files are leftovers of interrupted work: lorastack gc sweeps them)"
             click.echo("clean" + (leftovers if report.reclaimable else ""))
@@ -180,7 +186,14 @@ def verify_cmd(ref, as_json):
 
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
-@click.option("--grace", type=click.FloatRange(min=0), default=3600, show_default=True, help="Seconds to spare.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0, max=10 * 365 * 86400),
+    default=3600,
+    show_default=True,
+    callback=lambda ctx, param, value: _finite(value, "--grace"),
+    help="Seconds to spare.",
+)
 def gc_cmd(dry_run, grace):
     """Delete stored files no version uses and leftover temporary files (older than --grace)."""
     report = _registry().gc(dry_run=dry_run, grace=grace)

@@ -92,6 +92,10 @@ def train_cmd(ctx, trainer, base, data, name, output, recipe, resume, source, to
     from lorastack.core.training.api import train
     from lorastack.core.training.options import load_recipe
 
+    from .main import quiet_libraries
+
+    quiet_libraries()  # the run's own progress shows (unless --quiet); the libraries' loading bars do not
+
     options = _parse_extra(ctx.args)
     if token is not None:
         options["token"] = token

@@ -7,6 +7,7 @@ tokenizer, and passes them to ``from_single_file`` (which would otherwise downlo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import weakref
@@ -142,6 +143,9 @@ def load_base(
             _load_single_file(path, torch_dtype, config, allow_pickle),
             ("single_file", str(path.resolve()), None),
         )
+    elif os.path.lexists(path):  # there, but neither a folder nor a file
+        what = "a dangling symbolic link" if not path.exists() else "not a regular file or a folder (a FIFO or device)"
+        raise BaseModelError(f"{resolved}: is {what}; a base is a diffusers folder, a checkpoint file or a Hub id")
     elif path.suffix.lower() in CHECKPOINT_SUFFIXES or ("/" in resolved and not _HUB_ID.match(resolved)):
         raise BaseModelError(f"{resolved}: no such file or folder")
     elif _HUB_ID.match(resolved):

@@ -49,10 +49,12 @@ def load_config() -> dict[str, Any]:
     path = config_path()
     if not path.exists():
         return {}
+    if not path.is_file():  # a FIFO would block the read for ever
+        raise ConfigError(f"{path}: the config file is not a regular file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config file: {e}") from None
 
 

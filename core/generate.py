@@ -25,6 +25,7 @@ from .scales import (
     MAX_SCALE,  # noqa: F401 - re-exported: the scale bound lives with the scale specifications
     brief,
     check_scale,
+    is_utf8,
     validate_spec,
 )
 from .stack import NAME_PATTERN, AdapterStack
@@ -125,6 +126,8 @@ def _check_prompt_length(text: Any, label: str) -> None:
         raise GenerationError(f"{label} must be a string, got {brief(text)}")
     if len(text) > MAX_PROMPT_CHARS:
         raise GenerationError(f"{label} is {len(text)} characters; at most {MAX_PROMPT_CHARS} characters")
+    if not is_utf8(text):  # bytes a terminal or file passed through undecoded: the tokenizer cannot take them
+        raise GenerationError(f"{label} {brief(text)} holds bytes that are not UTF-8 text; give the prompt as text")
 
 
 def _require(bound: Bound, value: Any, label: str) -> None:

@@ -24,7 +24,7 @@ from lorastack.adapters.files import atomic_write_bytes, file_sha256
 from .base import BaseInfo
 from .config import cache_dir
 from .errors import ConfigError, RecipeError, ScaleError
-from .scales import brief
+from .scales import brief, is_utf8
 
 RECIPE_KEY = "lorastack"
 A1111_KEY = "parameters"
@@ -216,6 +216,8 @@ def _text(
             return what
         if (choices and value not in choices) or (pattern and not re.fullmatch(pattern, value)):
             return what
+        if not is_utf8(value):
+            return what + " (UTF-8 text)"
         return None
 
     return rule

@@ -56,6 +56,15 @@ _BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple = 2, 4, 4, 4
 _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 60, 60, 40
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (no lone surrogates, which undecodable bytes become)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def brief(value: Any) -> str:
     """A short ``repr`` for messages: long strings, deep or long containers and huge integers are cut."""
     try:

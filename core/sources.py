@@ -92,6 +92,9 @@ def resolve_adapter(source: str, registry=None) -> tuple[Path, str]:
         raise AdapterFileError(
             "is a folder" if stat.S_ISDIR(mode) else "is not a regular file (a FIFO or device)", path
         )
+    if mode is not None and not stat.S_ISREG(mode):  # a folder or a FIFO named like a reference
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO or device)"
+        raise AdapterFileError(f"is {what}; --lora takes an adapter file or a registry reference", path)
     from lorastack.registry import InvalidNameError, NotFoundError, Registry
 
     registry = registry or Registry()

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 
-from lorastack.core.data import open_image
+from lorastack.core.data import one_line, open_image
 from lorastack.core.interfaces import DatasetItem, Option
 from lorastack.core.training.options import MAX_LEARNING_RATE, MAX_STEPS, TrainingError
 from lorastack.plugins import hookimpl
@@ -28,7 +28,8 @@ class LoraTrainer:
         context.trigger_words = [w.strip() for w in options["trigger"].split(",") if w.strip()]
         missing = [item.source for item in context.dataset.items if not item.caption]
         if missing and not options["caption_prefix"]:
-            log.warning("%d images have no caption (%s, …): they train as unconditional", len(missing), missing[0])
+            first = one_line(missing[0])  # a file name: may hold control characters
+            log.warning("%d images have no caption (%s, …): they train as unconditional", len(missing), first)
         return context.engine(context.dataset.items).train()
 
 

@@ -18,7 +18,7 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 CARD_TAGS = ("lora", "text-to-image", "diffusers", "stable-diffusion", "lorastack")
 DEFAULT_LICENSES = {"sd1": "creativeml-openrail-m", "sd2": "openrail++", "sdxl": "openrail++"}
 #: The shape of the Hub's license ids (``openrail++``, ``apache-2.0``, ``cc-by-nc-4.0``, ``other``).
-_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
+LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
 
 
@@ -52,7 +52,7 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
     chosen = license or version.metadata.get("modelspec.license") or DEFAULT_LICENSES.get(version.family or "")
     data = ModelCardData(
         base_model=base,
-        license=chosen if chosen and _LICENSE.fullmatch(chosen) else ("other" if chosen else None),
+        license=chosen if chosen and LICENSE_ID.fullmatch(chosen) else ("other" if chosen else None),
         library_name="diffusers",
         tags=tags,
         instance_prompt=prompt or None,

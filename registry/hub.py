@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from lorastack.adapters.errors import AdapterError
 from lorastack.faults import crash_point
 
-from .cards import DIFFUSERS_FILE, model_card
+from .cards import DIFFUSERS_FILE, LICENSE_ID, model_card
 from .errors import ConflictError, IntegrityError, InvalidNameError, InvalidValueError, RegistryError
 from .names import LATEST, MAX_VERSION, validate_name, validate_tag
 from .records import ImportResult, Version
@@ -310,6 +310,11 @@ def push(
     from huggingface_hub import CommitOperationAdd
 
     check_repo_id(repo_id)
+    if license is not None and not LICENSE_ID.fullmatch(license):
+        raise HubError(
+            f"--license {license[:60]!r} is not a Hub license id: lowercase letters, digits, '.', '+' and '-' "
+            "(apache-2.0, mit, openrail++, creativeml-openrail-m, other, …)"
+        )
     endpoint = _endpoint(endpoint)
     target = registry.resolve(ref)
     versions = registry.versions(target.name) if all_versions else [target]

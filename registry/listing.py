@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+
+from .errors import CorruptIndexError
 
 
 def list_rows(db: sqlite3.Connection, family: str | None, search: str | None, all_versions: bool) -> list[dict]:
@@ -32,20 +35,42 @@ def list_rows(db: sqlite3.Connection, family: str | None, search: str | None, al
         + (f"WHERE {' AND '.join(where)} " if where else "")
         + "ORDER BY a.name COLLATE NOCASE, v.number"
     )
-    return [
-        {
-            "name": r["name"],
-            "version": r["number"],
-            "ref": f"{r['name']}@{r['number']}",
-            "tags": sorted(r["tags"].split(",")) if r["tags"] else [],
-            "versions": r["versions"],
-            "family": r["family"],
-            "kind": r["kind"],
-            "rank": r["rank"],
-            "size": r["size"],
-            "sha256": r["sha256"],
-            "trigger_words": json.loads(r["trigger_words"]),
-            "created_at": r["created_at"],
-        }
-        for r in db.execute(sql, args)
-    ]
+    return [_row(db, r) for r in db.execute(sql, args)]
+
+
+def _row(db, r) -> dict:
+    try:
+        words = json.loads(r["trigger_words"])
+    except (TypeError, ValueError, RecursionError):
+        words = None
+    created, number = r["created_at"], r["number"]
+    problem = (
+        "its number is not a positive integer" if not isinstance(number, int) or number < 1
+        else "created_at is not a time"
+        if not isinstance(created, int | float) or not math.isfinite(created) or not 0 <= created < 1e11
+        else "trigger_words holds something other than text"
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words)
+        else "rank is not an integer" if r["rank"] is not None and not isinstance(r["rank"], int)
+        else "a file record is not valid" if not isinstance(r["size"], int) or not isinstance(r["sha256"], str)
+        else None
+    )  # fmt: skip
+    if problem is not None:
+        index = db.execute("PRAGMA database_list").fetchone()["file"]
+        raise CorruptIndexError(
+            f"{index}: the record of {r['name']}@{number} is damaged ({problem}); restore index.sqlite from a "
+            "backup, or remove that version"
+        )
+    return {
+        "name": r["name"],
+        "version": number,
+        "ref": f"{r['name']}@{number}",
+        "tags": sorted(r["tags"].split(",")) if r["tags"] else [],
+        "versions": r["versions"],
+        "family": r["family"],
+        "kind": r["kind"],
+        "rank": r["rank"],
+        "size": r["size"],
+        "sha256": r["sha256"],
+        "trigger_words": words,
+        "created_at": float(created),
+    }

@@ -39,6 +39,7 @@ from .errors import (
     ConflictError,
     CorruptIndexError,
     IntegrityError,
+    InvalidValueError,
     NoSpaceError,
     NotFoundError,
     ReadOnlyError,
@@ -140,6 +141,11 @@ class Registry:
             where = "is" if probe == self.root else f"cannot be made: {probe} is"
             raise RegistryError(
                 f"{self.root}: the registry folder {where} a file, not a folder; point LORASTACK_HOME at a folder"
+            )
+        if os.path.lexists(self.index_path) and not self.index_path.is_file():
+            raise CorruptIndexError(
+                f"{self.index_path}: is not a file (a folder, a FIFO or a device stands where the registry index "
+                "should be); move it away"
             )
 
     def _writable(self) -> bool:
@@ -419,6 +425,8 @@ class Registry:
     @_guarded
     def list(self, family: str | None = None, search: str | None = None, all_versions: bool = False) -> list[dict]:
         """One row per adapter (its latest version), or per version with ``all_versions``; filtered."""
+        if search is not None and (not isinstance(search, str) or clean_text(search) != search or len(search) > 1000):
+            raise InvalidValueError("--search text must be UTF-8 text of at most 1000 characters")
         db = self._db()
         if db is None:
             return []

@@ -397,3 +397,50 @@ def test_the_documented_limits_are_the_constants():
     }
     for name, text in expected.items():
         assert f"{text} (`{name}`)" in doc, (name, text)
+
+
+# --- found by trying ----------------------------------------------------------------------------------------------
+
+
+def test_a_prompt_that_is_not_utf8_is_refused_before_loading(no_load, tmp_path, lorastack_home):
+    code, _, err = run_cli("generate", "a \udcff cat", "--base", str(tmp_path), "-o", str(tmp_path / "out"))
+    one_line_error(code, err, "prompt", "not UTF-8")
+
+
+def test_prompt_tags_are_found_before_loading(no_load, tmp_path, lorastack_home):
+    code, _, err = run_cli("generate", "a cat <lora:nowhere:0.8>", "--base", str(tmp_path), "-o", str(tmp_path / "o"))
+    one_line_error(code, err, "nowhere")
+
+
+def test_inputs_that_are_not_files_are_named_for_what_they_are(no_load, tmp_path, lorastack_home):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    code, _, err = run_cli(
+        "generate", "a cat", "--base", str(folder), "--lora", str(folder), "-o", str(tmp_path / "o")
+    )
+    one_line_error(code, err, "is a folder; --lora takes an adapter file or a registry reference")
+
+
+def test_a_base_that_is_a_fifo(tmp_path, lorastack_home):
+    from lorastack.core.base import load_base
+    from lorastack.core.errors import BaseModelError
+
+    fifo = tmp_path / "model"
+    os.mkfifo(fifo)
+    with pytest.raises(BaseModelError, match="is not a regular file or a folder"):
+        load_base(fifo)
+
+
+def test_a_config_file_that_is_a_fifo_or_not_utf8(tmp_path, monkeypatch, lorastack_home):
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("LORASTACK_CONFIG", str(fifo))
+    code, _, err = run_cli("generate", "a cat")
+    one_line_error(code, err, "config.toml: the config file is not a regular file")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'default_base = "\xff"\n')
+    monkeypatch.setenv("LORASTACK_CONFIG", str(latin))
+    code, _, err = run_cli("generate", "a cat")
+    one_line_error(code, err, "latin.toml: cannot read the config file")

@@ -253,3 +253,86 @@ def test_a_hub_without_manifests_numbers_from_its_tags(tmp_path, hub_server):
     assert pull(registry, "bob/plain").versions[0][0].version.number == 2  # main is the commit tagged v2
     assert pull(registry, "bob/plain@v1").versions[0][0].version.number == 1
     assert registry.resolve("bob/plain").number == 2
+
+
+# --- found by trying ----------------------------------------------------------------------------------------------
+
+
+def test_the_kohya_file_never_takes_the_diffusers_files_name(tmp_path, hub_server):
+    registry = Registry(tmp_path / "local")
+    stored = registry.import_file(small_adapter(tmp_path / "k.safetensors", seed=1), "me/pytorch_lora_weights").version
+    push(registry, "me/pytorch_lora_weights", "alice/plw")
+    files = {f.rfilename for f in HfApi(endpoint=hub_server.url).model_info("alice/plw").siblings}
+    assert {"pytorch_lora_weights.safetensors", "pytorch_lora_weights-kohya.safetensors"} <= files
+    pulled = pull(fresh(tmp_path), "alice/plw").versions[0][0].version
+    assert pulled.files[0].sha256 == stored.files[0].sha256  # the stored bytes came back
+
+
+def test_a_manifest_naming_latest_does_not_pin_it(hub_server, tmp_path):
+    api = HfApi(endpoint=hub_server.url)
+    for seed in (1, 2):
+        adapter = small_adapter(tmp_path / f"a{seed}.safetensors", seed=seed)
+        manifest = manifest_for(adapter, version=seed, tags=["latest", "keep"] if seed == 1 else [])
+        commit = upload(hub_server, "eve/pin", {"a.safetensors": adapter.read_bytes(), "lorastack.json": manifest})
+        api.create_tag("eve/pin", tag=f"v{seed}", revision=commit)
+    registry = fresh(tmp_path)
+    pull(registry, "eve/pin", all_versions=True)
+    assert registry.resolve("eve/pin").number == 2 and registry.resolve("eve/pin:keep").number == 1
+
+
+def test_tags_that_look_alike_do_not_crash_a_pull(hub_server, tmp_path):
+    api = HfApi(endpoint=hub_server.url)
+    adapter = small_adapter(tmp_path / "a.safetensors", seed=1)
+    commit = upload(hub_server, "eve/dup", {"a.safetensors": adapter.read_bytes()})
+    for tag in ("v1", "v01", "v0"):
+        api.create_tag("eve/dup", tag=tag, revision=commit)
+    registry = fresh(tmp_path)
+    pulled = pull(registry, "eve/dup", all_versions=True)
+    assert [imported.version.number for imported, _ in pulled.versions] == [1]
+    assert registry.resolve("eve/dup@1").tags == ["latest", "v0", "v01"]  # v01 and v0 are ordinary tags
+
+
+def test_a_broken_hugging_face_cache_is_not_a_network_error(local, hub_server, tmp_path, monkeypatch):
+    push(local, "me/fig@1", "alice/fig")
+    from huggingface_hub import constants
+
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(not_a_folder / "hub"))
+    with pytest.raises(HubError, match="the Hugging Face cache cannot be used") as caught:
+        pull(fresh(tmp_path), "alice/fig")
+    assert "network" not in str(caught.value)
+
+
+def test_the_local_name_is_checked_before_anything_is_downloaded(local, hub_server, tmp_path):
+    push(local, "me/fig@1", "alice/fig")
+    before = len(hub_server.log)
+    from lorastack.registry import InvalidNameError
+
+    for name in ("o/x@3", "o/x:best", "latest"):
+        with pytest.raises(InvalidNameError):
+            pull(fresh(tmp_path), "alice/fig", name=name)
+    with pytest.raises(InvalidNameError, match="choose a local name with --name"):
+        pull(fresh(tmp_path), "alice/latest")
+    assert len(hub_server.log) == before
+
+
+def test_a_license_that_is_not_a_hub_id_is_refused(local, hub_server):
+    with pytest.raises(HubError, match="--license 'MIT License' is not a Hub license id"):
+        push(local, "me/fig", "alice/fig", license="MIT License")
+    assert "alice/fig" not in hub_server.repos
+
+
+def test_details_lorastack_pushes_pull_back(tmp_path, hub_server):
+    registry = Registry(tmp_path / "local")
+    words = [f"w{i}" for i in range(1000)]
+    registry.import_file(small_adapter(tmp_path / "m.safetensors", seed=1), "me/many", trigger_words=words,
+                         description="d" * 100_000, base_model="b" * 1000)  # fmt: skip
+    push(registry, "me/many", "alice/many")
+    back = pull(fresh(tmp_path), "alice/many").versions[0][0].version
+    assert back.trigger_words == words and len(back.description) == 100_000
+
+
+def test_pulling_every_version_offline_says_what_to_do(local, tmp_path):
+    with pytest.raises(HubError, match="lists alice/fig's tags on the Hub, which is offline"):
+        pull(fresh(tmp_path), "alice/fig", all_versions=True)

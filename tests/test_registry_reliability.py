@@ -421,3 +421,216 @@ def test_registry_adapters_record_their_tensor_hash(registry, tiny_sd1_dir, tiny
               "base": {"digest": "sha256:" + "0" * 64, "source": "b"},
               "adapters": [{"name": "style", "tensor_sha256": stack.get("style").tensor_sha256}]}  # fmt: skip
     assert f'Lora hashes: "style: {recorded[:12]}"' in a1111_parameters(recipe)
+
+
+# --- found by trying: odd files, odd registry states, waiting -------------------------------------------------
+
+
+@pytest.fixture
+def alarm():
+    """Fail a test that would hang (the bugs below hung for ever) instead of blocking the run."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError("hung")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_only_regular_files_are_read(registry, tmp_path, alarm, monkeypatch):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("LORASTACK_HOME", str(registry.root.parent))
+    for args, kind in (
+        (["import", fifo, "--name", "f"], "is a FIFO (named pipe), not a file"),
+        (["import", "/dev/zero", "--name", "z"], "is a character device, not a file"),
+        (["inspect", fifo], "is a FIFO (named pipe), not a file"),
+    ):
+        code, _, err = run_cli(*args)
+        assert code == 1 and kind in err, (args, err)
+    assert not any(registry.blobs.tmp.glob("*")) if registry.blobs.tmp.exists() else True
+
+
+def test_a_large_file_that_is_no_adapter_is_refused_before_it_is_copied(registry, tmp_path):
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as f:
+        f.truncate(20 << 30)  # 20 GB of (sparse) zeros
+    start = time.monotonic()
+    with pytest.raises(Exception, match="big.safetensors: header is not valid JSON"):
+        registry.import_file(big, "big")
+    assert time.monotonic() - start < 10 and not list(registry.blobs.temp_files())
+
+
+def test_errors_name_the_users_file_not_the_private_copy(registry, tmp_path):
+    empty = tmp_path / "e.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(Exception) as caught:
+        registry.import_file(empty, "e")
+    assert str(caught.value) == f"{empty}: file is empty"
+
+
+def test_reads_never_wait_for_an_import_in_flight(registry, files):
+    registry.import_file(files[0], "style")
+    staged, release = threading.Event(), threading.Event()
+    result = {}
+
+    def importer():
+        mine = Registry(registry.root)
+        real_commit = mine.blobs.commit
+
+        def slow_commit(blob):
+            staged.set()
+            release.wait(20)
+            return real_commit(blob)
+
+        mine.blobs.commit = slow_commit
+        result["import"] = mine.import_file(files[1], "other")
+
+    def reader():
+        mine = Registry(registry.root)
+        result["list"] = [row["ref"] for row in mine.list()]
+        result["tag"] = mine.tag("style@1", "best").ref
+
+    background = threading.Thread(target=importer)
+    background.start()
+    assert staged.wait(10)
+    reading = threading.Thread(target=reader)
+    reading.start()
+    reading.join(10)
+    finished = not reading.is_alive()
+    release.set()
+    background.join(10)
+    reading.join(10)
+    assert finished, "list and tag waited for an import in flight"
+    assert result["list"] == ["style@1"] and result["tag"] == "style@1" and result["import"].created
+
+
+def test_odd_entries_in_blobs_and_tmp_are_repaired_or_swept(registry, files):
+    version = registry.import_file(files[0], "style").version
+    blob = registry.blobs.path(version.files[0].sha256)
+    blob.unlink()
+    blob.mkdir()  # a folder where the blob should be
+    assert registry.verify().corrupt == [version.files[0].sha256]
+    registry.import_file(files[0], "again")  # the good bytes replace it
+    assert blob.is_file() and registry.verify().clean
+    link = registry.blobs.path("cd" * 32)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(files[1])  # a link in blobs/ is never followed
+    (registry.blobs.tmp / "dangling").symlink_to("/nonexistent")
+    (registry.blobs.tmp / "to-a-folder").symlink_to(files[0].parent)
+    report = registry.gc(grace=0)
+    assert sorted(report.temp) == ["dangling", "to-a-folder"] and report.blobs == ["cd" * 32]
+    assert files[0].parent.is_dir() and files[1].exists()  # what the links pointed at is untouched
+    assert not any(registry.blobs.tmp.iterdir()) and not os.path.lexists(link)
+    registry.remove("style", all_versions=True)
+    assert listed_and_loadable(registry) == ["again@1"]
+
+
+@pytest.mark.parametrize(
+    "column, value, problem",
+    [
+        ("created_at", "'x'", "created_at is not a time"),
+        ("created_at", "1e300", "created_at is not a time"),
+        ("provenance", "'[1]'", "provenance is not a JSON dict"),
+        ("alpha", "'abc'", "alpha is not a number"),
+        ("trigger_words", "'[1]'", "trigger_words holds something other than text"),
+    ],
+)
+def test_damaged_record_fields_are_one_line_and_verify_finds_them(
+    registry, files, monkeypatch, column, value, problem
+):
+    import sqlite3
+
+    registry.import_file(files[0], "style")
+    registry.close()
+    conn = sqlite3.connect(registry.index_path)
+    conn.execute(f"UPDATE versions SET {column} = {value}")
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("LORASTACK_HOME", str(registry.root.parent))
+    code, _, err = run_cli("show", "style")
+    assert code == 1 and problem in err and err.count("\n") == 1, err
+    code, _, err = run_cli("list")  # works when the damage is in what it does not show, else says so
+    assert code == 0 or (code == 1 and problem in err and err.count("\n") == 1), err
+    code, out, _ = run_cli("verify")
+    assert code == 1 and problem in out
+
+
+@needs_unshare
+def test_a_read_only_registry_shows_what_its_wal_holds(tmp_path, files):
+    """Committed versions still in the WAL (a process killed before its checkpoint) show on a read-only mount."""
+    home = tmp_path / "home"
+    registry = Registry(home / "registry")
+    registry.import_file(files[0], "a")
+    registry.close()
+    env = {**os.environ, "LORASTACK_HOME": str(home), "LORASTACK_CRASH_AT": "registry.import.after-commit"}
+    killed = subprocess.run([*CLI, "import", str(files[1]), "--name", "b"], env=env, capture_output=True)
+    assert killed.returncode == -9 and (home / "registry" / "index.sqlite-wal").stat().st_size > 0
+    (home / "registry" / "index.sqlite-shm").unlink()
+    shell = 'mount --bind "$H" "$H" && mount -o remount,bind,ro "$H"\n$CLI list --json\n'
+    done = in_namespace(shell, {"LORASTACK_HOME": str(home), "H": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert [row["ref"] for row in json.loads(done.stdout)] == ["a@1", "b@1"]
+
+
+def test_details_are_bounded_and_text(registry, files):
+    from lorastack.registry import InvalidValueError
+
+    for kwargs, message in (
+        ({"trigger_words": [f"w{i}" for i in range(1001)]}, "at most 1000 are kept"),
+        ({"description": "x" * 100_001}, "description must be text of at most 100000"),
+        ({"base_model": "m" * 1001}, "base model must be text of at most 1000"),
+        ({"description": "a\udcffb"}, "description holds bytes that are not UTF-8"),
+    ):
+        with pytest.raises(InvalidValueError, match=message):
+            registry.import_file(files[0], "style", **kwargs)
+    with pytest.raises(InvalidValueError, match="--search text must be UTF-8"):
+        registry.list(search="a\udcffb")
+    assert registry.list() == []
+
+
+def test_nothing_is_written_into_the_registry_folder(registry, files, monkeypatch):
+    version = registry.import_file(files[0], "style").version
+    monkeypatch.setenv("LORASTACK_HOME", str(registry.root.parent))
+    blob = registry.blobs.path(version.files[0].sha256)
+    link = files[0].parent / "link.safetensors"
+    link.symlink_to(blob)
+    for output in (registry.index_path, link):
+        code, _, err = run_cli("convert", files[1], "--to", "kohya", "-o", output, "--force")
+        assert code == 2 and "inside the registry folder" in err, err
+        with pytest.raises(ConflictError, match="inside the registry folder"):
+            registry.export("style", output, overwrite=True)
+    assert registry.verify().clean
+
+
+def test_gc_refuses_a_grace_that_is_not_a_number(registry, files, monkeypatch):
+    monkeypatch.setenv("LORASTACK_HOME", str(registry.root.parent))
+    code, _, err = run_cli("gc", "--grace", "nan")
+    assert code == 2 and "--grace" in err
+
+
+def test_an_index_that_is_not_a_file(registry, monkeypatch):
+    registry.root.mkdir(parents=True)
+    registry.index_path.mkdir()
+    monkeypatch.setenv("LORASTACK_HOME", str(registry.root.parent))
+    code, _, err = run_cli("list")
+    assert code == 1 and "index.sqlite: is not a file" in err
+
+
+def test_verify_without_an_index_reports_the_blobs_it_cannot_name(registry, files):
+    registry.import_file(files[0], "style")
+    registry.close()
+    registry.index_path.unlink()
+    report = Registry(registry.root).verify()
+    assert not report.clean and len(report.extra) == 1 and "index.sqlite is missing" in report.index[0]
+
+
+def test_control_characters_in_error_messages_are_escaped(tmp_path, monkeypatch, lorastack_home):
+    odd = tmp_path / "e\nx\x1b[31m.safetensors"
+    odd.write_bytes(b"")
+    code, _, err = run_cli("inspect", odd)
+    assert code == 1 and "\x1b" not in err and err.count("\n") == 1 and "\\x1b[31m" in err
