@@ -87,9 +87,11 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     Adapters come from --lora and from <lora:name:scale> tags in the prompt. Every PNG records its recipe;
     `lorastack reproduce IMAGE` makes it again.
     """
+    from lorastack.adapters.errors import AdapterError
     from lorastack.adapters.files import check_output_dir
     from lorastack.core.base import load_base
     from lorastack.core.config import default_base
+    from lorastack.core.errors import UnknownAdapterError
     from lorastack.core.generate import GenerateOptions, Generator, check_image_file, check_options
     from lorastack.core.prompts import extract_tags
     from lorastack.core.recipe import next_free, save_png
@@ -118,7 +120,16 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     check_output_dir(out_dir)  # missing folders are made (mkdir -p) once the images are ready
     sources = {r.name: resolve_adapter(r.source) for r in requests}
     # adapters named only in <lora:…> tags are found now too, not after the base has loaded
-    tagged = {name: resolve_adapter(name) for name in extract_tags(prompt)[1] if name not in sources}
+    tagged = {}
+    for name in extract_tags(prompt)[1]:
+        if name not in sources:
+            try:
+                tagged[name] = resolve_adapter(name)
+            except (UnknownAdapterError, AdapterError) as e:
+                given = ", ".join(sources) or "none"
+                raise UnknownAdapterError(
+                    f"adapter name(s) '{name}' not loaded; loaded adapters: {given} ({e})"
+                ) from None
     pipe = load_base(
         base, device=device, dtype=dtype, config=config_dir, prediction_type=prediction_type,
         allow_pickle=allow_pickle, attention_slicing=attention_slicing, vae_tiling=vae_tiling,

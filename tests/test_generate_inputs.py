@@ -123,7 +123,7 @@ def test_numbers_are_refused_before_any_model_loads(tmp_path, no_load, extra, ne
         ("a cat <lora:style:lbw=1,0,1e6,1>", ["lbw", "-100 to 100"]),
         ("x" * 10_000_000, ["prompt", "at most 10000 characters"]),
         ("<lora:" * 10_000 + "x" + ">" * 10_000, ["prompt"]),
-        ("a " + "<lora:x:1>" * 999, []),  # fine: one tag, repeated (refused later only for the unknown adapter)
+        ("a " + "<lora:x:1>" * 999, ["'x' not loaded"]),  # one tag, repeated: refused for the unknown adapter
         (" ".join(f"<lora:a{i}:1>" for i in range(65)), ["65 adapters", "at most 64"]),
     ],
     ids=["scale", "unet", "lbw-nan", "lbw-huge", "10MB", "nested", "repeated", "65-tags"],
