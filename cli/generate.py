@@ -88,7 +88,7 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     `lorastack reproduce IMAGE` makes it again.
     """
     from lorastack.adapters.errors import AdapterError
-    from lorastack.adapters.files import check_output_dir
+    from lorastack.adapters.outputs import check_output_dir
     from lorastack.core.base import load_base
     from lorastack.core.config import default_base
     from lorastack.core.errors import UnknownAdapterError
@@ -168,7 +168,7 @@ def reproduce_cmd(image: Path, base: str | None, device: str, output: Path | Non
 
     The new image goes to -o, else IMAGE-reproduced.png beside IMAGE; an existing file is replaced only with --force.
     """
-    from lorastack.adapters.files import check_output_file
+    from lorastack.adapters.outputs import check_output_file
     from lorastack.core.recipe import save_png
     from lorastack.core.reproduce import reproduce
     from lorastack.paths import data_home

@@ -187,7 +187,7 @@ def _progress_bar(total: int, name: str, enabled: bool):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from lorastack.adapters.files import atomic_write_bytes
+    from lorastack.adapters.outputs import atomic_write_bytes
 
     try:
         atomic_write_bytes(path, text.encode("utf-8"))

@@ -72,7 +72,7 @@ def run_demo(
     log: Callable[[str], None] = print,
     options: dict | None = None,
 ) -> DemoResult:
-    from lorastack.adapters.files import check_output_dir, check_output_file
+    from lorastack.adapters.outputs import check_output_dir, check_output_file
     from lorastack.paths import data_home
 
     from .base import guidance_kwargs, load_base

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 
 from lorastack import __version__
 from lorastack.adapters.errors import AdapterError
-from lorastack.adapters.files import atomic_write_bytes, file_sha256
+from lorastack.adapters.files import file_sha256
+from lorastack.adapters.outputs import atomic_write_bytes
 
 from .base import BaseInfo
 from .config import cache_dir

@@ -314,6 +314,8 @@ class HfSource:
 def _load(datasets, location: str, options: Mapping[str, Any]):
     """The ``Dataset`` or ``DatasetDict`` at ``location``; a one-line ``DatasetError`` when it cannot be loaded."""
     ref = location.removeprefix("hf:")
+    if not ref.strip():  # "hf:" alone would read the current folder
+        raise DatasetError(f"dataset {location!r} names no dataset: write hf:PATH, hf:BUILDER:PATH or hf:owner/name")
     cache_dir = str(options["cache_dir"]) if options.get("cache_dir") else None
     builder, _, builder_path = ref.partition(":")
     try:

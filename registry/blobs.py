@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorastack.adapters.files import fsync_dir
+from lorastack.adapters.outputs import fsync_dir
 from lorastack.faults import crash_point
 
 from .errors import IntegrityError

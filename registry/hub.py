@@ -13,47 +13,57 @@ mode. A pushed repo holds
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
-import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from lorastack.adapters.errors import AdapterError
 from lorastack.faults import crash_point
 
 from .cards import DIFFUSERS_FILE, LICENSE_ID, model_card
-from .errors import ConflictError, IntegrityError, InvalidNameError, InvalidValueError, RegistryError
+from .errors import IntegrityError, InvalidNameError, InvalidValueError
+from .hub_client import (
+    DEFAULT_TIMEOUT,
+    TIMEOUT_ENV,
+    HubConflictError,
+    HubError,
+    _api,
+    _endpoint,
+    _offline,
+    _translate,
+    check_repo_id,
+    hub_timeout,
+    redact,
+)
+from .manifest import MANIFEST, _card_data, _read_manifest, _small_text, _validate_manifest
 from .names import LATEST, MAX_VERSION, validate_name, validate_tag
 from .records import ImportResult, Version
 from .store import Registry
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MANIFEST",
+    "TIMEOUT_ENV",
+    "HubConflictError",
+    "HubError",
+    "PullResult",
+    "PushResult",
+    "check_repo_id",
+    "hub_timeout",
+    "pull",
+    "push",
+    "redact",
+]
+
 logger = logging.getLogger(__name__)
 
-MANIFEST = "lorastack.json"
 VERSION_TAG = re.compile(r"^v([1-9][0-9]{0,8})$")  # v1 … v999999999; "v01" is an ordinary tag
-#: Seconds the Hub may stay silent (connecting, or between two chunks of an answer) before a call gives up.
-#: huggingface_hub's own client waits forever: a Hub that accepts the connection and never answers would hang.
-TIMEOUT_ENV = "LORASTACK_HUB_TIMEOUT"
-DEFAULT_TIMEOUT = 30.0
-#: Small files read from a repo (the manifest, the model card): larger ones are not what lorastack wrote.
-MAX_TEXT_FILE = 1 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class HubError(RegistryError):
-    """Talking to the Hub failed; the message says what to do (log in, check the name, pass --file, …)."""
-
-
-class HubConflictError(HubError, ConflictError):
-    """The Hub branch moved since lorastack last saw it: pushing would overwrite someone's work."""
 
 
 @dataclass
@@ -68,222 +78,6 @@ class PushResult:
 class PullResult:
     repo_id: str
     versions: list[tuple[ImportResult, str]] = field(default_factory=list)  # (import result, hub commit)
-
-
-def _endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
-    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def check_repo_id(repo_id: str) -> str:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise HubError(f"{repo_id!r} is not a Hub repo id: write OWNER/NAME")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise HubError(
-            f"{repo_id!r} is not a valid Hub repo id: OWNER/NAME, letters, digits, '-', '_' and '.', at most 96 "
-            "characters"
-        ) from None
-    return repo_id
-
-
-def redact(url: str) -> str:
-    """``url`` without the user name and password it may carry (``http://user:secret@host`` → ``http://***@host``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an invalid URL)"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
-def hub_timeout() -> float:
-    """The Hub timeout in seconds: ``LORASTACK_HUB_TIMEOUT`` or :data:`DEFAULT_TIMEOUT`."""
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 3600:
-        raise HubError(f"{TIMEOUT_ENV}={raw[:40]!r} is not a number of seconds from 0 (exclusive) to 3600")
-    return value
-
-
-_configured_timeout: float | None = None
-
-
-def _configure_client() -> None:
-    """Give every call huggingface_hub makes a timeout. Its default client has none, and most of its calls pass
-    ``timeout=None``, which overrides a client default, so the timeout is set where each request is sent."""
-    global _configured_timeout
-    timeout = hub_timeout()
-    if _configured_timeout == timeout:
-        return
-    try:
-        from huggingface_hub import set_client_factory
-        from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
-    except ImportError:  # pragma: no cover - huggingface_hub < 1.0 (requests) has no client factory
-        return
-    import importlib
-
-    httpx = importlib.import_module(type(default_client_factory()).__module__.split(".")[0])
-
-    class TimeoutTransport(httpx.HTTPTransport):
-        def handle_request(self, request):
-            limits = dict(request.extensions.get("timeout") or {})
-            request.extensions["timeout"] = {
-                key: limits.get(key) if limits.get(key) is not None else timeout
-                for key in ("connect", "read", "write", "pool")
-            }
-            return super().handle_request(request)
-
-    def factory():
-        return httpx.Client(
-            event_hooks={"request": [hf_request_event_hook]},
-            follow_redirects=True,
-            timeout=timeout,
-            transport=TimeoutTransport(),
-        )
-
-    set_client_factory(factory)
-    _configured_timeout = timeout
-
-
-def _network_failure(e: BaseException) -> str | None:
-    """``"timeout"`` or ``"network"`` when ``e`` is a transport failure (of httpx, httpcore, requests or the OS);
-    ``"local"`` for a file-system error (the Hugging Face cache); ``None`` for anything else."""
-    names = {cls.__name__ for cls in type(e).__mro__}
-    modules = {(cls.__module__ or "").split(".")[0] for cls in type(e).__mro__}
-    if isinstance(e, TimeoutError) or ({"TimeoutException", "Timeout"} & names and modules & _HTTP_MODULES):
-        return "timeout"
-    if modules & _HTTP_MODULES and names & {"TransportError", "RequestError", "ConnectionError"}:
-        return "network"
-    if isinstance(e, ConnectionError) or (isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS):
-        return "network"
-    if isinstance(e, OSError):
-        return "local"
-    return None
-
-
-_NETWORK_ERRNOS = {
-    getattr(errno, name)
-    for name in ("ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH",
-                 "EHOSTDOWN", "ETIMEDOUT", "EPIPE", "ENOTCONN")
-    if hasattr(errno, name)
-}  # fmt: skip
-_HTTP_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
-
-
-def _translate(e: Exception, repo_id: str, endpoint: str, what: str, token: str | None = None) -> Exception:
-    """A huggingface_hub/httpx error → a one-line HubError that says what to do (and never holds the token or the
-    endpoint's credentials). Anything else is lorastack's own bug and is returned as it is, to be re-raised."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    cause = e
-    while cause is not None and not isinstance(cause, HfHubHTTPError):  # uploads wrap HTTP errors in RuntimeError
-        cause = cause.__cause__
-    return _translate_one(cause or e, repo_id, redact(endpoint), what, token)
-
-
-def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str, token: str | None) -> Exception:
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(e, HubError | RegistryError):
-        return e
-    if isinstance(e, RevisionNotFoundError):
-        return HubError(f"{repo_id} has no revision {what!r} on the Hub; check the branch, tag or commit")
-    if isinstance(e, RemoteEntryNotFoundError):
-        return HubError(f"{repo_id} has no file {what!r}; pass --file with one of its weight files")
-    if isinstance(e, GatedRepoError):
-        return HubError(f"{repo_id} is gated: accept its conditions on the Hub, then log in (hf auth login)")
-    if isinstance(e, RepositoryNotFoundError):
-        return HubError(
-            f"{repo_id} was not found on the Hub; check the name, or log in (hf auth login / HF_TOKEN) "
-            "if it is private"
-        )
-    if isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
-        return HubError(
-            f"{repo_id}@{what} is not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)"
-        )
-    if isinstance(e, HfHubHTTPError) and e.response is not None:
-        status = e.response.status_code
-        if status == 401:
-            if _has_token(token):
-                return HubError(
-                    f"the Hub refused your token for {repo_id} (401): it is wrong, expired or revoked; log in again "
-                    "(hf auth login) or fix HF_TOKEN"
-                )
-            return HubError(
-                f"the Hub refused the request for {repo_id}: not logged in; run `hf auth login` or set HF_TOKEN"
-            )
-        if status == 403:
-            return HubError(f"your Hub token may not write to {repo_id}; log in with a token that has write access")
-        if status == 412:
-            return HubConflictError(
-                f"{repo_id}: the Hub branch moved since lorastack last synced it (someone else pushed); pull the new "
-                "commits first, then push again"
-            )
-        return HubError(f"the Hub answered {status} for {repo_id}; try again later")
-    failure = _network_failure(e)
-    if failure == "timeout":
-        return HubError(
-            f"the Hub at {endpoint} did not answer within {hub_timeout():g} s ({type(e).__name__}); try again later, "
-            f"or set {TIMEOUT_ENV} to wait longer"
-        )
-    if failure == "network":
-        return HubError(f"cannot reach the Hub at {endpoint} ({type(e).__name__}); check the network, then try again")
-    if failure == "local":
-        from huggingface_hub import constants
-
-        where = getattr(e, "filename", None) or constants.HF_HUB_CACHE
-        return HubError(
-            f"the Hugging Face cache cannot be used: {where}: {getattr(e, 'strerror', None) or e}; check HF_HOME / "
-            "HF_HUB_CACHE"
-        )
-    return e
-
-
-def _has_token(token: str | None) -> bool:
-    if token:
-        return True
-    try:
-        from huggingface_hub import get_token
-
-        return bool(get_token())
-    except Exception:  # pragma: no cover - a broken token store: behave as if there were none
-        return False
-
-
-def _api(endpoint: str, token: str | None):
-    from huggingface_hub import HfApi
-
-    _configure_client()
-    return HfApi(endpoint=endpoint, token=token)
 
 
 # --- push ------------------------------------------------------------------------------------------------------
@@ -666,91 +460,6 @@ def _evict(path: Path) -> None:
             real.unlink()
 
 
-def _read_manifest(path: Path, where: str, lenient: bool = False) -> dict[str, Any]:
-    """The repo's ``lorastack.json``, validated field by field (it comes from someone else's repo).
-
-    A malformed manifest is a :class:`HubError` naming the field; with ``lenient`` (a ``--file`` was chosen, so
-    the manifest is not needed) it is ignored with a warning.
-    """
-    try:
-        return _validate_manifest(_small_text(path, where, MANIFEST), where)
-    except HubError as e:
-        if not lenient:
-            raise
-        logger.warning("%s; ignored", e)
-        return {}
-
-
-def _small_text(path: Path, where: str, what: str) -> str:
-    size = path.stat().st_size
-    if size > MAX_TEXT_FILE:
-        raise HubError(f"{where}: its {what} is {size} bytes, over the {MAX_TEXT_FILE} lorastack reads")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise HubError(f"{where}: its {what} is not UTF-8 text") from None
-
-
-def _validate_manifest(text: str, where: str) -> dict[str, Any]:
-    def bad(field_name: str, problem: str) -> HubError:
-        return HubError(
-            f"{where}: its {MANIFEST} is malformed: {field_name} {problem}; pull a weight file with --file instead"
-        )
-
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise bad("the file", "is not JSON") from None
-    if not isinstance(data, dict):
-        raise bad("the file", f"holds a {type(data).__name__}, not an object")
-
-    def optional_text(key: str, limit: int) -> str | None:
-        value = data.get(key)
-        if value is not None and (not isinstance(value, str) or len(value) > limit):
-            raise bad(key, f"must be text of at most {limit} characters")
-        return value
-
-    adapter = data.get("adapter")
-    if not isinstance(adapter, dict):
-        raise bad("adapter", "must be an object with path, sha256 and tensor_sha256")
-    path = adapter.get("path")
-    if not isinstance(path, str) or not path or len(path) > 1000 or ".." in path.split("/") or path.startswith("/"):
-        raise bad("adapter.path", "must be a relative file path in the repo")
-    for key in ("sha256", "tensor_sha256"):
-        value = adapter.get(key)
-        if (value is not None or key == "sha256") and not (isinstance(value, str) and _SHA256.fullmatch(value)):
-            raise bad(f"adapter.{key}", "must be 64 lowercase hex digits")
-    version = data.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or
-                                not 1 <= version <= MAX_VERSION):  # fmt: skip
-        raise bad("version", f"must be a number from 1 to {MAX_VERSION}")
-    tags = data.get("tags", [])
-    if not isinstance(tags, list) or len(tags) > 1000:
-        raise bad("tags", "must be a list of tags")
-    for tag in tags:
-        try:
-            validate_tag(tag)
-        except InvalidNameError as e:
-            raise bad("tags", f"holds an invalid one ({e})") from None
-    words = data.get("trigger_words")
-    if words is not None and (
-        not isinstance(words, list)
-        or len(words) > 1000
-        or not all(isinstance(w, str) and len(w) <= 1000 for w in words)
-    ):
-        raise bad("trigger_words", "must be a list of texts")
-    return {
-        "version": version,
-        "tags": list(tags),
-        "adapter": {"path": path, "sha256": adapter["sha256"], "tensor_sha256": adapter.get("tensor_sha256")},
-        "trigger_words": list(words) if words is not None else None,
-        "base_model": optional_text("base_model", 1000),
-        "description": optional_text("description", 100_000),
-        "format": optional_text("format", 100),
-        "family": optional_text("family", 100),
-    }
-
-
 def _cached_listing(repo_id: str, revision: str) -> tuple[str, dict[str, str | None]]:
     """Offline: the commit a revision resolved to last time and the files cached for it."""
     from huggingface_hub import snapshot_download
@@ -780,24 +489,6 @@ def _choose_file(repo_id: str, listing: dict, file: str | None, manifest: dict) 
     if not weights:
         raise HubError(f"{repo_id} has no adapter file (.safetensors) at this revision; pass --file if it has one")
     raise HubError(f"{repo_id} has several weight files ({', '.join(weights)}); pass --file with the one to pull")
-
-
-def _card_data(path: Path, where: str) -> dict[str, Any]:
-    """``trigger_words`` and ``base_model`` from a model card's YAML, when they are well-formed (else none)."""
-    from huggingface_hub import ModelCard
-
-    try:
-        data = ModelCard(_small_text(path, where, "README.md")).data.to_dict()
-    except Exception:  # a card the Hub accepted but lorastack cannot parse: no details from it
-        return {}
-    prompt = data.get("instance_prompt")
-    base = data.get("base_model")
-    return {
-        "trigger_words": [w.strip() for w in prompt.split(",") if w.strip()][:1000]
-        if isinstance(prompt, str) and len(prompt) <= 100_000
-        else None,
-        "base_model": base if isinstance(base, str) and len(base) <= 1000 else None,
-    }
 
 
 def _sha256(path: Path) -> str:

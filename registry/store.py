@@ -17,8 +17,6 @@ blob or a scratch folder, which ``gc`` sweeps, and never a listed version withou
 from __future__ import annotations
 
 import difflib
-import errno
-import functools
 import json
 import os
 import sqlite3
@@ -28,23 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from lorastack.adapters.errors import AdapterError
-from lorastack.adapters.files import PICKLE_SUFFIXES, atomic_write_bytes, check_output_file, check_path
+from lorastack.adapters.files import PICKLE_SUFFIXES, check_path
+from lorastack.adapters.outputs import atomic_write_bytes, check_output_file
 from lorastack.faults import crash_point
 from lorastack.paths import data_home
 
 from . import maintenance
 from .blobs import BlobStore
-from .db import connect, current, index_error, transaction
+from .db import connect, current, transaction
 from .errors import (
     ConflictError,
     CorruptIndexError,
     IntegrityError,
     InvalidValueError,
-    NoSpaceError,
     NotFoundError,
-    ReadOnlyError,
-    RegistryError,
 )
+from .folder import check_root, check_writable, ensure_reserve, guarded, with_space, writable
 from .listing import list_rows
 from .maintenance import DEFAULT_GRACE_SECONDS
 from .names import LATEST, MAX_VERSION, Ref, parse_ref, validate_name, validate_tag, validate_version
@@ -58,35 +55,13 @@ from .records import (
     validate_details,
     version_from_row,
 )
+from .removal import delete_unreferenced, remove_committed
 
 ADAPTER_FILE = "adapter.safetensors"
-RESERVE_FILE = "reserve"
-#: Space kept back for deletions: a removal's WAL frames and the index pages it rewrites fit in far less.
-RESERVE_BYTES = 1 << 20
-_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_NO_WRITE = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def default_root() -> Path:
     return data_home() / "registry"
-
-
-def _guarded(method):
-    """SQLite and file-system failures inside a registry operation become one-line registry errors."""
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as e:
-            error = index_error(e, self.index_path)
-            if error is None:
-                raise
-            raise error from None
-        except OSError as e:
-            raise self._os_error(e) from None
-
-    return run
 
 
 class Registry:
@@ -134,71 +109,19 @@ class Registry:
             self._conn = None
 
     def _check_root(self) -> None:
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            where = "is" if probe == self.root else f"cannot be made: {probe} is"
-            raise RegistryError(
-                f"{self.root}: the registry folder {where} a file, not a folder; point LORASTACK_HOME at a folder"
-            )
-        if os.path.lexists(self.index_path) and not self.index_path.is_file():
-            raise CorruptIndexError(
-                f"{self.index_path}: is not a file (a folder, a FIFO or a device stands where the registry index "
-                "should be); move it away"
-            )
+        check_root(self.root, self.index_path)
 
     def _writable(self) -> bool:
-        return os.access(self.root, os.W_OK) and (not self.index_path.exists() or os.access(self.index_path, os.W_OK))
+        return writable(self.root, self.index_path)
 
     def _check_writable(self) -> None:
-        probe = self.root
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK) or (self.index_path.exists() and not os.access(self.index_path, os.W_OK)):
-            raise ReadOnlyError(f"{self.root}: the registry folder is read-only; nothing was changed")
-
-    def _os_error(self, e: OSError) -> RegistryError:
-        where = e.filename or self.root
-        reason = e.strerror or str(e)
-        if e.errno in _NO_SPACE:
-            return NoSpaceError(
-                f"{where}: no space left on the device ({reason}); nothing was changed. Free space (lorastack gc, "
-                "lorastack rm) and try again"
-            )
-        if e.errno in _NO_WRITE:
-            return ReadOnlyError(f"{where}: cannot be written ({reason}); nothing was changed")
-        return RegistryError(f"{where}: {reason}")
-
-    # --- space for deletions ---------------------------------------------------------------------------------
-    @property
-    def _reserve(self) -> Path:
-        return self.root / RESERVE_FILE
+        check_writable(self.root, self.index_path)
 
     def _ensure_reserve(self) -> None:
-        """Keep :data:`RESERVE_BYTES` allocated, so a full disk can still commit a removal (best effort)."""
-        if self._reserve.exists():
-            return
-        try:
-            with open(self._reserve, "wb") as f:
-                f.write(b"\0" * RESERVE_BYTES)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError:
-            self._reserve.unlink(missing_ok=True)
-
-    def _with_space(self, operation):
-        """Run a deletion; if the disk is too full to commit it, give back the reserve and try once more."""
-        try:
-            return operation()
-        except sqlite3.OperationalError as e:
-            if "full" not in str(e) or not self._reserve.exists():
-                raise
-            self._reserve.unlink()
-            return operation()
+        ensure_reserve(self.root)
 
     # --- import ----------------------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def import_file(
         self,
         path: str | Path,
@@ -381,7 +304,7 @@ class Registry:
                 "index.sqlite from a backup, or remove that version"
             ) from None
 
-    @_guarded
+    @guarded
     def resolve(self, ref: str | Ref) -> Version:
         """The version a reference names; :class:`NotFoundError` with close matches when there is none."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
@@ -411,7 +334,7 @@ class Registry:
             raise NotFoundError(f"'{row['name']}' has no tag '{tag}'; tags: {', '.join(tags) or 'none'}{hint}")
         return self._version(db, found["version_id"])
 
-    @_guarded
+    @guarded
     def versions(self, name: str) -> list[Version]:
         db = self._db()
         if db is None:
@@ -422,7 +345,7 @@ class Registry:
         )
         return [self._version(db, row[0]) for row in ids.fetchall()]
 
-    @_guarded
+    @guarded
     def list(self, family: str | None = None, search: str | None = None, all_versions: bool = False) -> list[dict]:
         """One row per adapter (its latest version), or per version with ``all_versions``; filtered."""
         if search is not None and (not isinstance(search, str) or clean_text(search) != search or len(search) > 1000):
@@ -432,7 +355,7 @@ class Registry:
             return []
         return list_rows(db, family, search, all_versions)
 
-    @_guarded
+    @guarded
     def adapter_path(self, ref: str | Ref, verify: bool = True) -> tuple[Version, Path]:
         """The version and the path of its adapter file, re-hashed unless ``verify=False`` (corrupt ones refused)."""
         version = self.resolve(ref)
@@ -445,7 +368,7 @@ class Registry:
         return version, self.blobs.path(record.sha256)
 
     # --- tags and removal ------------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def tag(self, ref: str, new_tag: str) -> Version:
         """Point ``new_tag`` at the version ``ref`` names (moving it if it exists). Tagging ``latest`` pins it."""
         validate_tag(new_tag)
@@ -459,7 +382,7 @@ class Registry:
             crash_point("registry.tag.before-commit")
             return self._version(db, version_id)
 
-    @_guarded
+    @guarded
     def record_provenance(self, ref: str, updates: dict[str, Any]) -> Version:
         """Add to a version's provenance (where it came from or went: a Hub repo and commit, a training run).
 
@@ -472,7 +395,7 @@ class Registry:
             crash_point("registry.provenance.before-commit")
             return self._version(db, version_id)
 
-    @_guarded
+    @guarded
     def follow_latest(self, name: str) -> Version:
         """Unpin ``latest``: point it at the newest version again and let imports move it."""
         with transaction(self._db(write=True)) as db:
@@ -484,7 +407,7 @@ class Registry:
             ).fetchone()
             return self._version(db, newest)
 
-    @_guarded
+    @guarded
     def remove(self, ref: str, *, all_versions: bool = False, force: bool = False) -> dict[str, Any]:
         """Remove a tag (``name:tag``), a version (``name@N``) or, with ``all_versions``, a whole adapter.
 
@@ -506,79 +429,13 @@ class Registry:
             )
         db = self._db(write=True)
         with self.blobs.lock(exclusive=True):
-            removed, candidates = self._with_space(lambda: self._remove_committed(db, parsed, all_versions, force))
+            removed, candidates = with_space(
+                self.root, lambda: remove_committed(self, db, parsed, all_versions, force)
+            )
             crash_point("registry.rm.after-commit")
-            removed["freed"] = self._delete_unreferenced(db, candidates)
+            removed["freed"] = delete_unreferenced(self, db, candidates)
         self._ensure_reserve()
         return removed
-
-    def _remove_committed(self, db, parsed: Ref, all_versions: bool, force: bool) -> tuple[dict[str, Any], set[str]]:
-        with transaction(db):
-            adapter_id = self._adapter_id(db, parsed.name)
-            if parsed.tag is not None and not all_versions:
-                removed, version_ids = self._remove_tag(db, adapter_id, parsed), []
-            elif all_versions:
-                removed = {"adapter": parsed.name}
-                version_ids = [r[0] for r in db.execute("SELECT id FROM versions WHERE adapter_id = ?", (adapter_id,))]
-            else:
-                removed, version_ids = self._remove_version(db, adapter_id, parsed, force)
-            candidates = {
-                r[0]
-                for vid in version_ids
-                for r in db.execute("SELECT sha256 FROM files WHERE version_id = ?", (vid,))
-            }
-            if version_ids:
-                (name,) = db.execute("SELECT name FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
-                db.executemany(
-                    "INSERT OR IGNORE INTO retired_versions (name, number) "
-                    "SELECT ?, number FROM versions WHERE id = ?",
-                    [(name, vid) for vid in version_ids],
-                )
-                db.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in version_ids])
-                (left,) = db.execute("SELECT COUNT(*) FROM versions WHERE adapter_id = ?", (adapter_id,)).fetchone()
-                if left == 0:
-                    db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
-                else:
-                    self._follow_newest(db, adapter_id)
-            crash_point("registry.rm.before-commit")
-        return removed, candidates
-
-    def _remove_tag(self, db, adapter_id: int, parsed: Ref) -> dict[str, Any]:
-        if parsed.tag.lower() == LATEST:
-            raise ConflictError(
-                f"'latest' always names a version; move it (lorastack tag {parsed.name}@N latest) or remove "
-                f"versions instead"
-            )
-        deleted = db.execute("DELETE FROM tags WHERE adapter_id = ? AND tag = ?", (adapter_id, parsed.tag)).rowcount
-        if not deleted:
-            self.resolve(parsed)  # raises NotFoundError listing the tags
-        return {"tag": str(parsed)}
-
-    def _remove_version(self, db, adapter_id: int, parsed: Ref, force: bool) -> tuple[dict[str, Any], list[int]]:
-        version_id = self._version_id(db, adapter_id, parsed.version)
-        tags = [r[0] for r in db.execute("SELECT tag FROM tags WHERE version_id = ? ORDER BY tag", (version_id,))]
-        others = [t for t in tags if t.lower() != LATEST]
-        if others and not force:
-            raise ConflictError(
-                f"{parsed} is tagged {', '.join(others)}; pass --force to remove it and its tags, or move the tags"
-            )
-        if LATEST in (t.lower() for t in tags):
-            db.execute("UPDATE adapters SET latest_pinned = 0 WHERE id = ?", (adapter_id,))
-        db.execute("DELETE FROM tags WHERE version_id = ?", (version_id,))
-        return {"version": str(parsed), "tags": tags}, [version_id]
-
-    def _delete_unreferenced(self, db, candidates: set[str]) -> int:
-        """Delete the blobs among ``candidates`` that no file record references any more (under the blob lock)."""
-        freed = 0
-        for sha256 in sorted(candidates):
-            if db.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None:
-                continue
-            blob = self.blobs.path(sha256)
-            if not os.path.lexists(blob):
-                continue
-            freed += self.blobs.remove(blob)
-            crash_point("registry.rm.unlinked")
-        return freed
 
     def _adapter_id(self, db, name: str) -> int:
         row = db.execute("SELECT id FROM adapters WHERE name = ?", (name,)).fetchone()
@@ -596,7 +453,7 @@ class Registry:
         return row["id"]
 
     # --- export, verify, gc ----------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def export(self, ref: str, output: str | Path, format: str | None = None, overwrite: bool = False) -> Path:
         """Write a version's adapter to ``output``: its stored bytes, or converted to ``format``.
 
@@ -614,12 +471,12 @@ class Registry:
             write_adapter(read_adapter(path), output, format=format)
         return output
 
-    @_guarded
+    @guarded
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs (all, or one version's): report missing, corrupt and extra blobs and stale temp files."""
         return maintenance.verify(self, ref)
 
-    @_guarded
+    @guarded
     def gc(self, dry_run: bool = False, grace: float = DEFAULT_GRACE_SECONDS) -> GcReport:
         """Delete blobs no version references and stale temp files, both older than ``grace`` seconds."""
         self._check_root()

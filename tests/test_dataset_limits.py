@@ -745,3 +745,11 @@ def test_the_dataset_command_prints_any_file_name_on_one_line(tmp_path):
     lines = out.getvalue().decode().splitlines()
     assert lines[:2] == ["a.png  16x16  (no caption)", "b\\udcff.png  16x16  (no caption)"]
     assert "skipped 1: c\\nd.png" in lines[-1] and len(lines) == 3
+
+
+def test_an_empty_hf_location_names_no_dataset(tmp_path, monkeypatch):
+    from lorastack.core.data import DatasetError, open_dataset
+
+    monkeypatch.chdir(tmp_path)  # "hf:" alone used to read the current folder
+    with pytest.raises(DatasetError, match="names no dataset"):
+        open_dataset("hf:")

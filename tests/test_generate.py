@@ -89,6 +89,7 @@ def test_img2img_and_inpainting(generator, tmp_path):
     assert np.array_equal(px(i2i.image), px(again.image))
 
 
+@pytest.mark.slow
 def test_compare_grid(generator):
     result = generator.compare(options(num_images=2, adapters={"style": 0.8, "subject": 0.5}))
     assert result.recipe["compare"]["columns"] == ["base", "style", "subject", "all"]

@@ -118,6 +118,7 @@ def test_pivotal_trains_embeddings_first_then_lora(tiny_sd1_dir, data, tmp_path,
     assert torch.count_nonzero(ups(steps[3])) > 0  # then LoRA joins
 
 
+@pytest.mark.slow
 def test_learning_is_real(tiny_sd1_dir, tmp_path, lorastack_home):
     """Overfit one image: the loss falls well below its start, and the adapter's images move toward the image."""
     from lorastack.core import AdapterStack, load_base

@@ -96,7 +96,7 @@ def train(
     if output is None and resume:
         raise TrainingError("--resume needs the run folder: pass --output RUN_DIR")
     # the outputs before any work: the home (caches, registry, default run folder) and the run folder
-    from lorastack.adapters.files import check_output_dir
+    from lorastack.adapters.outputs import check_output_dir
     from lorastack.paths import data_home
 
     data_home()

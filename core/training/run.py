@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lorastack.adapters.files import atomic_write_bytes, check_output_dir
+from lorastack.adapters.outputs import atomic_write_bytes, check_output_dir
 from lorastack.adapters.writing import write_adapter
 
 from .options import TrainingError
