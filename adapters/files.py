@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AdapterFileError, UnsupportedAdapterError, quoted, shown
-from .outputs import file_kind, atomic_write_bytes, check_output_file
+from .outputs import atomic_write_bytes, check_output_file, file_kind
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
