@@ -624,7 +624,11 @@ GOOD = png(RED, (8, 8))
 PARTS = ["a", "b", "masks", "5_tok cls", "__MACOSX", ".hid", "sub", "a_mask", "x y"]
 SUFFIXES = [".png", ".jpg", ".gif", ".tif", ".txt", ".caption", ""]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_subnormal=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )

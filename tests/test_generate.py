@@ -39,6 +39,7 @@ def options(**kw):
     return GenerateOptions(**{"prompt": "a photo of a red cat", "steps": 3, "seed": 5, **kw})
 
 
+@pytest.mark.slow
 def test_batch_images_reproduce_one_by_one(generator):
     two = generator.generate(options(num_images=2, adapters={"style": 0.8}))
     one = generator.generate(options(seed=6, adapters={"style": 0.8}))
@@ -125,6 +126,7 @@ def test_mask_of_the_wrong_size(generator, tmp_path):
         generator.generate(options(init_image=tmp_path / "init.png", mask=tmp_path / "mask.png"))
 
 
+@pytest.mark.slow
 def test_reproduce_is_bit_identical(generator, tmp_path):
     (result,) = generator.generate(options(prompt="a cat <lora:style:0.7>", adapters={"subject": 0.4}))
     path = save_png(result.image, tmp_path / "image.png", result.recipe)
