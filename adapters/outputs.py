@@ -20,20 +20,19 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+_KINDS = (
+    (stat.S_ISREG, "a file"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def file_kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "a file"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
+    """What a file of this ``st_mode`` is, for a message ("a FIFO (named pipe)")."""
+    return next((label for test, label in _KINDS if test(mode)), "not a regular file")
 
 
 def _replaceable(path: Path) -> tuple[Path, int | None]:

@@ -164,7 +164,20 @@ def _train_cli(base, data, output, steps, extra=()):
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_killed_run_resumes_to_the_same_adapter(tiny_sd1_dir, data, tmp_path, lorastack_home):
+@pytest.fixture
+def one_thread():
+    """One CPU thread here and in the CLI runs, and subnormals kept as the CLI keeps them: a float sum split across
+    threads may round differently from one run to the next (OpenMP shares the work by load), and the resume test
+    compares this process's results with a child's bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(threads)
+
+
+def test_a_killed_run_resumes_to_the_same_adapter(tiny_sd1_dir, data, tmp_path, lorastack_home, one_thread):
     whole = train("lora", tiny_sd1_dir, data, output=tmp_path / "whole", progress=False,
                   options={"steps": 6, "resolution": 32, "checkpoint_every": 1, "learning_rate": 1e-3})  # fmt: skip
     proc = _train_cli(tiny_sd1_dir, data, tmp_path / "killed", 6)
