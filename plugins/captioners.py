@@ -64,6 +64,8 @@ class FilenameCaptioner:
                 name = item.source  # a zip member
             else:
                 name = ""  # a dataset row ("train[12]") has no file name
+            # a name that is not valid UTF-8 decodes with surrogates, which no tokenizer takes: mark those bytes
+            name = name.encode("utf-8", "replace").decode("utf-8")
             words = words_from_name(name) if name else None
             if words and options["lowercase"]:
                 words = words.lower()

@@ -757,3 +757,17 @@ def test_an_empty_hf_location_names_no_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # "hf:" alone used to read the current folder
     with pytest.raises(DatasetError, match="names no dataset"):
         open_dataset("hf:")
+
+
+def test_a_file_name_that_is_not_utf8_gives_a_caption_a_tokenizer_takes(tmp_path):
+    from lorastack.core.data import open_dataset
+    from lorastack.plugins.captioners import FilenameCaptioner
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    name = os.fsdecode(b"red_\xffcircle.png")
+    Image.new("RGB", (8, 8), "red").save(folder / name)
+    dataset = open_dataset(folder)
+    (caption,) = FilenameCaptioner().caption(dataset.items, {})
+    caption.encode("utf-8")  # no surrogates left
+    assert "red" in caption and "circle" in caption
