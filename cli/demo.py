@@ -8,13 +8,18 @@ import click
 
 
 @click.command("demo")
-@click.option("--out", default="lorastack-demo", type=click.Path(path_type=Path), help="Folder for the demo's files.")
+@click.option("-o", "--output", "--out", "out", default="lorastack-demo", type=click.Path(path_type=Path),
+              help="Folder for the demo's files.")  # fmt: skip
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Training steps.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_cmd(out, steps, seed, quiet):
     """Teach the toy base a new concept (a yellow star, "aawxbc") with a LoRA, and compare it with the base."""
     from lorastack.core.demo import run_demo
+
+    from .main import quiet_libraries
+
+    quiet_libraries()  # the demo's own progress shows (unless --quiet); the libraries' loading bars do not
 
     result = run_demo(out, steps=steps, seed=seed, progress=not quiet, log=click.echo)
     click.echo(f"grid: {result.grid} (rows: the token prompt, then a plain prompt; columns: base, adapter, "

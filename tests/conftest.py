@@ -8,6 +8,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 _SESSION_HOME = tempfile.mkdtemp(prefix="lorastack-test-home-")
 os.environ["LORASTACK_HOME"] = _SESSION_HOME
 os.environ["LORASTACK_CONFIG"] = os.path.join(_SESSION_HOME, "no-config.toml")
+# Parallel workers share the cores: each worker (and every process it starts, which inherits the variables) gets its
+# share of them, as torch's default of one thread per core in every worker oversubscribes the machine and makes
+# compute-heavy tests several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = _THREADS
+    os.environ["MKL_NUM_THREADS"] = _THREADS
 
 import pytest  # noqa: E402
 

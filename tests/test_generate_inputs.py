@@ -314,7 +314,7 @@ READ_ONLY_SCRIPT = textwrap.dedent(
         "generate": run_cli("generate", "a cat", "--base", ro, "-o", ro + "/out"),
         "generate-existing": run_cli("generate", "a cat", "--base", ro, "-o", ro),
         "reproduce": run_cli("reproduce", image, "-o", ro + "/x.png"),
-        "demo": run_cli("demo", "--out", ro + "/demo", "--quiet"),
+        "demo": run_cli("demo", "-o", ro + "/demo", "--quiet"),
         "train": run_cli("train", "--trainer", "lora", "--base", ro, "--data", data, "--output", ro + "/run"),
     }
     print(json.dumps(results))
@@ -357,7 +357,7 @@ def test_lorastack_home_that_is_not_a_folder(tmp_path, monkeypatch, data, no_loa
         "generate": ("generate", "a cat", "--base", tmp_path, "--lora", "me/style:0.5", "-o", tmp_path / "out"),
         "generate-files": ("generate", "a cat", "--base", tmp_path, "-o", tmp_path / "out"),
         "train": ("train", "--trainer", "lora", "--base", tmp_path, "--data", data, "--quiet"),
-        "demo": ("demo", "--out", tmp_path / "demo", "--quiet"),
+        "demo": ("demo", "--output", tmp_path / "demo", "--quiet"),
         "reproduce": ("reproduce", png(tmp_path / "image.png", json.dumps(TXT2IMG))),
         "list": ("list",),
     }
