@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
@@ -113,26 +115,39 @@ def _check_name_lengths(path: Path, existing: Path) -> None:
         raise OutputError(f"has a name of {len(os.fsencode(long))} bytes; this file system allows {limit}", path)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``.
+@contextmanager
+def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write (with any library's own writer); when the block
+    ends without an error it is renamed over ``path``, else removed. Readers see the old file or the whole new one.
 
     Only a regular file is ever replaced (through a symbolic link, the link's target); the new file gets the mode
-    of the file it replaces, else the usual ``0666 & ~umask``.
+    of the file it replaces, else the usual ``0666 & ~umask``. ``durable`` also fsyncs the file and the folder, so
+    a crash after the block cannot leave a file that is shorter than what was written (caches skip it).
+    The temporary name ends with ``path``'s suffix, so writers that choose the format by suffix still do.
     """
     target, mode = _replaceable(Path(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if hasattr(os, "fchmod"):  # pragma: no branch - Windows has no file modes to keep
-                os.fchmod(f.fileno(), mode if mode is not None else 0o666 & ~_UMASK)
-            os.fsync(f.fileno())
+        yield tmp
+        if hasattr(os, "chmod"):  # pragma: no branch - Windows has no file modes to keep
+            os.chmod(tmp, mode if mode is not None else 0o666 & ~_UMASK)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` over ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, durable=durable) as tmp:
+        tmp.write_bytes(data)
 
 
 def fsync_dir(path: Path) -> None:

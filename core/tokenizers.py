@@ -12,23 +12,11 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from lorastack.adapters.outputs import atomic_write_bytes
+
 from .config import cache_dir
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def clip_tokenizer_dir() -> Path:
@@ -38,14 +26,15 @@ def clip_tokenizer_dir() -> Path:
         return folder
     text = gzip.decompress((resources.files("lorastack.core") / "configs" / "clip" / "merges.txt.gz").read_bytes())
     merges = text.decode("utf-8").splitlines()[1:]
-    base = list(_bytes_to_unicode().values())
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2/CLIP's byte table
+
+    base = list(bytes_to_unicode().values())
     vocab = base + [b + "</w>" for b in base] + ["".join(m.split()) for m in merges] + [BOS, EOS]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp_vocab, tmp_merges = folder / "vocab.json.tmp", folder / "merges.txt.tmp"
-    tmp_vocab.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
-    tmp_merges.write_bytes(text)
-    tmp_merges.replace(folder / "merges.txt")
-    tmp_vocab.replace(folder / "vocab.json")
+    # merges first: the folder counts as built once vocab.json is there too (a cache: no fsync)
+    atomic_write_bytes(folder / "merges.txt", text, durable=False)
+    vocab_json = json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False).encode("utf-8")
+    atomic_write_bytes(folder / "vocab.json", vocab_json, durable=False)
     return folder
 
 

@@ -11,6 +11,8 @@ import itertools
 import json
 from pathlib import Path
 
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2/CLIP's byte table
+
 #: Words that become single tokens. Anything else still tokenizes, byte by byte.
 DEFAULT_WORDS = (
     "a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "painting", "drawing", "style",
@@ -21,21 +23,6 @@ DEFAULT_WORDS = (
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 MODEL_MAX_LENGTH = 77
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """The GPT-2/CLIP table mapping each byte to a printable unicode character (256 entries)."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def clip_vocab_and_merges(words: tuple[str, ...] | list[str] = DEFAULT_WORDS) -> tuple[dict[str, int], list[str]]:
