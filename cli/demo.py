@@ -15,7 +15,7 @@ import click
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_cmd(out, steps, seed, quiet):
     """Teach the toy base a new concept (a yellow star, "aawxbc") with a LoRA, and compare it with the base."""
-    from lorastack.core.demo import run_demo
+    from lorastack.toy.demo import run_demo
 
     from .main import quiet_libraries
 

@@ -192,13 +192,15 @@ BUILTIN_TOY = "toy"
 
 
 def _resolve_alias(source: str) -> tuple[str, str | None]:
-    if Path(source).expanduser().exists():
+    local = Path(source).expanduser()
+    # a folder named "toy" (lorastack's own source tree has one) is taken for the toy base only when it is a pipeline
+    if local.exists() and not (source == BUILTIN_TOY and local.is_dir() and not (local / "model_index.json").exists()):
         return source, None
     table = aliases()
     if source in table:
         return table[source], source
     if source == BUILTIN_TOY:  # the toy base shipped inside the package (a user alias of that name wins)
-        from .toy import TOY_DIR
+        from lorastack.toy import TOY_DIR
 
         return str(TOY_DIR), source
     return source, None

@@ -273,7 +273,7 @@ def test_demo_output_onto_a_file(tmp_path, no_load):
 
 @pytest.fixture
 def data(tmp_path):
-    from lorastack.core import toy
+    from lorastack import toy
 
     return toy.write_dataset(tmp_path / "data", 2)
 

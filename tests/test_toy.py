@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from lorastack.core import toy
+from lorastack import toy
 from lorastack.core.base import guidance_kwargs, recommended
 
 SEEDS = list(range(10))
@@ -31,6 +31,28 @@ def test_it_is_small_and_a_normal_diffusers_folder(toy_pipe):
     assert (toy.TOY_DIR / "model_index.json").exists() and (toy.TOY_DIR / "TRAINING.md").exists()
     assert toy.STYLE_ADAPTER.exists()
     assert recommended(toy_pipe, "guidance") == 1.5  # its lorastack.json: every colour right at 1-2, not at 3
+
+
+def test_it_loads_with_plain_diffusers_and_generates():
+    """What a diffusers user would do, without lorastack: every component in one dtype, one step runs."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(toy.TOY_DIR))
+    pipe.set_progress_bar_config(disable=True)
+    assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
+    image = pipe("a red circle on a white background", num_inference_steps=1, height=toy.SIZE, width=toy.SIZE,
+                 generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    assert image.size == (toy.SIZE, toy.SIZE)
+
+
+def test_the_style_adapter_has_a_name_and_no_build_paths():
+    from lorastack.adapters import read_adapter
+
+    metadata = read_adapter(toy.STYLE_ADAPTER).metadata.raw
+    assert metadata["modelspec.title"] == metadata["ss_output_name"] == "toy-style"
+    for key, value in metadata.items():
+        assert not re.search(r"(^|[\s\"'=])(/|[A-Za-z]:\\)", value), (key, value)  # no absolute path anywhere
+    assert 'data = "toy-style-data"' in metadata["lorastack.recipe"]
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,14 @@
-"""Train the toy base model shipped in ``core/toy/``: a small Stable Diffusion pipeline that knows coloured shapes.
+"""Train the toy base model shipped in ``toy/base/``: a small Stable Diffusion pipeline that knows coloured shapes.
 
-    python tools/train_toy.py --out core/toy --seed 0            # about 30 minutes on 2 CPU cores
-    python tools/train_toy.py --out core/toy --device cuda       # a few minutes on a GPU
+    python tools/train_toy.py --out toy/base --seed 0            # about 30 minutes on 2 CPU cores
+    python tools/train_toy.py --out toy/base --device cuda       # a few minutes on a GPU
 
-Three stages, all seeded: (1) draw the dataset (``lorastack.core.toy``), (2) train the VAE as an autoencoder,
+Three stages, all seeded: (1) draw the dataset (``lorastack.toy``), (2) train the VAE as an autoencoder,
 (3) train the UNet and the text encoder together on the VAE's latents with the usual epsilon objective and 10 %
-caption dropout (so classifier-free guidance works). Weights are saved in fp16 as a diffusers folder.
+caption dropout (so classifier-free guidance works). Weights are rounded to fp16 and saved as a diffusers folder:
+the UNet and VAE in fp16, the text encoder in fp32 (transformers loads a model in the dtype its config records,
+diffusers in fp32 unless told otherwise, so only this keeps plain ``StableDiffusionPipeline.from_pretrained`` in
+one dtype).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lorastack.core import toy
+from lorastack import toy
 from lorastack.core.base import RECOMMENDED_FILE
 
 #: The guidance scale the toy is sampled with (its lorastack.json). Measured on the shipped model: every colour is
@@ -181,6 +184,7 @@ def main(argv=None) -> int:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)  # fmt: skip
     pipe.to("cpu", torch.float16)
+    pipe.text_encoder.to(torch.float32)  # fp16 values, stored as fp32: see the module docstring
     out = Path(args.out)
     pipe.save_pretrained(out, safe_serialization=True)
     unused = ("out", "check", *(("vae_steps", "vae_batch") if args.resume else ()))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import toy
+from lorastack import toy
 
 TOKEN = "aawxbc"
 TOKEN_PROMPT = f"a {TOKEN} on a white background"
@@ -73,12 +73,11 @@ def run_demo(
     options: dict | None = None,
 ) -> DemoResult:
     from lorastack.adapters.outputs import check_output_dir, check_output_file
+    from lorastack.core.base import guidance_kwargs, load_base
+    from lorastack.core.generate import _grid
+    from lorastack.core.stack import AdapterStack
+    from lorastack.core.training.api import train
     from lorastack.paths import data_home
-
-    from .base import guidance_kwargs, load_base
-    from .generate import _grid
-    from .stack import AdapterStack
-    from .training.api import train
 
     started = time.perf_counter()
     out = Path(out)

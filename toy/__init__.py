@@ -13,8 +13,8 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-TOY_DIR = Path(__file__).parent / "toy"
-STYLE_ADAPTER = Path(__file__).parent / "toy-style.safetensors"
+TOY_DIR = Path(__file__).parent / "base"
+STYLE_ADAPTER = Path(__file__).parent / "style.safetensors"
 SIZE = 64
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -133,7 +133,7 @@ def colour_check(pipe, colour: str, seeds: Iterable[int] = range(10), *, steps: 
     """
     import torch
 
-    from .base import guidance_kwargs
+    from lorastack.core.base import guidance_kwargs
 
     seeds = list(seeds)
     prompts = [caption(SHAPES[i % len(SHAPES)], colour, "white") for i in range(len(seeds))]
