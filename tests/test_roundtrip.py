@@ -1,7 +1,8 @@
 """diffusers → kohya → diffusers is loss-free; metadata survives; hashes follow their definitions."""
 
-import hashlib
 import json
+import shlex
+import subprocess
 
 import pytest
 import torch
@@ -96,15 +97,30 @@ def test_kohya_writer_uses_the_keys_a1111_and_comfyui_expect(tiny_sdxl_dir, tiny
     assert header["ss_network_dim"] == "4" and header["ss_network_alpha"] == "8"
 
 
-def test_hashes_follow_their_definitions(tiny_sd1_dir, tmp_path):
-    path = make_case(load_pipeline(tiny_sd1_dir), "kohya", tmp_path / "a.safetensors")
-    raw = path.read_bytes()
-    header_len = int.from_bytes(raw[:8], "little")
-    assert file_sha256(path) == hashlib.sha256(raw).hexdigest()
-    assert tensor_sha256(path) == hashlib.sha256(raw[8 + header_len :]).hexdigest()
-    assert file_and_tensor_sha256(path) == (file_sha256(path), tensor_sha256(path))
-    assert autov2(file_sha256(path)) == hashlib.sha256(raw).hexdigest()[:10].upper()
-    assert autov3(tensor_sha256(path)) == tensor_sha256(path)[:12].upper()
+def _sha256sum(path, skip: int = 0) -> str:
+    """coreutils' sha256 of the file from byte ``skip`` on: an oracle independent of lorastack's chunked reader."""
+    command = f"tail -c +{skip + 1} {shlex.quote(str(path))} | sha256sum"
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+@pytest.mark.parametrize("size", [3, 300_001], ids=["small", "over-a-chunk"])
+def test_hashes_agree_with_sha256sum(tmp_path, size):
+    # the tensor hash is kohya's sshs_model_hash / A1111's addnet hash (civitai AutoV3): everything after the
+    # 8-byte length and the header; the big case puts the header's end inside the first read chunk and the data
+    # across several
+    path = tmp_path / "a.safetensors"
+    save_file({"w": torch.arange(size, dtype=torch.float32)}, path, metadata={"ss_network_dim": "4"})
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    assert file_sha256(path) == _sha256sum(path)
+    assert tensor_sha256(path) == _sha256sum(path, skip=8 + header_len) != file_sha256(path)
+    assert file_and_tensor_sha256(path) == (_sha256sum(path), _sha256sum(path, skip=8 + header_len))
+    assert autov2(file_sha256(path)) == _sha256sum(path)[:10].upper()
+    assert autov3(tensor_sha256(path)) == _sha256sum(path, skip=8 + header_len)[:12].upper()
+
+
+def test_the_empty_file_hash_is_the_published_one(tmp_path):
+    (tmp_path / "empty.bin").write_bytes(b"")  # FIPS 180-4's test vector for the empty message
+    assert file_sha256(tmp_path / "empty.bin") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 def test_editing_metadata_changes_the_file_hash_but_not_the_tensor_hash(tiny_sd1_dir, tmp_path):
