@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorastack.adapters.files import file_sha256
 from lorastack.adapters.outputs import fsync_dir
 from lorastack.faults import crash_point
 
@@ -171,7 +172,7 @@ class BlobStore:
             raise IntegrityError(f"blob {sha256[:12]} is not a regular file ({path}); the registry copy is corrupt")
         if size is not None and st.st_size != size:
             raise IntegrityError(f"blob {sha256[:12]} has the wrong size; the registry copy is corrupt")
-        if hash_file(path) != sha256:
+        if file_sha256(path) != sha256:
             raise IntegrityError(f"blob {sha256[:12]} does not match its sha256; the registry copy is corrupt")
         return path
 
@@ -233,14 +234,6 @@ class _Worker:
 
 
 _DONE = object()
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def age_seconds(path: Path) -> float:
