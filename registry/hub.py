@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastack.adapters.errors import AdapterError
+from lorastack.adapters.files import file_sha256
 from lorastack.faults import crash_point
 
 from .cards import DIFFUSERS_FILE, LICENSE_ID, model_card
@@ -436,12 +437,12 @@ def _verified(download, chosen: str, expected: str | None, where: str, offline: 
     """Download ``chosen`` and check its sha256. A mismatching copy is evicted from the Hugging Face cache (where
     it would fail every later pull the same way) and fetched once more."""
     path = download(chosen)
-    if not expected or _sha256(path) == expected:
+    if not expected or file_sha256(path) == expected:
         return path
     _evict(path)
     if not offline:
         path = download(chosen, force=True)
-        if _sha256(path) == expected:
+        if file_sha256(path) == expected:
             return path
         _evict(path)
     raise IntegrityError(
@@ -489,11 +490,3 @@ def _choose_file(repo_id: str, listing: dict, file: str | None, manifest: dict) 
     if not weights:
         raise HubError(f"{repo_id} has no adapter file (.safetensors) at this revision; pass --file if it has one")
     raise HubError(f"{repo_id} has several weight files ({', '.join(weights)}); pass --file with the one to pull")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
