@@ -25,9 +25,9 @@ class LoraTrainer:
     options = (Option("trigger", "str", "", "Trigger words recorded in the adapter (comma-separated)."),)
 
     def train(self, context, options):
-        context.trigger_words = [w.strip() for w in options["trigger"].split(",") if w.strip()]
+        context.trigger_words = [w.strip() for w in options.trigger.split(",") if w.strip()]
         missing = [item.source for item in context.dataset.items if not item.caption]
-        if missing and not options["caption_prefix"]:
+        if missing and not options.caption_prefix:
             first = one_line(missing[0])  # a file name: may hold control characters
             log.warning("%d images have no caption (%s, …): they train as unconditional", len(missing), first)
         return context.engine(context.dataset.items).train()
@@ -58,7 +58,7 @@ class DreamBoothTrainer:
     )
 
     def check(self, options) -> None:
-        token = (options.get("token") or "").strip()
+        token = (options.token or "").strip()
         if not token:
             raise TrainingError("dreambooth needs --token (a rare word such as aawxbc) to name the subject")
         if not re.fullmatch(r"[A-Za-z0-9_<>-]+", token):
@@ -66,15 +66,15 @@ class DreamBoothTrainer:
 
     def train(self, context, options):
         self.check(options)
-        token, class_name = options["token"].strip(), options["class_name"].strip()
+        token, class_name = options.token.strip(), options.class_name.strip()
         _warn_common_token(context.pipe, token)
         context.trigger_words = [token]
         items = _instance_items(context, options, token, class_name)
         prior = []
-        if options["prior_preservation"] and (class_name or options["class_data"] is not None):
-            class_prompt = _prompt(options["class_prompt"], class_name=class_name)
+        if options.prior_preservation and (class_name or options.class_data is not None):
+            class_prompt = _prompt(options.class_prompt, class_name=class_name)
             prior = class_images(context, class_prompt if class_name else None, options)
-        return context.engine(items, prior_items=prior, prior_weight=options["prior_loss_weight"]).train()
+        return context.engine(items, prior_items=prior, prior_weight=options.prior_loss_weight).train()
 
 
 class PivotalTrainer:
@@ -100,10 +100,10 @@ class PivotalTrainer:
         from lorastack.core.training.tokens import NewTokens
 
         self.check(options)
-        token, class_name = options["token"].strip(), options["class_name"].strip()
-        ti_steps = options["steps"] // 3 if options["ti_steps"] is None else options["ti_steps"]
-        tokens = NewTokens(context.pipe, token, options["vectors"], options["init_word"] or class_name,
-                           options["seed"], options["ti_learning_rate"], ti_steps)  # fmt: skip
+        token, class_name = options.token.strip(), options.class_name.strip()
+        ti_steps = options.steps // 3 if options.ti_steps is None else options.ti_steps
+        tokens = NewTokens(context.pipe, token, options.vectors, options.init_word or class_name,
+                           options.seed, options.ti_learning_rate, ti_steps)  # fmt: skip
         context.trigger_words = [token]
         items = _instance_items(context, options, token, class_name, expand=tokens.expand)
         try:
@@ -118,9 +118,9 @@ def _prompt(template: str, **fields) -> str:
 
 def _instance_items(context, options, token: str, class_name: str, expand=lambda prompt: prompt) -> list:
     """The subject's images with their prompts: the instance prompt, or (``use_captions``) the token + caption."""
-    prompt = _prompt(options["instance_prompt"], token=token, class_name=class_name)
+    prompt = _prompt(options.instance_prompt, token=token, class_name=class_name)
     return [
-        DatasetItem(image=i.image, caption=expand(f"{token} {i.caption}" if options["use_captions"] and i.caption
+        DatasetItem(image=i.image, caption=expand(f"{token} {i.caption}" if options.use_captions and i.caption
                                                   else prompt), source=i.source, mask=i.mask,
                     concept=class_name or i.concept, key=i.key, path=i.path)
         for i in context.dataset.items
@@ -144,11 +144,11 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
     prompt, the resolution, the seed and the base's recommended guidance, so a second run (or a resumed one) does
     not generate them again.
     """
-    count = options["class_images"]
-    if options["class_data"] is not None:
+    count = options.class_images
+    if options.class_data is not None:
         from lorastack.core.data import open_dataset
 
-        folder = open_dataset(options["class_data"], "folder")
+        folder = open_dataset(options.class_data, "folder")
         items = folder.items[:count]
         bare = [i.source for i in items if not i.caption]
         if bare and prompt is None:
@@ -159,28 +159,37 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
     from lorastack.core.recipe import base_digest
     from lorastack.paths import data_home
 
-    size = options["resolution"]
+    size = options.resolution
     info = base_info(context.pipe)
     digest = base_digest(info) if info is not None else _weights_digest(context.pipe)
     guidance = guidance_kwargs(context.pipe)
-    key = hashlib.sha256(json.dumps([digest, prompt, size, options["seed"], *guidance.values()]).encode())
+    key = hashlib.sha256(json.dumps([digest, prompt, size, options.seed, *guidance.values()]).encode())
     folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
+    missing = sum(not (folder / f"{index:05d}.png").exists() for index in range(count))
+    bar = None
+    if missing:
+        context.status(f"generating {missing} class images ({prompt or 'unconditional'!r}) with the base; they are "
+                       f"cached for later runs in {folder}")  # fmt: skip
+        bar = context.progress_bar(missing, "class image")
     items = []
     for index in range(count):
         path = folder / f"{index:05d}.png"
         if not path.exists():
             import torch
 
-            g = torch.Generator().manual_seed(options["seed"] * 100_003 + index)
-            image = context.pipe(prompt, num_inference_steps=options["sample_steps"], generator=g, height=size,
+            g = torch.Generator().manual_seed(options.seed * 100_003 + index)
+            image = context.pipe(prompt, num_inference_steps=options.sample_steps, generator=g, height=size,
                                  width=size, **guidance).images[0]  # fmt: skip
             tmp = path.with_suffix(".tmp.png")
             image.save(tmp)
             tmp.replace(path)
+            bar.update(1)
         data = path.read_bytes()
         items.append(DatasetItem(open_image(data, path.name), prompt, f"class/{path.name}",
                                  key=hashlib.sha256(data).hexdigest(), path=path))  # fmt: skip
+    if bar is not None:
+        bar.close()
     return items
 
 

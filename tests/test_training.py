@@ -228,8 +228,12 @@ def test_validation_samples_and_the_loss_curve(tiny_sd1_dir, data, tmp_path, lor
     best = min(result.validation_losses, key=result.validation_losses.get)
     assert result.best_checkpoint == run["best"] == f"step-{best:06d}"
     grid = Image.open(tmp_path / "run" / "samples" / "step-000004.png")
-    assert grid.size == (64, 32)  # two prompts side by side
-    assert Image.open(tmp_path / "run" / "loss.png").size == (640, 320)
+    # two prompts side by side, 32 px tiles upscaled 8x to be seen, a label strip above and a row label on the left
+    assert grid.width > 2 * 256 and grid.height > 256
+    sample = json.loads(grid.text["lorastack-sample"])
+    assert sample["prompts"] == ["a square", "a circle"] and sample["step"] == 4 and sample["width"] == 32
+    assert sample["seeds"] == [0, 1] and sample["adapter"] == "checkpoints/step-000004/adapter.safetensors"
+    assert Image.open(tmp_path / "run" / "loss.png").size == (800, 400)  # matplotlib's figure, 8 x 4 in at 100 dpi
     assert json.loads((tmp_path / "run" / "losses.json").read_text()) == result.losses
     recipe = (tmp_path / "run" / "recipe.toml").read_text()
     assert 'trainer = "lora"' in recipe and "validation_images = 1" in recipe
@@ -240,13 +244,18 @@ def test_recipes_and_cli_flags(tiny_sd1_dir, data, tmp_path, lorastack_home):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'trainer = "lora"\nbase = "{tiny_sd1_dir}"\ndata = "{data}"\n'
                       '[training]\nsteps = 5\nrank = 8\nresolution = 32\n')  # fmt: skip
-    code, out, err = run_cli("train", "--config", recipe, "--steps", "2", "--output", tmp_path / "run", "--quiet",
+    code, out, err = run_cli("train", "lora", "--recipe", recipe, "--steps", "2", "-o", tmp_path / "run", "--quiet",
                              "--name", "cli-run")  # fmt: skip
     assert code == 0, err
     assert "registered: cli-run@1" in out
     adapter = read_adapter(tmp_path / "run" / "adapter.safetensors")
     assert adapter.rank == 8  # from the recipe
     assert len(json.loads((tmp_path / "run" / "losses.json").read_text())) == 2  # the flag overrode the recipe
+    # the older spelling: --config, and the trainer taken from the recipe
+    code, out, err = run_cli("train", "--config", recipe, "--steps", "1", "--output", tmp_path / "old", "--quiet")
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "old" / "losses.json").read_text())) == 1
+    assert read_adapter(tmp_path / "old" / "adapter.safetensors").rank == 8
     code, out, _ = run_cli("train", "--trainer", "dreambooth", "--help")
     assert code == 0 and "--token" in out and "--prior-loss-weight" in out and "--learning-rate" in out
 
@@ -334,11 +343,13 @@ def test_dreambooth_class_images_are_generated_once(tiny_sd1_dir, data, lorastac
 def test_class_data_images_keep_their_own_captions(tmp_path):
     """Like kohya's regularisation folders: a captioned class image is trained on its caption, others on the class
     prompt; without a class there is no prompt for an uncaptioned one, which is an error naming it."""
-    from lorastack.plugins.trainers import class_images
+    from lorastack.core.training.options import resolve
+    from lorastack.plugins.trainers import DreamBoothTrainer, class_images
 
     folder = _folder(tmp_path / "class", count=3)
     (folder / "img2.txt").unlink()
-    options = {"class_data": folder, "class_images": 10}
+    options = resolve(DreamBoothTrainer.options, {"token": "aawxbc", "class_data": folder, "class_images": 10},
+                      "dreambooth")  # fmt: skip
     items = class_images(None, "a photo of figurine", options)
     assert sorted(i.caption for i in items) == ["a photo of figurine", "a square, colour 0", "a square, colour 1"]
     with pytest.raises(TrainingError, match=r"img2\.png has no caption.*--class"):

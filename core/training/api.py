@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .options import TrainingError, dump_recipe, load_recipe, recipe_fingerprint, resolve
+from .progress import Progress
+from .typed import TrainingOptions
+
+log = logging.getLogger("lorastack.train")
 
 
 @dataclass
@@ -20,13 +26,22 @@ class TrainingContext:
     base: str
     dataset: Any
     run: Any
-    options: dict[str, Any]
+    options: TrainingOptions  # typed: ``options.rank``; ``options["rank"]`` still reads for older trainers
     trainer: str
     name: str | None
     header: dict[str, str] = field(default_factory=dict)
     trigger_words: list[str] = field(default_factory=list)
     progress: bool = True
     on_step: Any = None  # called with (step, loss) after each optimizer step
+
+    def status(self, message: str) -> None:
+        """A status line on stderr (``generating 50 class images …``), unless the run is quiet."""
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
+
+    def progress_bar(self, total: int, label: str) -> Progress:
+        """A bar on a terminal, a line every few seconds elsewhere: ``update()`` per item, then ``close()``."""
+        return Progress(total, label=label, enabled=self.progress)
 
     def engine(self, items, **kwargs):
         """An ``Engine`` over ``items`` (``DatasetItem``s) with this run's options; ``.train()`` runs it."""
@@ -35,7 +50,7 @@ class TrainingContext:
         header = {**self.header, **kwargs.pop("header", {})}
         if self.trigger_words:
             header["modelspec.trigger_phrase"] = ", ".join(self.trigger_words)
-        validation_count = self.options["validation_images"]
+        validation_count = self.options.validation_images
         items = list(items)
         if validation_count and "validation_items" not in kwargs:
             if validation_count >= len(items):
@@ -80,12 +95,20 @@ def train(
     from lorastack.core.data import open_dataset
     from lorastack.plugins.manager import get_trainer
 
+    started = time.perf_counter()
     plugin = get_trainer(trainer)
     given = dict(load_recipe(recipe)) if recipe else {}
     for key in ("trainer", "base", "data", "name"):
         given.pop(key, None)
     given.update(options or {})
-    resolved = resolve(plugin.options, given, trainer)
+    settings = _settings(base, pipe)
+    resolved = resolve(plugin.options, given, trainer, base_resolution=settings.resolution)
+    if given.get("resolution") is not None:
+        from lorastack.core.base_settings import resolution_warning
+
+        warning = resolution_warning(resolved.resolution, settings)
+        if warning is not None:
+            log.warning(warning)
     tag = None
     if name is not None:
         from lorastack.registry.names import parse_name_tag
@@ -118,10 +141,10 @@ def train(
         "modelspec.title": name or trainer,
         "ss_output_name": name or trainer,
         "ss_training_comment": f"trained by lorastack, trainer {trainer}",
-        "ss_steps": str(resolved["steps"]),
-        "ss_learning_rate": str(resolved["learning_rate"]),
-        "ss_resolution": str(resolved["resolution"]),
-        "ss_seed": str(resolved["seed"]),
+        "ss_steps": str(resolved.steps),
+        "ss_learning_rate": str(resolved.learning_rate),
+        "ss_resolution": str(resolved.resolution),
+        "ss_seed": str(resolved.seed),
         "ss_num_train_images": str(len(dataset.items)),
         "lorastack.trainer": trainer,
         "lorastack.recipe": recipe_text,
@@ -161,4 +184,12 @@ def train(
             },
         )
         result.registered = imported.version.ref
+    result.seconds = time.perf_counter() - started
     return result
+
+
+def _settings(base, pipe):
+    """The base's own settings: from the loaded pipeline when one is given, else read from the base's files."""
+    from lorastack.core.base_settings import base_settings, pipe_settings
+
+    return pipe_settings(pipe) if pipe is not None else base_settings(base)

@@ -7,7 +7,6 @@ checkpoint computes exactly the steps an uninterrupted run would, and ends with 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..base import guidance_kwargs
 from ..interfaces import DatasetItem
 from .conditioning import encode_captions, is_sdxl, time_ids
 from .lora import add_lora, export_adapter, remove_lora, trainable_parameters
 from .options import TrainingError
+from .progress import Progress, smoothed_ends
 from .run import RunFolder
 
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -37,6 +36,17 @@ class TrainResult:
     registered: str | None = None
     encodes: int = 0  # VAE encode calls (latent cache misses)
     text_encodes: int = 0  # text-encoder calls of the text cache (misses)
+    seconds: float = 0.0  # the whole run, from the checks to the registered adapter
+
+    @property
+    def loss_first(self) -> float:
+        """The mean loss of the first tenth of the steps (one step's loss is mostly noise)."""
+        return smoothed_ends(self.losses)[0]
+
+    @property
+    def loss_final(self) -> float:
+        """The mean loss of the last tenth of the steps."""
+        return smoothed_ends(self.losses)[1]
 
 
 def _generator(seed: int, *parts: int) -> torch.Generator:
@@ -74,22 +84,22 @@ class Engine:
         self.extras = extras  # more trainable parameters (new token embeddings for pivotal tuning)
         self.prior_weight = prior_weight
         data_options = DataOptions(
-            resolution=options["resolution"], center_crop=options["center_crop"], random_flip=options["random_flip"],
-            buckets=options["buckets"], caption_prefix=options["caption_prefix"],
-            caption_dropout=options["caption_dropout"], shuffle_tags=options["shuffle_tags"],
-            keep_tokens=options["keep_tokens"], repeats=options["repeats"],
+            resolution=options.resolution, center_crop=options.center_crop, random_flip=options.random_flip,
+            buckets=options.buckets, caption_prefix=options.caption_prefix,
+            caption_dropout=options.caption_dropout, shuffle_tags=options.shuffle_tags,
+            keep_tokens=options.keep_tokens, repeats=options.repeats,
         )  # fmt: skip
         data_options.validate()
-        self.data = TrainingData(list(items), data_options, options["seed"])
+        self.data = TrainingData(list(items), data_options, options.seed)
         prior_options = DataOptions(**{**data_options.__dict__, "caption_dropout": 0.0, "caption_prefix": ""})
-        self.prior = TrainingData(list(prior_items), prior_options, options["seed"] + 1) if prior_items else None
+        self.prior = TrainingData(list(prior_items), prior_options, options.seed + 1) if prior_items else None
         self.validation = (
             TrainingData(
                 list(validation_items),
                 DataOptions(
                     **{**data_options.__dict__, "caption_dropout": 0.0, "random_flip": False, "shuffle_tags": False}
                 ),
-                options["seed"],
+                options.seed,
             )
             if validation_items
             else None
@@ -103,8 +113,8 @@ class Engine:
     def _accelerator(self):
         from accelerate import Accelerator
 
-        device = self.options["device"]
-        mixed = self.options["mixed_precision"]
+        device = self.options.device
+        mixed = self.options.mixed_precision
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         if mixed == "fp16" and cpu:
             raise TrainingError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
@@ -120,15 +130,15 @@ class Engine:
     def _optimizer(self, params: dict[str, torch.nn.Parameter]):
         embeddings = [p for n, p in params.items() if ".token_embeddings." in n]
         groups = [
-            {"params": [p for n, p in params.items() if n.startswith("unet.")], "lr": self.options["learning_rate"]},
+            {"params": [p for n, p in params.items() if n.startswith("unet.")], "lr": self.options.learning_rate},
             {"params": [p for n, p in params.items() if not n.startswith("unet.") and ".token_embeddings." not in n],
-             "lr": self.options["text_encoder_lr"]},
+             "lr": self.options.text_encoder_lr},
             # weight decay would pull new token vectors toward zero, away from the words they started from
             {"params": embeddings, "lr": getattr(self.extras, "learning_rate", 0.0), "weight_decay": 0.0},
         ]  # fmt: skip
         groups = [g for g in groups if g["params"]]
-        kwargs = dict(weight_decay=self.options["weight_decay"])
-        if self.options["optimizer"] == "adamw8bit":
+        kwargs = dict(weight_decay=self.options.weight_decay)
+        if self.options.optimizer == "adamw8bit":
             try:
                 import bitsandbytes as bnb
             except ImportError:
@@ -140,15 +150,15 @@ class Engine:
         from diffusers.optimization import get_scheduler
 
         return get_scheduler(
-            self.options["lr_scheduler"], optimizer, num_warmup_steps=self.options["warmup_steps"],
-            num_training_steps=self.options["steps"],
+            self.options.lr_scheduler, optimizer, num_warmup_steps=self.options.warmup_steps,
+            num_training_steps=self.options.steps,
         )  # fmt: skip
 
     # --- data ---------------------------------------------------------------------------------------------------
 
     def _batch_indices(self, data, micro: int, key: int) -> list[int]:
         """The image indices of micro-batch number ``micro``, walking epochs in their seeded orders."""
-        batch_size = self.options["batch_size"]
+        batch_size = self.options.batch_size
         epoch = 0
         while True:
             batches = self._epochs.get((key, epoch))
@@ -166,7 +176,7 @@ class Engine:
         """Scaled latents of the examples: a sample of the VAE's distribution (from ``g``), or its mean."""
         vae = self.pipe.vae
         if self.cache is not None:
-            if self.options["latents"] == "sample":
+            if self.options.latents == "sample":
                 return self.cache.latents(examples, g, self.device)
             mean = torch.stack([m for m, _ in self.cache.distributions(examples)]).to(self.device)
         else:
@@ -174,7 +184,7 @@ class Engine:
             with torch.no_grad():
                 dist = vae.encode(pixels).latent_dist
             mean = dist.mean
-            if self.options["latents"] == "sample":
+            if self.options.latents == "sample":
                 mean = mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(self.device, dist.mean.dtype)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (mean - shift) * vae.config.scaling_factor
@@ -186,8 +196,8 @@ class Engine:
         pipe, options = self.pipe, self.options
         latents = self._latents(examples, g).float()
         noise = torch.randn(latents.shape, generator=g)
-        if options["noise_offset"]:
-            noise = noise + options["noise_offset"] * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+        if options.noise_offset:
+            noise = noise + options.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
         noise = noise.to(self.device)
         steps = self.scheduler.config.num_train_timesteps
         if timesteps is None:
@@ -220,18 +230,18 @@ class Engine:
             loss = (loss * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * loss.shape[1]).clamp_min(1e-8)
         else:
             loss = loss.mean(dim=(1, 2, 3))
-        if options["min_snr_gamma"]:
+        if options.min_snr_gamma:
             from diffusers.training_utils import compute_snr
 
             snr = compute_snr(self.scheduler, timesteps)
-            clipped = torch.clamp(snr, max=options["min_snr_gamma"])
+            clipped = torch.clamp(snr, max=options.min_snr_gamma)
             loss = loss * (clipped / snr if self.prediction == "epsilon" else clipped / (snr + 1))
         return loss
 
     def _micro_loss(self, micro: int) -> torch.Tensor:
         # under `accelerate launch`, process r of n takes every n-th micro-batch: n GPUs see n times the data
         micro = micro * self.accelerator.num_processes + self.accelerator.process_index
-        g = _generator(self.options["seed"], micro)
+        g = _generator(self.options.seed, micro)
         examples = self._examples(self.data, self._batch_indices(self.data, micro, 0), g)
         loss = self._loss(examples, g).mean()
         if self.prior is not None:
@@ -246,11 +256,11 @@ class Engine:
             return None
         total, count = 0.0, 0
         for index in range(len(self.validation.items)):
-            g = _generator(self.options["seed"], 10**9 + index)
+            g = _generator(self.options.seed, 10**9 + index)
             example = self.validation.example(index, g)
             for t in VALIDATION_TIMESTEPS:
                 t = min(t, self.scheduler.config.num_train_timesteps - 1)
-                total += float(self._loss([example], _generator(self.options["seed"], index, t),
+                total += float(self._loss([example], _generator(self.options.seed, index, t),
                                           torch.tensor([t])).mean())  # fmt: skip
                 count += 1
         return total / count
@@ -265,21 +275,19 @@ class Engine:
         self.device = self.accelerator.device
         self.scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.prediction = (
-            self.scheduler.config.prediction_type
-            if options["prediction_type"] == "auto"
-            else options["prediction_type"]
+            self.scheduler.config.prediction_type if options.prediction_type == "auto" else options.prediction_type
         )
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options["mixed_precision"], torch.float32)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options.mixed_precision, torch.float32)
         self.pipe.to(self.device)
         for component in ("unet", "text_encoder", "text_encoder_2", "vae"):
             module = getattr(self.pipe, component, None)
             dtype = torch.float32 if component == "vae" else weight_dtype  # the SD VAEs overflow in fp16
             if module is not None and module.dtype != dtype:
                 module.to(dtype=dtype)
-        if options["cache_latents"]:
-            if not options["center_crop"]:
+        if options.cache_latents:
+            if not options.center_crop:
                 raise TrainingError("a random crop changes every step, so latents cannot be cached: pass "
-                                    "--cache-latents false or keep center_crop")  # fmt: skip
+                                    "--no-cache-latents or keep --center-crop")  # fmt: skip
             from lorastack.paths import data_home
 
             from .cache import LatentCache
@@ -287,7 +295,7 @@ class Engine:
             # one cache for every run: keyed by image bytes, geometry and VAE, so unchanged data never re-encodes
             self.cache = LatentCache(data_home() / "cache" / "latents", self.pipe.vae)
         self.text_dtype = weight_dtype
-        if options["cache_text"] and options["text_encoder_lr"] == 0 and self.extras is None:
+        if options.cache_text and options.text_encoder_lr == 0 and self.extras is None:
             from lorastack.paths import data_home
 
             from .conditioning import TextCache
@@ -295,7 +303,7 @@ class Engine:
             # frozen text encoders give the same output for the same caption: encode each caption once, ever
             self.text_cache = TextCache(data_home() / "cache" / "text", self.pipe)
         trained = add_lora(self.pipe, options)
-        if options["gradient_checkpointing"]:
+        if options.gradient_checkpointing:
             self.pipe.unet.enable_gradient_checkpointing()
         params = trainable_parameters(trained)
         if self.extras is not None:
@@ -306,12 +314,11 @@ class Engine:
         self.unet, optimizer, lr_scheduler = self.accelerator.prepare(self.pipe.unet, optimizer, lr_scheduler)
         start, losses = self.run.restore(params, optimizer, lr_scheduler)
         if self.accelerator.trackers:
-            self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.items()})
-        accumulation = options["gradient_accumulation"]
-        bar = self._bar(start)
-        started = time.perf_counter()
+            self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.as_dict().items()})
+        accumulation = options.gradient_accumulation
+        bar = Progress(options.steps, label="step", initial=start, enabled=self.progress)
         try:
-            for step in range(start, options["steps"]):
+            for step in range(start, options.steps):
                 for module in trained.values():
                     module.train()
                 total = 0.0
@@ -327,8 +334,8 @@ class Engine:
                         )
                     self.accelerator.backward(loss)
                     total += float(loss.detach())
-                if options["max_grad_norm"]:
-                    self.accelerator.clip_grad_norm_(list(params.values()), options["max_grad_norm"])
+                if options.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(list(params.values()), options.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -336,26 +343,21 @@ class Engine:
                 done = step + 1
                 if self.accelerator.trackers:
                     self.accelerator.log({"loss": total, "lr": lr_scheduler.get_last_lr()[0]}, step=done)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{total:.4f}", it_s=f"{(done - start) / (time.perf_counter() - started):.2f}"
-                    )
+                bar.update(1, total)
                 if self.on_step is not None:
                     self.on_step(done, total)
                 if self._due(done):
                     self._checkpoint(done, trained, params, optimizer, lr_scheduler, losses)
         except torch.OutOfMemoryError:
             raise TrainingError(
-                "out of memory: lower --batch-size or --resolution, pass --gradient-checkpointing true, or use "
+                "out of memory: lower --batch-size or --resolution, pass --gradient-checkpointing, or use "
                 f"--mixed-precision bf16; the last good checkpoint is kept ({self.run.last_checkpoint() or 'none'})"
             ) from None
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         final = self.run.finish(losses)
         adapter_path = self.run.adapter_path
-        result = TrainResult(self.run.path, adapter_path, options["steps"], losses, final.get("best"),
+        result = TrainResult(self.run.path, adapter_path, options.steps, losses, final.get("best"),
                              {int(k): v for k, v in final.get("validation", {}).items()},
                              encodes=getattr(self.cache, "encodes", 0),
                              text_encodes=getattr(self.text_cache, "encodes", 0))  # fmt: skip
@@ -367,21 +369,13 @@ class Engine:
         return result
 
     def _due(self, done: int) -> bool:
-        every = self.options["checkpoint_every"]
-        return done == self.options["steps"] or (every and done % every == 0)
-
-    def _bar(self, start: int):
-        if not self.progress:
-            return None
-        from tqdm.auto import tqdm
-
-        # disable=None: no bar when stderr is not a terminal (logs, CI)
-        return tqdm(total=self.options["steps"], initial=start, desc="training", unit="step", disable=None)
+        every = self.options.checkpoint_every
+        return done == self.options.steps or (every and done % every == 0)
 
     def _checkpoint(self, done, trained, params, optimizer, lr_scheduler, losses) -> None:
         for module in trained.values():
             module.eval()
-        adapter = export_adapter(trained, self.options["alpha"], self.header)
+        adapter = export_adapter(trained, self.options.alpha, self.header)
         if self.extras is not None:
             self.extras.export(adapter)
         validation = self.validation_loss()
@@ -393,20 +387,27 @@ class Engine:
             self.accelerator.log({"validation_loss": validation}, step=done)
 
     @torch.no_grad()
-    def _samples(self, done: int):
-        prompts = [p.strip() for p in self.options["validation_prompts"].split("|") if p.strip()]
-        every = self.options["validate_every"]
-        if not prompts or (every and done % every and done != self.options["steps"]):
+    def _samples(self, done: int) -> bytes | None:
+        """The validation prompts sampled at this checkpoint: a labelled grid (PNG bytes, with its recipe)."""
+        prompts = [p.strip() for p in self.options.validation_prompts.split("|") if p.strip()]
+        every = self.options.validate_every
+        if not prompts or (every and done % every and done != self.options.steps):
             return None
-        from PIL import Image
+        from ..base_settings import pipe_settings
+        from .pictures import labelled_grid, sample_png
 
-        size = self.options["resolution"]
+        size, guidance = self.options.resolution, pipe_settings(self.pipe).guidance
+        seeds = [self.options.seed + i for i in range(len(prompts))]
         images = []
-        for i, prompt in enumerate(prompts):
-            g = torch.Generator().manual_seed(self.options["seed"] + i)
-            images.append(self.pipe(prompt, num_inference_steps=self.options["sample_steps"], generator=g,
-                                    height=size, width=size, **guidance_kwargs(self.pipe)).images[0])  # fmt: skip
-        grid = Image.new("RGB", (size * len(images), size), "white")
-        for i, image in enumerate(images):
-            grid.paste(image.resize((size, size)), (i * size, 0))
-        return grid
+        for prompt, seed in zip(prompts, seeds):
+            g = torch.Generator().manual_seed(seed)
+            images.append(self.pipe(prompt, num_inference_steps=self.options.sample_steps, generator=g,
+                                    height=size, width=size, guidance_scale=guidance).images[0])  # fmt: skip
+        grid = labelled_grid([images], prompts, [f"step {done}"])
+        recipe = {
+            "trainer": self.run.identity.get("trainer"), "base": self.run.identity.get("base"),
+            "run": str(self.run.path), "step": done, "adapter": f"checkpoints/step-{done:06d}/adapter.safetensors",
+            "prompts": prompts, "seeds": seeds, "sample_steps": self.options.sample_steps, "guidance": guidance,
+            "width": size, "height": size, "scheduler": type(self.pipe.scheduler).__name__,
+        }  # fmt: skip
+        return sample_png(grid, recipe)

@@ -25,15 +25,15 @@ def add_lora(pipe, options: Mapping[str, Any]) -> dict[str, torch.nn.Module]:
         module = getattr(pipe, component, None)
         if module is not None:
             module.requires_grad_(False)
-    torch.manual_seed(options["seed"])
-    config = dict(r=options["rank"], lora_alpha=options["alpha"], init_lora_weights=True)
+    torch.manual_seed(options.seed)
+    config = dict(r=options.rank, lora_alpha=options.alpha, init_lora_weights=True)
     trained = {}
     try:
-        pipe.unet.add_adapter(LoraConfig(target_modules=list(TARGETS[options["targets"]]), **config))
+        pipe.unet.add_adapter(LoraConfig(target_modules=list(TARGETS[options.targets]), **config))
     except ValueError as e:
         raise TrainingError(f"cannot add LoRA layers to the UNet: {e}") from None
     trained["unet"] = pipe.unet
-    if options["text_encoder_lr"] > 0:
+    if options.text_encoder_lr > 0:
         for component in TEXT_COMPONENTS:
             encoder = getattr(pipe, component, None)
             if encoder is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import LorastackError
 from ..interfaces import Option, PluginOptionError, resolve_options, shown_value
+from .typed import TrainingOptions, typed_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +38,7 @@ TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # uses, below what breaks something.
 MAX_STEPS = 10_000_000  # LoRA runs take 10^3–10^5 steps; 10^7 is months of training at several steps a second
 MAX_RANK = 1024  # LoRA ranks are 1–256 in practice, and no SD/SDXL layer is wider than 5,120 (rank 100,000: 21 GB)
+DEFAULT_RESOLUTION = 512  # when the base's own is not known (SD1's)
 MAX_RESOLUTION = 4096  # SDXL trains at 1024; 4096 is 16x its pixels, and buckets reach twice the resolution
 MAX_BATCH = 1024  # images per step (and micro-batches per step for gradient accumulation)
 MAX_BATCH_PIXELS = 2**28  # batch size x resolution²: 1,024 images of 512², 256 of 1024², 16 of 4096² (3 GiB fp32)
@@ -80,8 +82,10 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("max_grad_norm", "float", 1.0, "Gradient clipping norm (0: off).", minimum=0),
     Option("seed", "int", 0, "Seed of everything: data order, noise, timesteps, LoRA init.", minimum=0,
            maximum=MAX_SEED),
-    Option("resolution", "int", 512, "Training resolution (multiple of 8).", minimum=8, maximum=MAX_RESOLUTION),
-    Option("center_crop", "bool", True, "Center crop (false: random crop, which disables the latent cache)."),
+    Option("resolution", "int", None, "Training resolution, a multiple of 8 (default: the base's own, e.g. 64 for "
+           "the toy base, 512 for SD1).", minimum=8, maximum=MAX_RESOLUTION),
+    Option("center_crop", "bool", True, "Center crop (--no-center-crop: random crops, which disable the latent "
+           "cache)."),
     Option("random_flip", "bool", False, "Flip images horizontally at random."),
     Option("buckets", "bool", False, "Aspect-ratio bucketing instead of square crops."),
     Option("caption_prefix", "str", "", "Text put before every caption."),
@@ -105,7 +109,7 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("validation_prompts", "str", "",
            f"Prompts sampled at each checkpoint, separated by '|' (at most {MAX_VALIDATION_PROMPTS})."),
     Option("sample_steps", "int", 20, "Denoising steps of validation samples.", minimum=1, maximum=MAX_SAMPLE_STEPS),
-    Option("device", "str", None, "cpu, cuda, cuda:1, mps (default: what accelerate picks)."),
+    Option("device", "str", None, "cpu, cuda, cuda:1, mps (default: the best present: cuda, else mps, else cpu)."),
 )  # fmt: skip
 
 #: The most bytes a recipe file may hold: recipes are a few hundred bytes of TOML.
@@ -145,13 +149,24 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 200 else line[:199] + "…"
 
 
-def resolve(
-    trainer_options: Sequence[Option], given: Mapping[str, Any], trainer: str
-) -> dict[str, Any]:  # fmt: skip
-    """The engine's and the trainer's options together, checked; defaults filled in; cross-option rules applied."""
+def engine_and_trainer_options(trainer_options: Sequence[Option]) -> tuple[Option, ...]:
+    """The trainer's options, then the engine's it does not redeclare: the options of a run, in help order."""
     own = {o.name for o in trainer_options}
-    options = tuple(trainer_options) + tuple(o for o in ENGINE_OPTIONS if o.name not in own)
+    return tuple(trainer_options) + tuple(o for o in ENGINE_OPTIONS if o.name not in own)
+
+
+def resolve(
+    trainer_options: Sequence[Option], given: Mapping[str, Any], trainer: str, *, base_resolution: int | None = None
+) -> TrainingOptions:
+    """The engine's and the trainer's options together, checked, as a frozen typed object.
+
+    Defaults are filled in (``resolution``: ``base_resolution``, the base's own, else 512; ``device``: the best one
+    present; ``alpha``: the rank) and the rules between options applied.
+    """
+    options = engine_and_trainer_options(trainer_options)
     resolved = resolve_options(options, given, f"trainer {trainer!r}")
+    if resolved["resolution"] is None:
+        resolved["resolution"] = base_resolution or DEFAULT_RESOLUTION
     if resolved["resolution"] % 8:
         raise PluginOptionError(f"--resolution {resolved['resolution']} is not divisible by 8; try "
                                 f"{resolved['resolution'] // 8 * 8}")  # fmt: skip
@@ -167,13 +182,16 @@ def resolve(
     if len(prompts) > MAX_VALIDATION_PROMPTS:
         raise PluginOptionError(f"--validation-prompts has {len(prompts)} prompts; the most is "
                                 f"{MAX_VALIDATION_PROMPTS}")  # fmt: skip
-    if resolved["device"] is not None:
-        _check_device(resolved["device"])
-    if resolved["mixed_precision"] == "fp16" and _cpu_only(resolved["device"]):
+    if resolved["device"] is None:
+        from ..devices import best_device
+
+        resolved["device"] = best_device()
+    _check_device(resolved["device"])
+    if resolved["mixed_precision"] == "fp16" and resolved["device"].split(":")[0] == "cpu":
         raise PluginOptionError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
     if resolved["alpha"] is None:
         resolved["alpha"] = float(resolved["rank"])
-    return resolved
+    return typed_options(options, resolved, trainer)
 
 
 def _check_device(device: str) -> None:
@@ -183,14 +201,6 @@ def _check_device(device: str) -> None:
         torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise PluginOptionError(f"--device {shown_value(device)} is not a device: cpu, cuda, cuda:N, mps") from None
-
-
-def _cpu_only(device: str | None) -> bool:
-    import torch
-
-    return device == "cpu" or (
-        device is None and not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    )
 
 
 def recipe_fingerprint(options: Mapping[str, Any]) -> dict[str, Any]:

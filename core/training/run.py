@@ -116,9 +116,9 @@ class RunFolder:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(folder / "state.pt", buffer.getvalue())
-        if samples is not None:
+        if samples is not None:  # PNG bytes
             (self.path / "samples").mkdir(exist_ok=True)
-            samples.save(self.path / "samples" / f"step-{step:06d}.png")
+            atomic_write_bytes(self.path / "samples" / f"step-{step:06d}.png", samples)
         atomic_write_bytes(folder / "complete", b"")
         self.state["checkpoints"] = sorted({*self.state["checkpoints"], folder.name})
         if validation is not None:
@@ -166,35 +166,6 @@ class RunFolder:
     def _plot(self, losses: list[float]) -> None:
         atomic_write_bytes(self.path / "losses.json", json.dumps(losses).encode())
         if len(losses) >= 2:
-            buffer = io.BytesIO()
-            loss_curve(losses, self.state.get("validation", {})).save(buffer, format="PNG")
-            atomic_write_bytes(self.path / "loss.png", buffer.getvalue())
+            from .pictures import loss_plot_png
 
-
-def loss_curve(losses: list[float], validation: dict[str, float], size=(640, 320)):
-    """A plain loss-curve image (training loss, smoothed, and validation points), drawn with PIL."""
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    values = list(losses) + list(validation.values())
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    margin = 30
-
-    def point(i: float, v: float) -> tuple[float, float]:
-        x = margin + (width - 2 * margin) * (i / max(len(losses) - 1, 1))
-        return x, height - margin - (height - 2 * margin) * (v - low) / span
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline=(200, 200, 200))
-    draw.line([point(i, v) for i, v in enumerate(losses)], fill=(180, 180, 220), width=1)
-    window = max(1, len(losses) // 20)
-    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-              for i in range(len(losses))]  # fmt: skip
-    draw.line([point(i, v) for i, v in enumerate(smooth)], fill=(30, 60, 200), width=2)
-    for step, value in validation.items():
-        x, y = point(int(step) - 1, value)
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(220, 60, 30))
-    draw.text((margin, 8), f"loss {losses[-1]:.4f} (min {min(losses):.4f}, max {max(losses):.4f})", fill="black")
-    return image
+            atomic_write_bytes(self.path / "loss.png", loss_plot_png(losses, self.state.get("validation", {})))

@@ -1,0 +1,102 @@
+"""The pictures a run leaves: ``loss.png`` (matplotlib, with axes and a legend) and labelled sample grids."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .progress import EMA_BETA
+
+#: sample tiles smaller than this are upscaled (pixel-exact) so a 64 px toy sample can be seen
+MIN_TILE = 256
+#: the PNG text chunk holding a sample grid's recipe (generation recipes use ``lorastack``: a grid is not one)
+SAMPLE_RECIPE_KEY = "lorastack-sample"
+
+
+def smoothed(losses: Sequence[float], beta: float = EMA_BETA) -> list[float]:
+    """The bias-corrected exponential moving average of ``losses`` (what the progress line shows)."""
+    out, ema, weight = [], 0.0, 0.0
+    for value in losses:
+        ema, weight = beta * ema + (1 - beta) * value, beta * weight + (1 - beta)
+        out.append(ema / weight)
+    return out
+
+
+def loss_plot_png(losses: Sequence[float], validation: Mapping[str, float] | None = None) -> bytes:
+    """``loss.png``: the loss of each step, its moving average and the validation losses, on labelled axes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend is already in use
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    steps = range(1, len(losses) + 1)
+    axes.plot(steps, losses, color="#9aa7d8", linewidth=0.8, label="loss (each step)")
+    axes.plot(steps, smoothed(losses), color="#1f3fbf", linewidth=2, label=f"smoothed (EMA {EMA_BETA:g})")
+    if validation:
+        points = sorted((int(step), value) for step, value in validation.items())
+        axes.plot(*zip(*points), "o", color="#d9482b", label="validation loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (MSE)")
+    axes.set_xlim(1, max(2, len(losses)))
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper right")
+    axes.set_title(f"training loss, {len(losses)} steps")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(rows: Sequence[Sequence[Any]], columns: Sequence[str], row_labels: Sequence[str]):
+    """Images in rows, each column headed by its (wrapped) label and each row by its label; small tiles upscaled."""
+    from PIL import Image, ImageDraw
+
+    width, height = rows[0][0].size
+    scale = max(1, -(-MIN_TILE // max(width, height)))  # ceil: whole factors keep pixels square and sharp
+    tile_w, tile_h = width * scale, height * scale
+    font = _font(14)
+    chars = max(8, tile_w // 8)
+    wrapped = [textwrap.wrap(label, chars)[:3] or [""] for label in columns]
+    header = 8 + 18 * max(len(lines) for lines in wrapped)
+    left = 8 + 8 * max(len(label) for label in row_labels)
+    grid = Image.new("RGB", (left + tile_w * len(columns), header + tile_h * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, lines in enumerate(wrapped):
+        for i, line in enumerate(lines):
+            draw.text((left + c * tile_w + 4, 4 + 18 * i), line, fill="black", font=font)
+    for r, (label, row) in enumerate(zip(row_labels, rows)):
+        draw.text((4, header + r * tile_h + tile_h // 2 - 7), label, fill="black", font=font)
+        for c, image in enumerate(row):
+            tile = image.convert("RGB").resize((tile_w, tile_h), Image.Resampling.NEAREST)
+            grid.paste(tile, (left + c * tile_w, header + r * tile_h))
+    return grid
+
+
+def sample_png(grid, recipe: Mapping[str, Any]) -> bytes:
+    """The grid as PNG bytes with its recipe (JSON) in a text chunk and a one-line summary as its description."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(SAMPLE_RECIPE_KEY, json.dumps(recipe, sort_keys=True, default=str))
+    seeds = ", ".join(str(s) for s in recipe.get("seeds", ()))
+    info.add_text(
+        "Description",
+        f"training samples at step {recipe.get('step')}: {recipe.get('sample_steps')} steps, guidance "
+        f"{recipe.get('guidance')}, seeds {seeds}, {recipe.get('width')}x{recipe.get('height')}",
+    )
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
