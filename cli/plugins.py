@@ -10,9 +10,18 @@ LABELS = {"trainers": "trainers", "captioners": "captioners", "dataset_sources":
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable: plugins, registered names and options.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable: plugins, registered names and options, failures and warnings.",
+)
 def plugins_cmd(as_json):
-    """List the loaded plugins, their versions and the names each registers, per hook."""
+    """List the loaded plugins, their versions and the names each registers, per hook.
+
+    Plugins that failed to load, and hooks a plugin implements that lorastack does not have (a misspelt name), are
+    listed too.
+    """
     from lorastack.plugins.manager import get_manager
 
     described = get_manager().describe()
@@ -28,6 +37,8 @@ def plugins_cmd(as_json):
             click.echo("  (registers nothing)")
     for failure in described["failed"]:
         click.echo(f"{failure['plugin']} FAILED: {failure['error']}")
+    for problem in described["warnings"]:
+        click.echo(f"{problem['plugin']} WARNING: {problem['warning']}")
     for kind, table in described["registered"].items():
         if table:
             click.echo(f"\n{LABELS[kind]}:")

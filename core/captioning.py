@@ -24,7 +24,7 @@ from typing import Any
 
 from .data import CAPTION_SUFFIXES, Dataset, jsonl_rows
 from .errors import LorastackError
-from .interfaces import DatasetItem, resolve_options
+from .interfaces import Captioner, DatasetItem, optional_member, resolve_options
 
 OUTPUT_FORMATS = ("sidecar", "csv", "jsonl")
 METADATA_FILES = {"csv": "metadata.csv", "jsonl": "metadata.jsonl"}
@@ -124,7 +124,7 @@ def caption_dataset(
         writer.check_not_shadowed()
     wanted = [overwrite or not text for text in existing]
     # A captioner that reads existing captions (sidecar) sees every item; others only the ones to caption.
-    reads_captions = bool(getattr(captioner, "reads_captions", False))
+    reads_captions = bool(optional_member(captioner, Captioner, "reads_captions"))
     todo = [i for i in range(len(items)) if wanted[i] or reads_captions]
     report.kept = len(items) - len(todo)
 

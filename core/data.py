@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LorastackError
-from .interfaces import DatasetItem, Skipped, resolve_options
+from .interfaces import DatasetItem, DatasetSource, Skipped, optional_member, resolve_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".txt", ".caption")
@@ -240,7 +240,7 @@ def find_source(location: str, source: str | None = None):
         return manager.get("dataset_sources", source)
     # More specific sources first: a source may set ``priority`` (default 0); the generic folder source is last.
     candidates = [manager.get("dataset_sources", name) for name in manager.names("dataset_sources")]
-    for candidate in sorted(candidates, key=lambda c: -getattr(c, "priority", 0)):
+    for candidate in sorted(candidates, key=lambda c: -optional_member(c, DatasetSource, "priority")):
         if candidate.detect(location):
             return candidate
     available = ", ".join(manager.names("dataset_sources")) or "none"

@@ -62,11 +62,13 @@ class Option:
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
-            raise ValueError(f"option {self.name!r}: type {self.type!r} is not one of {', '.join(OPTION_TYPES)}")
+            raise PluginOptionError(
+                f"option {self.name!r}: type {self.type!r} is not one of {', '.join(OPTION_TYPES)}"
+            )
         if self.type == "choice" and not self.choices:
-            raise ValueError(f"option {self.name!r}: a choice option needs choices")
+            raise PluginOptionError(f"option {self.name!r}: a choice option needs choices")
         if self.minimum is not None and self.maximum is not None and self.maximum < self.minimum:
-            raise ValueError(f"option {self.name!r}: maximum {self.maximum} is below minimum {self.minimum}")
+            raise PluginOptionError(f"option {self.name!r}: maximum {self.maximum} is below minimum {self.minimum}")
 
     def parse(self, value: Any, owner: str = "") -> Any:
         """``value`` (a string from the command line, or already typed) converted and checked."""
@@ -251,52 +253,111 @@ class Skipped:
     reason: str
 
 
+# --- the protocols a plugin object implements -----------------------------------------------------------------------
+#
+# A plugin object is checked with ``isinstance(obj, <protocol>)`` when it registers: it must have every member declared
+# in the class body. Optional members are not declared there (``isinstance`` would then require them): each protocol's
+# docstring lists them, and ``OPTIONAL_MEMBERS`` holds the value the host uses when an object has none.
+
+
 @runtime_checkable
 class DatasetSource(Protocol):
     """Where training images come from: a folder, a zip file, a Hugging Face dataset, …
 
-    ``detect`` says whether ``location`` looks like this source's kind (used when the user names no source);
-    ``open`` yields one ``DatasetItem`` per usable image and one ``Skipped`` per file it could not use (a corrupt
-    image, a caption naming a missing file), in a stable order. Bad locations raise ``LorastackError`` with a
-    one-line message.
+    Optional member (the host uses the default when a source has none):
+
+    * ``priority: int = 0``: the order in which sources are asked to ``detect`` a location, higher first. A source
+      for a specific kind of file (``.list``, ``.zip``) keeps 0 or more; a generic one (the ``folder`` source: -10)
+      goes last.
     """
 
     name: str
+    """What users type (``--source NAME``): lower-case letters, digits, ``-`` and ``_``, starting with a letter."""
     description: str
+    """One line for ``lorastack plugins``."""
     options: Sequence[Option]
+    """The options ``open`` accepts; the host checks the user's values against them before ``open`` is called."""
 
-    def detect(self, location: str) -> bool: ...
+    def detect(self, location: str) -> bool:
+        """Whether ``location`` looks like this source's kind (used when the user names no source); cheap: look at
+        the name, a few bytes at most, decode nothing."""
+        ...
 
-    def open(self, location: str, options: Mapping[str, Any]) -> Iterator[DatasetItem | Skipped]: ...
+    def open(self, location: str, options: Mapping[str, Any]) -> Iterator[DatasetItem | Skipped]:
+        """One ``DatasetItem`` per usable image and one ``Skipped`` per file it could not use (a corrupt image, a
+        caption naming a missing file), in a stable order. ``options`` holds every declared option, typed, defaults
+        filled. A location that cannot be used at all raises a ``LorastackError`` with a one-line message."""
+        ...
 
 
 @runtime_checkable
 class Captioner(Protocol):
     """Writes a caption for each image.
 
-    ``caption`` gets the items in order and yields one caption (a string, or ``None`` when it has nothing to say)
-    per item, in the same order, so callers can show progress. Load models inside ``caption``, not at import or
-    registration, so listing plugins stays cheap.
+    Optional member (the host uses the default when a captioner has none):
+
+    * ``reads_captions: bool = False``: ``caption`` gets every item, those with a caption too (the ``sidecar``
+      captioner keeps them); by default it gets only the items to caption.
     """
 
     name: str
+    """What users type (``lorastack caption --captioner NAME``)."""
     description: str
+    """One line for ``lorastack plugins``."""
     options: Sequence[Option]
+    """The options ``caption`` accepts, checked before any image is opened or any model is loaded."""
 
-    def caption(self, items: Sequence[DatasetItem], options: Mapping[str, Any]) -> Iterator[str | None]: ...
+    def caption(self, items: Sequence[DatasetItem], options: Mapping[str, Any]) -> Iterator[str | None]:
+        """One caption (a string, or ``None`` when it has nothing to say) per item, in the same order, yielded as
+        they are made so callers can show progress. Load models here, not at import or registration, so listing
+        plugins stays cheap."""
+        ...
 
 
 @runtime_checkable
 class Trainer(Protocol):
     """Trains an adapter.
 
-    ``train`` gets the resolved options and a ``lorastack.core.training.TrainingContext`` (base, data, run folder,
-    engine) and returns the run's result. Declared options cover everything a user may set; the engine's shared
-    options (steps, learning rate, resolution, …) are added to every trainer's.
+    Optional member (the host skips it when a trainer has none):
+
+    * ``check(options) -> None``: trainer-specific rules on the resolved options (a class without a token, …),
+      called before the data is read or the base loads; raises a ``LorastackError`` naming the bad value.
     """
 
     name: str
+    """What users type (``lorastack train --trainer NAME``)."""
     description: str
+    """One line for ``lorastack plugins`` and ``lorastack train --help``."""
     options: Sequence[Option]
+    """The trainer's own options; the engine's shared options (steps, learning rate, resolution, …) are added to
+    them, and a trainer option of the same name replaces the engine's."""
 
-    def train(self, context: Any, options: Mapping[str, Any]) -> Any: ...
+    def train(self, context: Any, options: Mapping[str, Any]) -> Any:
+        """Run the training: ``context`` is a ``TrainingContext`` (base pipeline, dataset, run folder, and
+        ``context.engine(items)`` to start the shared training loop), ``options`` the resolved options. Returns the
+        engine's ``TrainResult``."""
+        ...
+
+
+#: The members a plugin object may leave out, per protocol, and the value the host uses then.
+OPTIONAL_MEMBERS: dict[type, dict[str, Any]] = {
+    DatasetSource: {"priority": 0},
+    Captioner: {"reads_captions": False},
+    Trainer: {"check": None},
+}
+
+
+def optional_member(obj: Any, protocol: type, name: str) -> Any:
+    """``obj``'s optional member ``name`` of ``protocol``, or the default the host uses when ``obj`` has none.
+
+    Only members listed in ``OPTIONAL_MEMBERS`` can be read this way (a ``KeyError`` otherwise), so everything the
+    host reads from a plugin object is declared here.
+    """
+    return getattr(obj, name, OPTIONAL_MEMBERS[protocol][name])
+
+
+def protocol_members(protocol: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The attributes and the methods that ``protocol``'s class body declares (what ``isinstance`` requires)."""
+    methods = tuple(n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_"))
+    attributes = tuple(n for n in vars(protocol).get("__annotations__", {}) if n not in methods)
+    return attributes, methods

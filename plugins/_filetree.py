@@ -17,19 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorastack.core.data import (
+from lorastack.plugins.api import (
     CAPTION_SUFFIXES,
     IMAGE_SUFFIXES,
     MAX_FILE_BYTES,
     DatasetError,
+    DatasetItem,
     ImageError,
+    Option,
+    Skipped,
     format_size,
     image_key,
     jsonl_rows,
     one_line,
     open_image,
 )
-from lorastack.core.interfaces import DatasetItem, Option, Skipped
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 TEXT_COLUMNS = ("text", "caption")

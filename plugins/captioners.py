@@ -1,6 +1,6 @@
 """The built-in captioners: ``filename``, ``sidecar`` and ``blip``.
 
-Written like a third-party plugin, on lorastack's public API only:
+Written like a third-party plugin: from lorastack it imports ``lorastack.plugins.api`` only.
 
 * ``filename``: the image's file name as words (``red_circle-02.png`` → ``red circle``);
 * ``sidecar``: the caption an image already has (sidecar file or metadata row), and another captioner's for the
@@ -18,10 +18,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lorastack.core.captioning import CaptionError
-from lorastack.core.data import IMAGE_SUFFIXES
-from lorastack.core.interfaces import DatasetItem, Option, PluginOptionError, parse_option_pairs, resolve_options
-from lorastack.plugins import hookimpl
+from lorastack.plugins.api import (
+    IMAGE_SUFFIXES,
+    CaptionError,
+    DatasetItem,
+    Option,
+    PluginOptionError,
+    UnknownNameError,
+    get_captioner,
+    hookimpl,
+    parse_option_pairs,
+    resolve_options,
+)
 
 PREFIX_HELP = "Text each caption starts with (a trigger phrase such as 'a photo of aawxbc')."
 
@@ -99,8 +107,6 @@ class SidecarCaptioner:
         return self._captions(items, filled)
 
     def _fill(self, options: Mapping[str, Any]):
-        from lorastack.plugins.manager import UnknownNameError, get_captioner
-
         owner = f"captioner {self.name!r}"
         name = options["fill"]
         if name == self.name:

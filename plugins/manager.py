@@ -3,11 +3,17 @@
 Every plugin, built-in or not, is an entry point in the ``lorastack`` group, loaded the same way. The built-ins are
 entry points of the ``lorastack`` distribution itself and always load; ``LORASTACK_LOAD_PLUGINS`` (a comma list of
 plugin or distribution names; empty: none) limits which other installed plugins do. A plugin that fails to import,
-or whose hook raises, is reported by name and skipped. ``LORASTACK_TRACE_PLUGINS=1`` prints each hook call.
+or whose hook raises, is reported by name and skipped; one implementing a hook lorastack does not have (a misspelt
+``register_captioner``) is reported by name and its other hooks still work. ``LORASTACK_TRACE_PLUGINS=1`` prints each
+hook call on stderr, through pluggy's hook-call monitoring.
+
+Hooks are called through pluggy, one plugin at a time (``subset_hook_caller``), so what an object registers is
+attributed to its plugin, and an implementation may take fewer arguments than the hook's specification.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -16,12 +22,20 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 
 from lorastack.core.errors import LorastackError
-from lorastack.core.interfaces import Option
+from lorastack.core.interfaces import (
+    OPTIONAL_MEMBERS,
+    Captioner,
+    DatasetSource,
+    Option,
+    Trainer,
+    optional_member,
+    protocol_members,
+)
 
 from . import hookspecs
 
@@ -29,12 +43,20 @@ log = logging.getLogger("lorastack.plugins")
 
 GROUP = "lorastack"
 BUILTIN_DISTRIBUTION = "lorastack"
-# kind → (hook name, what one object is called in messages, the methods an object of that kind must have)
-KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "dataset_sources": ("register_dataset_sources", "dataset source", ("detect", "open")),
-    "captioners": ("register_captioners", "captioner", ("caption",)),
-    "trainers": ("register_trainers", "trainer", ("train",)),
+
+
+class Kind(NamedTuple):
+    hook: str  # the hook that registers objects of this kind
+    label: str  # what one object is called in messages
+    protocol: type  # what a registered object must implement
+
+
+KINDS: dict[str, Kind] = {
+    "dataset_sources": Kind("register_dataset_sources", "dataset source", DatasetSource),
+    "captioners": Kind("register_captioners", "captioner", Captioner),
+    "trainers": Kind("register_trainers", "trainer", Trainer),
 }
+HOOKS = tuple(kind.hook for kind in KINDS.values())
 NAME_RULE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
@@ -57,8 +79,18 @@ class Registered:
 
 @dataclass
 class Failure:
+    """A plugin that could not be used at all, or one of its hooks that raised (what it registered there is gone)."""
+
     plugin: str
     error: str
+
+
+@dataclass
+class Problem:
+    """Something wrong with a plugin that still loaded: a hook lorastack does not have (a misspelt name)."""
+
+    plugin: str
+    warning: str
 
 
 @dataclass
@@ -68,6 +100,11 @@ class PluginInfo:
     version: str | None
     builtin: bool
     hooks: list[str] = field(default_factory=list)
+    unknown_hooks: list[str] = field(default_factory=list)  # implemented, but no hook of lorastack's
+
+
+def tracing_enabled() -> bool:
+    return os.environ.get("LORASTACK_TRACE_PLUGINS", "") not in ("", "0")
 
 
 class PluginManager:
@@ -76,8 +113,11 @@ class PluginManager:
     def __init__(self, *, entry_points: bool = True, allow: str | None = None):
         self.pm = pluggy.PluginManager("lorastack")
         self.pm.add_hookspecs(hookspecs)
+        if tracing_enabled():
+            self.pm.add_hookcall_monitoring(_trace_before, _trace_after)
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[Failure] = []
+        self.problems: list[Problem] = []
         self.registered: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
         if entry_points:
             self._load_entry_points(os.environ.get("LORASTACK_LOAD_PLUGINS") if allow is None else allow)
@@ -108,18 +148,20 @@ class PluginManager:
         except Exception as e:  # pluggy validates hook signatures here
             self._fail(name, f"is not a valid plugin: {e}")
             return
-        info.hooks = sorted(
-            impl_name for impl_name in (spec for spec, *_ in KINDS.values()) if self._impl(impl_name, name)
-        )
+        callers = self.pm.get_hookcallers(module) or []
+        info.hooks = sorted(c.name for c in callers if c.has_spec())
+        info.unknown_hooks = sorted(c.name for c in callers if not c.has_spec() and not _optional(c, module))
         self.plugins[name] = info
+        for hook in info.unknown_hooks:
+            self._warn(name, _unknown_hook_text(hook))
 
     def _fail(self, plugin: str, error: str) -> None:
         self.failures.append(Failure(plugin, error))
         log.warning("plugin %s %s; skipped", plugin, error)
 
-    def _impl(self, hook_name: str, plugin: str):
-        hook = getattr(self.pm.hook, hook_name)
-        return next((i for i in hook.get_hookimpls() if i.plugin_name == plugin), None)
+    def _warn(self, plugin: str, warning: str) -> None:
+        self.problems.append(Problem(plugin, warning))
+        log.warning("plugin %s %s", plugin, warning)
 
     def register(self, module: Any, name: str, version: str | None = None) -> None:
         """Add a plugin object by hand (tests, applications embedding lorastack); its names register at once."""
@@ -131,57 +173,77 @@ class PluginManager:
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.plugins.pop(name, None)
+        self.problems = [p for p in self.problems if p.plugin != name]
         self._collect()
 
     # --- registration -------------------------------------------------------------------------------------------
 
     def _collect(self) -> None:
         self.registered = {kind: {} for kind in KINDS}
-        for kind, (hook_name, label, _methods) in KINDS.items():
-            hook = getattr(self.pm.hook, hook_name)
+        for kind, spec in KINDS.items():
             # get_hookimpls() lists plugins in load order, so on a duplicate the older plugin is named first
-            for impl in hook.get_hookimpls():
-                self._call(impl, kind, label)
+            impls = getattr(self.pm.hook, spec.hook).get_hookimpls()
+            for impl in impls:
+                self._call(impl, [other.plugin for other in impls if other is not impl], kind)
 
-    def _call(self, impl, kind: str, label: str) -> None:
-        plugin = impl.plugin_name
+    def _call(self, impl: pluggy.HookImpl, others: list[Any], kind: str) -> None:
+        """Call one plugin's implementation of ``kind``'s hook through pluggy, recording what it registers."""
+        plugin, spec = impl.plugin_name, KINDS[kind]
         added: list[str] = []
         table = self.registered[kind]
 
         def register(obj: Any) -> None:
-            name = self._check(obj, kind, label, plugin)
+            name = self._check(obj, kind, plugin)
             if name in table:
                 raise PluginError(
-                    f"{label} {name!r} is registered by two plugins, {table[name].plugin!r} and {plugin!r}; "
+                    f"{spec.label} {name!r} is registered by two plugins, {table[name].plugin!r} and {plugin!r}; "
                     "uninstall one, or limit LORASTACK_LOAD_PLUGINS"
                 )
             table[name] = Registered(obj, plugin)
             added.append(name)
 
-        if os.environ.get("LORASTACK_TRACE_PLUGINS"):
-            sys.stderr.write(f"lorastack: calling {impl.function.__name__} of plugin {plugin}\n")
+        # pluggy passes each implementation only the arguments it names, so one taking fewer than the spec works
+        call = self.pm.subset_hook_caller(spec.hook, remove_plugins=others)
         try:
-            impl.function(register=register)
+            call(register=register)
         except PluginError:
             raise
         except Exception as e:
             for name in added:
                 del table[name]
-            self._fail(plugin, f"failed in {impl.function.__name__}: {type(e).__name__}: {e}")
+            self._fail(plugin, f"failed in {spec.hook}: {type(e).__name__}: {e}")
 
     @staticmethod
-    def _check(obj: Any, kind: str, label: str, plugin: str) -> str:
+    def _check(obj: Any, kind: str, plugin: str) -> str:
+        """``obj``'s name, once ``obj`` is found to implement ``kind``'s protocol; a ``PluginError`` otherwise."""
+        spec = KINDS[kind]
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not NAME_RULE.match(name):
             raise PluginError(
-                f"plugin {plugin!r} registered a {label} with the name {name!r}; names are lower-case letters, "
+                f"plugin {plugin!r} registered a {spec.label} with the name {name!r}; names are lower-case letters, "
                 "digits, '-' and '_', starting with a letter"
             )
-        missing = [m for m in KINDS[kind][2] if not callable(getattr(obj, m, None))]
-        options = getattr(obj, "options", ())
-        if missing or not all(isinstance(o, Option) for o in options):
-            what = f"no {', '.join(missing)} method" if missing else "options that are not Option objects"
-            raise PluginError(f"plugin {plugin!r}: {label} {name!r} has {what}")
+        attributes, methods = protocol_members(spec.protocol)
+        if not isinstance(obj, spec.protocol) or not all(callable(getattr(obj, m)) for m in methods):
+            lacking = [m for m in attributes if not hasattr(obj, m)]
+            lacking += [f"{m}()" for m in methods if not callable(getattr(obj, m, None))]
+            members = ", ".join([*attributes, *(f"{m}()" for m in methods)])
+            raise PluginError(
+                f"plugin {plugin!r}: {spec.label} {name!r} lacks {', '.join(lacking)}; a {spec.label} has {members} "
+                f"({spec.protocol.__module__}.{spec.protocol.__name__})"
+            )
+        if not isinstance(obj.description, str):
+            raise PluginError(f"plugin {plugin!r}: {spec.label} {name!r} has a description that is not text")
+        if not all(isinstance(o, Option) for o in obj.options):
+            raise PluginError(f"plugin {plugin!r}: {spec.label} {name!r} has options that are not Option objects")
+        for member, default in OPTIONAL_MEMBERS[spec.protocol].items():
+            value = optional_member(obj, spec.protocol, member)
+            if value is default:
+                continue
+            fits = callable(value) if default is None else type(value) is type(default)
+            if not fits:
+                want = {type(None): "a method", bool: "true or false", int: "an integer"}[type(default)]
+                raise PluginError(f"plugin {plugin!r}: {spec.label} {name!r}: {member} {value!r} is not {want}")
         return name
 
     # --- lookup -------------------------------------------------------------------------------------------------
@@ -194,9 +256,8 @@ class PluginManager:
         table = self.registered[kind]
         if name in table:
             return table[name].obj
-        label = KINDS[kind][1]
         available = ", ".join(sorted(table)) or "none (no plugin registers one)"
-        raise UnknownNameError(f"unknown {label} {name!r}; available: {available}")
+        raise UnknownNameError(f"unknown {KINDS[kind].label} {name!r}; available: {available}")
 
     def describe(self) -> dict[str, Any]:
         """Plugins, their versions and what each registers per hook (for ``lorastack plugins --json``)."""
@@ -207,14 +268,15 @@ class PluginManager:
             }
             plugins.append({
                 "name": name, "distribution": info.distribution, "version": info.version, "builtin": info.builtin,
-                "hooks": info.hooks, "provides": {k: v for k, v in provides.items() if v},
+                "hooks": info.hooks, "unknown_hooks": info.unknown_hooks,
+                "provides": {k: v for k, v in provides.items() if v},
             })  # fmt: skip
         registered = {
             kind: {
                 n: {
                     "plugin": r.plugin,
-                    "description": getattr(r.obj, "description", ""),
-                    "options": [o.describe() for o in getattr(r.obj, "options", ())],
+                    "description": r.obj.description,
+                    "options": [o.describe() for o in r.obj.options],
                 }
                 for n, r in sorted(table.items())
             }
@@ -224,7 +286,32 @@ class PluginManager:
             "plugins": plugins,
             "registered": registered,
             "failed": [{"plugin": f.plugin, "error": f.error} for f in self.failures],
+            "warnings": [{"plugin": p.plugin, "warning": p.warning} for p in self.problems],
         }
+
+
+def _optional(caller: pluggy.HookCaller, plugin: Any) -> bool:
+    """Whether every implementation ``plugin`` has of ``caller``'s hook is marked ``optionalhook=True`` (a hook of a
+    newer lorastack, which pluggy's ``check_pending`` does not report either)."""
+    return all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin)
+
+
+def _unknown_hook_text(hook: str) -> str:
+    close = difflib.get_close_matches(hook, HOOKS, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"the hooks are {', '.join(HOOKS)}"
+    return f"implements {hook}, which is not a lorastack hook ({hint}); it is never called"
+
+
+def _trace_before(hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+    plugins = ", ".join(impl.plugin_name for impl in impls) or "none"
+    sys.stderr.write(f"lorastack: calling {hook_name} of plugin {plugins}\n")
+
+
+def _trace_after(outcome: Any, hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+    plugins = ", ".join(impl.plugin_name for impl in impls) or "none"
+    error = outcome.exception
+    result = f"raised {type(error).__name__}: {error}" if error is not None else "done"
+    sys.stderr.write(f"lorastack: {hook_name} of plugin {plugins} {result}\n")
 
 
 _manager: PluginManager | None = None
@@ -251,7 +338,7 @@ def _getter(kind: str) -> Callable[[str], Any]:
     def get(name: str) -> Any:
         return get_manager().get(kind, name)
 
-    get.__doc__ = f"The {KINDS[kind][1]} registered as ``name`` (an error listing the available ones otherwise)."
+    get.__doc__ = f"The {KINDS[kind].label} registered as ``name`` (an error listing the available ones otherwise)."
     return get
 
 

@@ -1,6 +1,7 @@
 """The built-in dataset sources: ``folder``, ``zip`` and ``hf``.
 
-Written like a third-party plugin, on lorastack's public API only. Locations:
+Written like a third-party plugin: from lorastack it imports ``lorastack.plugins.api`` only (and its own helper
+module ``_filetree``). Locations:
 
 * ``folder``: a directory of images, searched recursively, captions from ``.txt``/``.caption`` sidecars or a
   ``metadata.csv``/``metadata.jsonl`` (``file_name`` and ``text`` or ``caption`` columns), masks from
@@ -24,19 +25,22 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorastack.core.data import (
+from lorastack.plugins.api import (
     MAX_FILE_BYTES,
     DatasetError,
+    DatasetItem,
     ImageError,
+    Option,
+    Skipped,
     format_size,
+    hookimpl,
     image_key,
     one_line,
     open_image,
     read_file,
 )
-from lorastack.core.interfaces import DatasetItem, Option, Skipped
-from lorastack.plugins._filetree import CAPTION_OPTION, MASK_FOLDER, MASK_OPTION, FileTree, ignored, read_items
-from lorastack.plugins.hookspecs import hookimpl
+
+from ._filetree import CAPTION_OPTION, MASK_FOLDER, MASK_OPTION, FileTree, ignored, read_items
 
 # Files ``save_to_disk`` writes: a folder holding one is a Hugging Face dataset, not a folder of images.
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

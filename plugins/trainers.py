@@ -11,10 +11,16 @@ import json
 import logging
 import re
 
-from lorastack.core.data import one_line, open_image
-from lorastack.core.interfaces import DatasetItem, Option
-from lorastack.core.training.options import MAX_LEARNING_RATE, MAX_STEPS, TrainingError
-from lorastack.plugins import hookimpl
+from lorastack.plugins.api import (
+    MAX_LEARNING_RATE,
+    MAX_STEPS,
+    DatasetItem,
+    Option,
+    TrainingError,
+    hookimpl,
+    one_line,
+    open_image,
+)
 
 log = logging.getLogger("lorastack.train")
 
@@ -97,7 +103,7 @@ class PivotalTrainer:
     check = DreamBoothTrainer.check
 
     def train(self, context, options):
-        from lorastack.core.training.tokens import NewTokens
+        from lorastack.plugins.api import NewTokens
 
         self.check(options)
         token, class_name = options.token.strip(), options.class_name.strip()
@@ -146,7 +152,7 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
     """
     count = options.class_images
     if options.class_data is not None:
-        from lorastack.core.data import open_dataset
+        from lorastack.plugins.api import open_dataset
 
         folder = open_dataset(options.class_data, "folder")
         items = folder.items[:count]
@@ -155,9 +161,7 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
             raise TrainingError(f"class image {bare[0]} has no caption: give it one, or give --class so it "
                                 "takes the class prompt")  # fmt: skip
         return [DatasetItem(i.image, i.caption or prompt, i.source, key=i.key) for i in items]
-    from lorastack.core.base import base_info, guidance_kwargs
-    from lorastack.core.recipe import base_digest
-    from lorastack.paths import data_home
+    from lorastack.plugins.api import base_digest, base_info, data_home, guidance_kwargs
 
     size = options.resolution
     info = base_info(context.pipe)

@@ -21,6 +21,26 @@ import pytest  # noqa: E402
 RUN_SLOW = os.environ.get("RUN_SLOW", "") not in ("", "0")
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "third_party_plugins: installed third-party lorastack plugins load (by default only the built-ins)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _builtin_plugins_only(request, monkeypatch):
+    """Only lorastack's own plugins load, not the installed example plugin or anything else, so a test sees the same
+    plugins on every machine. A test opts in with the ``third_party_plugins`` marker, or by setting
+    ``LORASTACK_LOAD_PLUGINS`` itself; the plugin manager is loaded afresh around each test."""
+    from lorastack.plugins.manager import reset_manager
+
+    if request.node.get_closest_marker("third_party_plugins") is None:
+        monkeypatch.setenv("LORASTACK_LOAD_PLUGINS", "")
+    reset_manager()
+    yield
+    reset_manager()
+
+
 def pytest_collection_modifyitems(config, items):
     if RUN_SLOW:
         return

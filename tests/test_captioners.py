@@ -21,17 +21,6 @@ from lorastack.testing.images import write_image_folder, zip_folder
 PREFIX = "a photo of aawxbc"
 
 
-@pytest.fixture(autouse=True)
-def _builtin_plugins_only(monkeypatch):
-    """Only lorastack's own plugins: name lists in messages do not depend on what else is installed."""
-    from lorastack.plugins.manager import reset_manager
-
-    monkeypatch.setenv("LORASTACK_LOAD_PLUGINS", "")
-    reset_manager()
-    yield
-    reset_manager()
-
-
 def _item(name: str, caption: str | None = None, *, colour=(200, 30, 30), path: Path | None = None) -> DatasetItem:
     return DatasetItem(Image.new("RGB", (24, 24), colour), caption, name, path=path)
 

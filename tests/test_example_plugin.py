@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import json
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from cli_helpers import run_cli
 from PIL import Image
 
-from lorastack.plugins.manager import reset_manager
-
 INSTALL = "pip install ./examples/lorastack-plugin-example (the README's test command does)"
+SOURCE = Path(__file__).resolve().parent.parent / "examples" / "lorastack-plugin-example" / "lorastack_plugin_example"
+# third-party plugins load in these tests only (the global fixture keeps them out of the others)
+pytestmark = pytest.mark.third_party_plugins
 
 
 @pytest.fixture(autouse=True)
-def _installed(monkeypatch):
+def _installed():
     try:
         metadata.distribution("lorastack-plugin-example")
     except metadata.PackageNotFoundError:
         pytest.fail(f"the example plugin is not installed: {INSTALL}")
-    monkeypatch.delenv("LORASTACK_LOAD_PLUGINS", raising=False)
-    reset_manager()
-    yield
-    reset_manager()
+
+
+def test_the_installed_copy_is_the_example_in_the_repository():
+    import lorastack_plugin_example
+
+    installed = Path(lorastack_plugin_example.__file__).read_text()
+    assert installed == (SOURCE / "__init__.py").read_text(), f"the installed example plugin is stale: {INSTALL}"
 
 
 def _images(folder):

@@ -1,4 +1,5 @@
-"""The plugin system: hooks, entry points, LORASTACK_LOAD_PLUGINS, failures, duplicates, `lorastack plugins`."""
+"""The plugin system: hooks, entry points, LORASTACK_LOAD_PLUGINS, failures, duplicates, misspelt hooks, tracing,
+`lorastack plugins`."""
 
 from __future__ import annotations
 
@@ -7,22 +8,14 @@ import json
 import pytest
 from cli_helpers import run_cli
 from PIL import Image
-from plugin_helpers import CAPTIONER_PLUGIN, install_fake_plugin
+from plugin_helpers import CAPTIONER_PLUGIN, MISSPELT_PLUGIN, install_fake_plugin
 
-from lorastack.core.interfaces import DatasetItem, Option, Skipped
-from lorastack.plugins import hookimpl, hookspecs
-from lorastack.plugins.manager import PluginError, PluginManager, UnknownNameError, get_manager, reset_manager
+from lorastack.plugins import hookspecs
+from lorastack.plugins.api import DatasetItem, Option, Skipped, hookimpl
+from lorastack.plugins.manager import PluginError, PluginManager, UnknownNameError, get_manager, get_trainer
 
 BUILTIN_SOURCES = {"folder", "zip", "hf"}
 BUILTIN_CAPTIONERS = {"filename", "sidecar", "blip"}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_manager(monkeypatch):
-    monkeypatch.delenv("LORASTACK_LOAD_PLUGINS", raising=False)
-    reset_manager()
-    yield
-    reset_manager()
 
 
 def _item(name="a.png"):
@@ -87,12 +80,33 @@ def test_hook_register_captioners(tmp_path, monkeypatch):
     assert info.hooks == ["register_captioners"]
 
 
-def test_hook_register_trainers():
-    manager = PluginManager(entry_points=False)
-    manager.register(_Plugin(), "test-plugin")
-    trainer = manager.get("trainers", "noop")
-    assert trainer.train("ctx", {"steps": 3}) == {"steps": 3, "context": "ctx"}
-    assert manager.names("trainers") == ["noop"]
+def test_hook_register_trainers(plugin_manager):
+    plugin_manager.register(_Plugin(), "test-plugin")
+    # lorastack's own lookup (what `lorastack train --trainer noop` uses) finds the object the hook registered
+    trainer = get_trainer("noop")
+    assert isinstance(trainer, _Trainer) and plugin_manager.registered["trainers"]["noop"].plugin == "test-plugin"
+    assert {"noop", "lora", "dreambooth"} <= set(plugin_manager.names("trainers"))
+    code, out, _ = run_cli("plugins", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["registered"]["trainers"]["noop"] == {
+        "plugin": "test-plugin", "description": "Trains nothing.",
+        "options": [{"name": "steps", "type": "int", "help": "", "default": 1, "minimum": 1}],
+    }  # fmt: skip
+    assert {p["name"]: p["provides"] for p in data["plugins"]}["test-plugin"] == {
+        "dataset_sources": ["memory"], "trainers": ["noop"]
+    }  # fmt: skip
+
+    class Lora(_Trainer):
+        name = "lora"
+
+    class Clash:
+        @hookimpl
+        def register_trainers(self, register):
+            register(Lora())
+
+    with pytest.raises(PluginError, match=r"trainer 'lora' is registered by two plugins, 'lorastack-trainers' and "):
+        plugin_manager.register(Clash(), "clash")
 
 
 def test_builtins_load_through_the_entry_point_group():
@@ -145,23 +159,132 @@ def test_a_hook_that_raises_is_reported_and_its_names_dropped(tmp_path, monkeypa
     assert [f.error for f in manager.failures] == ["failed in register_dataset_sources: OSError: no disk"]
 
 
+def _registering(kind: str, obj) -> object:
+    """A plugin object whose ``kind`` hook registers ``obj``."""
+    plugin = type("P", (), {})()
+    hook = hookimpl(lambda register: register(obj))
+    setattr(plugin, f"register_{kind}", hook)
+    return plugin
+
+
 def test_malformed_registrations_are_refused():
-    class Bad:
-        @hookimpl
-        def register_captioners(self, register):
-            register(type("C", (), {"name": "Bad Name", "options": (), "caption": lambda self, i, o: iter(())})())
+    def refused(kind: str, members: dict) -> str:
+        with pytest.raises(PluginError) as info:
+            PluginManager(entry_points=False).register(_registering(kind, type("X", (), members)()), "bad")
+        return str(info.value)
+
+    caption = {"caption": lambda self, items, options: iter(())}
+    assert "registered a captioner with the name 'Bad Name'" in refused(
+        "captioners", {"name": "Bad Name", "description": "", "options": (), **caption}
+    )
+    # checked against the protocol (isinstance): every declared member, attributes and methods, is required
+    assert refused("trainers", {"name": "t", "options": ()}) == (
+        "plugin 'bad': trainer 't' lacks description, train(); a trainer has name, description, options, train() "
+        "(lorastack.core.interfaces.Trainer)"
+    )
+    assert "dataset source 's' lacks open()" in refused(
+        "dataset_sources", {"name": "s", "description": "", "options": (), "detect": bool, "open": "not callable"}
+    )
+    assert "has options that are not Option objects" in refused(
+        "captioners", {"name": "c", "description": "", "options": ("prefix",), **caption}
+    )
+    # optional members may be left out, but a present one must have the documented type
+    assert "captioner 'c': reads_captions 'yes' is not true or false" in refused(
+        "captioners", {"name": "c", "description": "", "options": (), "reads_captions": "yes", **caption}
+    )
+    source = {"name": "s", "description": "", "options": (), "detect": bool, "open": lambda self, loc, opts: iter(())}
+    assert "dataset source 's': priority 1.5 is not an integer" in refused(
+        "dataset_sources", {**source, "priority": 1.5}
+    )
+    assert "trainer 't': check 'strict' is not a method" in refused(
+        "trainers", {"name": "t", "description": "", "options": (), "train": print, "check": "strict"}
+    )
+    manager = PluginManager(entry_points=False)
+    manager.register(_registering("dataset_sources", type("S", (), source)()), "fine")  # no priority: the default
+    assert manager.names("dataset_sources") == ["s"]
+
+
+def test_a_misspelt_hook_is_reported_by_name_and_the_other_hooks_work(tmp_path, monkeypatch, caplog):
+    install_fake_plugin(tmp_path / "m", monkeypatch, "lorastack-misspelt", "lorastack_misspelt", MISSPELT_PLUGIN)
+    manager = PluginManager()
+    assert "upper" in manager.names("captioners") and "lines" not in manager.names("dataset_sources")
+    info = manager.plugins["lorastack_misspelt"]
+    assert (info.distribution, info.hooks, info.unknown_hooks) == (
+        "lorastack-misspelt", ["register_captioners"], ["register_dataset_source"]
+    )  # fmt: skip
+    warning = (
+        "implements register_dataset_source, which is not a lorastack hook (did you mean register_dataset_sources?); "
+        "it is never called"
+    )
+    assert f"plugin lorastack_misspelt {warning}" in caplog.text and not manager.failures
+    code, out, _ = run_cli("plugins", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["warnings"] == [{"plugin": "lorastack_misspelt", "warning": warning}]
+    unknown = {p["name"]: p["unknown_hooks"] for p in data["plugins"]}
+    assert unknown["lorastack_misspelt"] == ["register_dataset_source"] and unknown["lorastack-sources"] == []
+    code, out, _ = run_cli("plugins")
+    assert code == 0 and f"lorastack_misspelt WARNING: {warning}" in out
+
+
+def test_an_optional_hook_of_a_newer_lorastack_is_not_reported():
+    class Newer:
+        @hookimpl(optionalhook=True)
+        def register_evaluators(self, register): ...
 
     manager = PluginManager(entry_points=False)
-    with pytest.raises(PluginError, match="registered a captioner with the name 'Bad Name'"):
-        manager.register(Bad(), "bad")
+    manager.register(Newer(), "newer")
+    assert manager.plugins["newer"].unknown_hooks == [] and manager.problems == []
 
-    class NoMethod:
-        @hookimpl
-        def register_trainers(self, register):
-            register(type("T", (), {"name": "t", "options": ()})())
 
-    with pytest.raises(PluginError, match="trainer 't' has no train method"):
-        PluginManager(entry_points=False).register(NoMethod(), "nomethod")
+def test_an_implementation_taking_fewer_arguments_than_the_spec_works(tmp_path, monkeypatch):
+    # pluggy passes an implementation only the arguments it names, which keeps old plugins working when a spec grows
+    source = (
+        CAPTIONER_PLUGIN.format(name="upper")
+        + """
+    CALLS = []
+
+    @hookimpl
+    def register_dataset_sources():
+        CALLS.append("register_dataset_sources")
+"""
+    )
+    install_fake_plugin(tmp_path / "f", monkeypatch, "lorastack-fewer", "lorastack_fewer", source)
+    manager = PluginManager()
+    import lorastack_fewer
+
+    assert lorastack_fewer.CALLS == ["register_dataset_sources"] and manager.failures == []
+    assert manager.plugins["lorastack_fewer"].hooks == ["register_captioners", "register_dataset_sources"]
+    assert list(manager.get("captioners", "upper").caption([_item("x.png")], {"suffix": ""})) == ["X.PNG"]
+
+
+def test_trace_plugins_prints_each_hook_call_through_pluggys_monitoring(tmp_path, monkeypatch, capsys):
+    source = (
+        CAPTIONER_PLUGIN.format(name="upper")
+        + """
+    @hookimpl
+    def register_trainers(register):
+        raise OSError("no disk")
+"""
+    )
+    install_fake_plugin(tmp_path / "t", monkeypatch, "lorastack-traced", "lorastack_traced", source)
+    monkeypatch.setenv("LORASTACK_TRACE_PLUGINS", "1")
+    code, _, err = run_cli("plugins")
+    assert code == 0
+    assert "lorastack: calling register_captioners of plugin lorastack_traced\n" in err
+    assert "lorastack: register_captioners of plugin lorastack_traced done\n" in err
+    assert "lorastack: register_trainers of plugin lorastack_traced raised OSError: no disk\n" in err
+    assert "lorastack: register_trainers of plugin lorastack-trainers done\n" in err
+    # the monitoring is pluggy's own: a hook called on pluggy's manager directly is traced too
+    manager = PluginManager(entry_points=False)
+    manager.register(_Plugin(), "direct")
+    capsys.readouterr()
+    manager.pm.hook.register_trainers(register=lambda obj: None)
+    assert capsys.readouterr().err == (
+        "lorastack: calling register_trainers of plugin direct\nlorastack: register_trainers of plugin direct done\n"
+    )
+    monkeypatch.setenv("LORASTACK_TRACE_PLUGINS", "0")
+    assert "lorastack: calling" not in run_cli("plugins")[2]
 
 
 def test_load_plugins_limits_third_party_plugins_only(tmp_path, monkeypatch):

@@ -1,12 +1,22 @@
-"""An example lorastack plugin: one captioner and one dataset source, using only lorastack's public API."""
+"""An example lorastack plugin: one captioner and one dataset source.
+
+From lorastack it imports ``lorastack.plugins.api`` only: everything a plugin may use is there.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lorastack.core.data import DatasetError, ImageError, image_key, open_image
-from lorastack.core.interfaces import DatasetItem, Option, Skipped
-from lorastack.plugins import hookimpl
+from lorastack.plugins.api import (
+    DatasetError,
+    DatasetItem,
+    ImageError,
+    Option,
+    Skipped,
+    hookimpl,
+    image_key,
+    open_image,
+)
 
 # Named colours and their RGB values; a caption names the nearest one to the image's mean colour.
 COLOURS = {
