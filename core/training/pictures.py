@@ -27,9 +27,13 @@ def smoothed(losses: Sequence[float], beta: float = EMA_BETA) -> list[float]:
 
 def loss_plot_png(losses: Sequence[float], validation: Mapping[str, float] | None = None) -> bytes:
     """``loss.png``: the loss of each step, its moving average and the validation losses, on labelled axes."""
-    import matplotlib
+    buffer = io.BytesIO()
+    loss_figure(losses, validation).savefig(buffer, format="png")
+    return buffer.getvalue()
 
-    matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend is already in use
+
+def loss_figure(losses: Sequence[float], validation: Mapping[str, float] | None = None):
+    """The matplotlib ``Figure`` of :func:`loss_plot_png` (no display or pyplot state involved)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4), dpi=100, layout="constrained")
@@ -46,9 +50,7 @@ def loss_plot_png(losses: Sequence[float], validation: Mapping[str, float] | Non
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper right")
     axes.set_title(f"training loss, {len(losses)} steps")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure
 
 
 def _font(size: int):
