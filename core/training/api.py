@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..interfaces import Trainer, optional_member
 from .options import TrainingError, dump_recipe, load_recipe, recipe_fingerprint, resolve
 from .progress import Progress
 from .typed import TrainingOptions
@@ -114,8 +115,9 @@ def train(
         from lorastack.registry.names import parse_name_tag
 
         name, tag = parse_name_tag(name)
-    if hasattr(plugin, "check"):
-        plugin.check(resolved)  # trainer-specific rules (a class without a token, …) before any work
+    check = optional_member(plugin, Trainer, "check")
+    if check is not None:
+        check(resolved)  # trainer-specific rules (a class without a token, …) before any work
     if output is None and resume:
         raise TrainingError("--resume needs the run folder: pass --output RUN_DIR")
     # the outputs before any work: the home (caches, registry, default run folder) and the run folder
