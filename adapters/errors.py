@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorastack.errors import LorastackError
 
-class AdapterError(Exception):
+
+class AdapterError(LorastackError):
     """Base class: something is wrong with an adapter file or its contents. The message is shown to the user."""
 
     def __init__(self, problem: str, path: str | Path | None = None):
@@ -34,6 +36,10 @@ class InvalidAdapterError(AdapterError):
 
 class UnsupportedAdapterError(AdapterError):
     """A valid adapter that this operation cannot handle (pickle refused, a layer kind a format cannot express)."""
+
+
+class UnknownFormatError(AdapterError, ValueError):
+    """A format name that is not one of lorastack's adapter formats; the message lists them."""
 
 
 class OutputError(AdapterError):

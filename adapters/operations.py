@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import FORMATS
-from .errors import AdapterFileError
+from .errors import AdapterFileError, UnknownFormatError
 from .files import autov2, autov3, check_path, file_and_tensor_sha256
 from .reading import read_adapter
 from .writing import write_adapter
@@ -40,7 +40,7 @@ def convert_file(
 ) -> Path:
     """Read ``src`` in any supported format and write it to ``dst`` in format ``to``, atomically."""
     if to not in FORMATS:
-        raise ValueError(f"Unknown format {to!r}; choose one of {', '.join(FORMATS)}.")
+        raise UnknownFormatError(f"Unknown format {to!r}; choose one of {', '.join(FORMATS)}.")
     src, dst = check_path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise AdapterFileError("already exists; choose another output path or pass --force", dst)

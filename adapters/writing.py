@@ -18,7 +18,7 @@ import torch
 from .adapter import Adapter
 from .constants import FORMATS
 from .embeddings import embedding_tensors
-from .errors import UnsupportedAdapterError
+from .errors import UnknownFormatError, UnsupportedAdapterError
 from .files import atomic_write_safetensors
 from .layers import FullLayer, LoKrLayer, LoRALayer
 from .metadata import LORA_ADAPTER_METADATA_KEY, build_header
@@ -57,7 +57,7 @@ def write_adapter(
     declares only what the source's header did). ``dtype`` casts the weights (alphas stay float32).
     """
     if format not in FORMATS:
-        raise ValueError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
+        raise UnknownFormatError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
     declare = True if family else None
     family = family or adapter.family
     if format == "diffusers":

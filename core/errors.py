@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from lorastack.errors import LorastackError
 
-class LorastackError(Exception):
-    """Base class of the runtime's user-facing errors."""
+__all__ = [
+    "BaseModelError",
+    "ConfigError",
+    "GenerationError",
+    "IncompatibleAdapterError",
+    "LorastackError",
+    "RecipeError",
+    "ReproduceError",
+    "ScaleError",
+    "UnknownAdapterError",
+]
 
 
 class ConfigError(LorastackError):

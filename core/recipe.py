@@ -24,7 +24,7 @@ from lorastack.adapters.outputs import atomic_write_bytes
 
 from .base import BaseInfo
 from .config import cache_dir
-from .errors import ConfigError, RecipeError, ScaleError
+from .errors import ConfigError, LorastackError, RecipeError, ScaleError
 from .scales import brief, is_utf8
 
 RECIPE_KEY = "lorastack"
@@ -36,7 +36,7 @@ MAX_PATH_CHARS = 4096
 MAX_LABEL_CHARS = 200  # names, digests, revisions, version strings, grid column labels
 
 
-class InputFileError(OSError):
+class InputFileError(LorastackError, OSError):
     """An input path that is not a regular file (missing, a folder, a FIFO, a device); the message says which."""
 
 

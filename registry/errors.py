@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from lorastack.errors import LorastackError
 
-class RegistryError(Exception):
+
+class RegistryError(LorastackError):
     """Base class of the registry's user-facing errors."""
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
+from lorastack.errors import LorastackError
+
 #: How long a "hang" fault holds a request unanswered at most (the server's stop() ends it sooner).
 HANG_SECONDS = 300
 
@@ -20,7 +22,7 @@ class Logged:
     bytes_in: int
 
 
-class HubError(Exception):
+class HubError(LorastackError):
     def __init__(self, status: int, message: str, code: str | None = None, extra: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.extra = status, message, code, extra or {}

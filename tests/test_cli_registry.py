@@ -86,7 +86,7 @@ def test_registry_references_in_the_runtime(tiny_sd1_dir, tmp_path, lorastack_ho
     image = out.split()[0]
     recipe = read_recipe(image)
     assert {a["name"]: (a["source"], a["scale"]) for a in recipe["adapters"]} == {
-        "me/style_v1": ("me/style@1", 0.8), "subject": ("subject@1", 0.5)
+        "me/style:v1": ("me/style@1", 0.8), "subject": ("subject@1", 0.5)
     }  # fmt: skip
     # a newer version under the same tag does not change what the image reproduces with
     run_cli("import", make_case(pipe, "peft", tmp_path / "s2.safetensors", seed=9), "--name", "me/style:v1")
