@@ -236,3 +236,16 @@ def test_a_trainer_written_for_option_dicts_still_trains(plugin_manager, data, t
                    options={"flavour": "mint", "steps": 1, "device": "cpu"})  # fmt: skip
     assert result.adapter_path.exists() and seen["flavour"] == "mint" and seen["rank"] == 4
     assert seen["plain"]["flavour"] == "mint" and seen["plain"]["resolution"] == 64
+
+
+def test_shell_completion_offers_trainers_options_and_choices(tmp_path):
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_LORASTACK_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "lorastack.cli.main"], env=env, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        return [line.split(",", 1)[1] for line in run.stdout.splitlines()]
+
+    assert complete("lorastack train ") == ["dreambooth", "lora", "pivotal"]
+    assert complete("lorastack train lora --targets ") == ["attention", "attention-ff", "all"]
+    assert "--rank" in complete("lorastack train lora --ra")
