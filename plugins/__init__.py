@@ -1,12 +1,14 @@
 """The plugin system: hook specifications, the plugin manager and the built-in plugins.
 
-A plugin module marks its hook functions with ``hookimpl``::
+A plugin imports from lorastack only :mod:`lorastack.plugins.api`, and marks its hook functions with ``hookimpl``::
 
-    from lorastack.plugins import hookimpl
+    from lorastack.plugins.api import hookimpl
 
     @hookimpl
     def register_captioners(register):
         register(MyCaptioner())
+
+``lorastack.plugins.hookimpl`` stays importable, for plugins written before the api module.
 """
 
 from .hookspecs import hookimpl, hookspec

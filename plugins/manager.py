@@ -156,6 +156,8 @@ class PluginManager:
             self._warn(name, _unknown_hook_text(hook))
 
     def _fail(self, plugin: str, error: str) -> None:
+        if Failure(plugin, error) in self.failures:
+            return  # a raising hook is called again each time the names are collected (a plugin added by hand)
         self.failures.append(Failure(plugin, error))
         log.warning("plugin %s %s; skipped", plugin, error)
 
