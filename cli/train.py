@@ -30,10 +30,10 @@ def _run_params() -> list[click.Parameter]:
                      help="The training images: a folder, a .zip, hf:owner/name, … (lorastack dataset SRC checks "
                           "it)."),
         click.Option(["--name"], metavar="NAME[:TAG]", help="Register the adapter under this name."),
-        click.Option(["-o", "--output"], type=click.Path(file_okay=False, path_type=Path), metavar="FOLDER",
+        click.Option(["-o", "--output"], type=click.Path(path_type=Path), metavar="FOLDER",
                      help="Output folder: the run's checkpoints, samples, loss.png and adapter "
                           "[default: LORASTACK_HOME/runs/NAME-TIME]."),
-        click.Option(["--recipe"], type=click.Path(dir_okay=False, path_type=Path), is_eager=True,
+        click.Option(["--recipe"], type=click.Path(path_type=Path), is_eager=True,
                      expose_value=True, callback=_load_recipe, metavar="FILE",
                      help="A TOML recipe of options (and base, data, name); flags override it."),
         click.Option(["--resume"], is_flag=True, help="Continue the run in --output from its last checkpoint."),
