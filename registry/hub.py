@@ -37,9 +37,9 @@ from .hub_client import (
     _api,
     _endpoint,
     _offline,
-    _translate,
     check_repo_id,
     hub_timeout,
+    raise_hub_error,
     redact,
 )
 from .manifest import MANIFEST, _card_data, _read_manifest, _small_text, _validate_manifest
@@ -119,7 +119,7 @@ def push(
         url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         parent = _parent_commit(api, registry, target.name, repo_id, token)
     except Exception as e:
-        raise _translate(e, repo_id, endpoint, "main", token) from None
+        raise_hub_error(e, repo_id, endpoint, "main", token)
     result = PushResult(repo_id, url)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (version, blob) in enumerate(staged):
@@ -144,7 +144,7 @@ def push(
                         crash_point("hub.push.committed")
                     _move_tag(api, repo_id, tag, commit)
             except Exception as e:
-                raise _translate(e, repo_id, endpoint, "main", token) from None
+                raise_hub_error(e, repo_id, endpoint, "main", token)
             hub = {"repo": repo_id, "commit": commit, "tag": tag, "synced_at": time.time()}
             registry.record_provenance(version.ref, {"hub": hub})
             result.pushed.append((version.ref, commit, tag))
@@ -186,14 +186,15 @@ def _parent_commit(api, registry: Registry, name: str, repo_id: str, token: str 
     head = _branch_head(api, repo_id)
     if last is None or head is None or head == last:
         return head
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
+    try:
         manifest = _validate_manifest(
             _small_text(Path(hf_hub_download(repo_id, MANIFEST, revision=head, token=token)), repo_id, MANIFEST),
             repo_id,
         )
-    except Exception:  # no manifest, or not ours: someone else's commit
+    except (HfHubHTTPError, HubError):  # no manifest, or not ours: someone else's commit (a bug still surfaces)
         return last
     # a version this registry holds but never recorded as synced with this repo: only a push of ours puts it there
     unrecorded = {
@@ -236,7 +237,7 @@ def _mirror_local_tags(api, registry, name, repo_id, result: PushResult, endpoin
             try:
                 _move_tag(api, repo_id, tag, commit)
             except Exception as e:
-                raise _translate(e, repo_id, endpoint, tag, token) from None
+                raise_hub_error(e, repo_id, endpoint, tag, token)
             mirrored.append(tag)
     return mirrored
 
@@ -317,7 +318,7 @@ def pull(
         try:
             refs = api.list_repo_refs(repo_id)
         except Exception as e:
-            raise _translate(e, repo_id, endpoint, "tags", token) from None
+            raise_hub_error(e, repo_id, endpoint, "tags", token)
         numbered = sorted(
             ((int(m.group(1)), t) for t in refs.tags if (m := VERSION_TAG.match(t.name))), key=lambda pair: pair[0]
         )
@@ -360,7 +361,7 @@ def _pull_one(
             commit = info.sha
             listing = {s.rfilename: (getattr(s.lfs, "sha256", None) if s.lfs else None) for s in info.siblings or []}
     except Exception as e:
-        raise _translate(e, repo_id, endpoint, revision, token) from None
+        raise_hub_error(e, repo_id, endpoint, revision, token)
 
     def download(path: str, force: bool = False) -> Path:
         # by the revision's name, so the cache learns which commit it names and later offline pulls of the same
@@ -380,8 +381,8 @@ def _pull_one(
         except Exception as e:
             from huggingface_hub.errors import RemoteEntryNotFoundError
 
-            raise _translate(e, repo_id, endpoint, path if isinstance(e, RemoteEntryNotFoundError) else revision,
-                             token) from None  # fmt: skip
+            raise_hub_error(e, repo_id, endpoint, path if isinstance(e, RemoteEntryNotFoundError) else revision,
+                            token)  # fmt: skip
 
     where = f"{repo_id}@{revision}"
     manifest = _read_manifest(download(MANIFEST), where, lenient=file is not None) if MANIFEST in listing else {}

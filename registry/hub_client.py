@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConflictError, RegistryError
@@ -151,6 +152,17 @@ _NETWORK_ERRNOS = {
 _HTTP_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
 
 
+def raise_hub_error(e: Exception, repo_id: str, endpoint: str, what: str, token: str | None = None) -> NoReturn:
+    """Raise what ``e``, caught around a call to the Hub, means to a user: a transport or HTTP failure becomes a
+    one-line :class:`HubError` (without the failure as its cause: its text may hold the token or the endpoint's
+    credentials); anything else (a malformed answer lorastack reports itself, a bug) is re-raised as it is, with
+    its own cause and traceback."""
+    translated = _translate(e, repo_id, endpoint, what, token)
+    if translated is e:
+        raise e
+    raise translated from None
+
+
 def _translate(e: Exception, repo_id: str, endpoint: str, what: str, token: str | None = None) -> Exception:
     """A huggingface_hub/httpx error → a one-line HubError that says what to do (and never holds the token or the
     endpoint's credentials). Anything else is lorastack's own bug and is returned as it is, to be re-raised."""
@@ -217,15 +229,24 @@ def _translate_one(e: Exception, repo_id: str, endpoint: str, what: str, token: 
         )
     if failure == "network":
         return HubError(f"cannot reach the Hub at {endpoint} ({type(e).__name__}); check the network, then try again")
-    if failure == "local":
-        from huggingface_hub import constants
-
-        where = getattr(e, "filename", None) or constants.HF_HUB_CACHE
+    if failure == "local" and _in_hugging_face_cache(getattr(e, "filename", None)):
+        where = e.filename
         return HubError(
             f"the Hugging Face cache cannot be used: {where}: {getattr(e, 'strerror', None) or e}; check HF_HOME / "
             "HF_HUB_CACHE"
         )
     return e
+
+
+def _in_hugging_face_cache(filename: object) -> bool:
+    """Whether a file-system error is about the Hugging Face cache (and not, say, a registry file or a bug)."""
+    from huggingface_hub import constants
+
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    path = os.path.abspath(os.fsdecode(filename))
+    roots = {os.path.abspath(constants.HF_HUB_CACHE), os.path.abspath(constants.HF_HOME)}
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 def _has_token(token: str | None) -> bool:
