@@ -7,6 +7,9 @@ Accepted forms (``lyco`` works as well as ``lora``)::
     <lora:name:0.6:0.9>         text encoders at 0.6, UNet at 0.9 (A1111's te/unet order)
     <lora:name:0.8:lbw=1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1>
     <lora:name:te=0.5:unet=1>   named values
+    <lora:me/style:v1:0.8>      a registry reference (``name:tag``, ``name@N``) is a name too
+
+The name runs up to the first part that is a number or ``key=value``, so a registry tag's colon stays in the name.
 
 Tags are removed from the prompt; the text around them is kept, with whitespace and stray commas tidied.
 """
@@ -18,7 +21,7 @@ import re
 from typing import Any
 
 from .errors import ScaleError
-from .scales import SCALE_RANGE, brief, check_scale
+from .scales import SCALE_RANGE, SCALE_TEXT, brief, check_scale
 
 # A tag's body holds no '<': a tag inside a tag is refused as unclosed, and matching stays linear in the prompt.
 TAG = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
@@ -43,12 +46,15 @@ def _number(text: str, tag: str) -> float:
 def parse_tag(body: str, tag: str) -> tuple[str, Any]:
     """``name:0.8`` → ``("name", 0.8)``; richer forms give a scale dict."""
     parts = body.split(":")
-    name = parts[0].strip()
+    cut = 1
+    while cut < len(parts) and "=" not in parts[cut] and not SCALE_TEXT.fullmatch(parts[cut].strip()):
+        cut += 1  # "me/style:v1": a registry tag, part of the name
+    name = ":".join(parts[:cut]).strip()
     if not name:
         raise ScaleError(f"prompt tag {_show(tag)} names no adapter")
     positional: list[float] = []
     named: dict[str, Any] = {}
-    for part in parts[1:]:
+    for part in parts[cut:]:
         part = part.strip()
         if "=" in part:
             key, _, value = part.partition("=")
@@ -73,6 +79,21 @@ def parse_tag(body: str, tag: str) -> tuple[str, Any]:
     if "lbw" in named:
         spec["lbw"] = named["lbw"]
     return name, spec
+
+
+def misread_scale(name: str, reason: object) -> ScaleError | None:
+    """For a tag name no adapter has (``reason`` says why): when it holds a colon, the error for both readings.
+
+    ``<lora:style:loud>`` reads as the name ``style:loud`` (a registry tag may follow a colon), but ``loud`` may
+    have been meant as the scale of ``style``.
+    """
+    _, sep, tail = name.rpartition(":")
+    if not sep:
+        return None
+    return ScaleError(
+        f"prompt tag <lora:{_show(name)}>: {brief(tail)} is not a number ({SCALE_RANGE}), "
+        f"and no adapter is named {brief(name)} ({reason})"
+    )
 
 
 def extract_tags(prompt: str) -> tuple[str, dict[str, Any]]:

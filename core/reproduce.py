@@ -25,16 +25,18 @@ class Reproduction:
     max_difference: int  # largest per-channel difference, 0–255
 
 
-def reproduce(image_path: str | Path, *, base: str | None = None, device: str = "cpu") -> Reproduction:
+def reproduce(
+    image_path: str | Path, *, base: str | None = None, device: str = "cpu", progress: bool = False
+) -> Reproduction:
     """Regenerate ``image_path`` from its recipe. The base and adapters must be the ones recorded (by digest).
 
-    ``base`` replaces the recorded base (its digest is then not checked).
+    ``base`` replaces the recorded base (its digest is then not checked). ``progress``: diffusers' progress bar.
     """
     recipe = read_recipe(image_path)  # every field checked (RecipeError, a ReproduceError) before anything loads
     recorded = recipe["base"]
     config = recorded.get("config") if base is None else None
     pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device, config=config)
-    generator = Generator(pipe)
+    generator = Generator(pipe, progress=progress)
     if base is None and generator.digest != recorded["digest"]:
         raise ReproduceError(
             f"the base {recorded['location']} has changed since {image_path} was made "

@@ -36,6 +36,10 @@ from .errors import ScaleError
 MAX_SCALE = 100.0
 SCALE_RANGE = f"scales are finite numbers from {-MAX_SCALE:g} to {MAX_SCALE:g}"
 
+#: What reads as a scale where a name could also stand (``--lora style:v2:0.8``, ``<lora:me/style:v1:0.8>``): a
+#: decimal number, and NaN and infinities (refused with a reason instead of being taken for part of a name).
+SCALE_TEXT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
 SPEC_KEYS = ("scale", *COMPONENTS, "lbw")
 BLOCK_KEYS = ("down", "mid", "up")
 

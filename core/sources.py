@@ -13,7 +13,7 @@ from typing import Any
 from lorastack.adapters.errors import AdapterFileError
 
 from .errors import ScaleError, UnknownAdapterError
-from .scales import SCALE_RANGE, brief, check_scale
+from .scales import SCALE_RANGE, SCALE_TEXT, brief, check_scale
 from .stack import NAME_PATTERN
 
 
@@ -24,11 +24,6 @@ class AdapterRequest:
     scale: Any = 1.0
 
 
-#: What counts as the scale part of ``--lora``: a decimal number, and NaN and infinities (refused with a reason
-#: instead of being taken for part of a file name).
-_SCALE_TEXT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
-
-
 def parse_lora_option(value: str) -> AdapterRequest:
     """``[NAME=]SOURCE[:SCALE]``: the scale is the last ``:`` part when it is a number (so ``style:v2:0.8`` works).
 
@@ -37,7 +32,7 @@ def parse_lora_option(value: str) -> AdapterRequest:
     name = None
     head, sep, tail = value.rpartition(":")
     source, scale = value, 1.0
-    if sep and _SCALE_TEXT.fullmatch(tail.strip()):
+    if sep and SCALE_TEXT.fullmatch(tail.strip()):
         source, number = head, float(tail)
         try:
             scale = check_scale(number, "scale")
@@ -56,7 +51,7 @@ def parse_lora_option(value: str) -> AdapterRequest:
 def default_name(source: str) -> str:
     """An adapter name from a file path or reference: the file's stem, tidied to what names may hold."""
     stem = Path(source).stem if source.endswith((".safetensors", ".ckpt", ".pt", ".bin")) else source
-    name = re.sub(r"[^A-Za-z0-9_.@/+-]", "_", stem).lstrip("_.-/@+") or "adapter"
+    name = re.sub(r"[^A-Za-z0-9_.@/+:-]", "_", stem).lstrip("_.-/@+:") or "adapter"
     return name[:200]
 
 
@@ -73,11 +68,33 @@ def unique_names(requests: list[AdapterRequest]) -> list[AdapterRequest]:
     return out
 
 
+#: Adapters lorastack ships, by the name a user gives (``--lora toy-style``); a registry adapter of that name wins.
+BUILTIN_ADAPTERS = {"toy-style": "the toy base's outline style"}
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """Where an adapter comes from: the file to load, how a recipe names it, and its source's trigger words."""
+
+    path: Path
+    label: str
+    trigger_words: list[str] | None = None  # None: the file's own (a registry version's are set at import)
+
+
 def resolve_adapter(source: str, registry=None) -> tuple[Path, str]:
     """A file path, or a registry reference (``name``, ``name:tag``, ``name@N``) → (file to load, label to record).
 
     Registry files are re-hashed before use (a corrupt blob is refused), and the label is the immutable
     ``name@N``, so a recipe names exactly the version it used.
+    """
+    found = find_adapter(source, registry)
+    return found.path, found.label
+
+
+def find_adapter(source: str, registry=None) -> AdapterSource:
+    """:func:`resolve_adapter`, with the trigger words the registry keeps for the version (``import --trigger``).
+
+    A name no file and no registry entry has may be a built-in adapter (:data:`BUILTIN_ADAPTERS`).
     """
     path = Path(source).expanduser()
     try:
@@ -85,7 +102,7 @@ def resolve_adapter(source: str, registry=None) -> tuple[Path, str]:
     except (OSError, ValueError):  # missing, under a file, a name too long for a path, a NUL byte
         mode = None
     if mode is not None and stat.S_ISREG(mode):
-        return path, str(source)
+        return AdapterSource(path, str(source))
     if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):  # a file name: not a registry reference
         if mode is None:
             raise AdapterFileError("no such file", path)
@@ -105,5 +122,10 @@ def resolve_adapter(source: str, registry=None) -> tuple[Path, str]:
             f"{source}: no such file, and not a registry reference (name[:tag] or name@N)"
         ) from None
     except NotFoundError as e:
-        raise UnknownAdapterError(f"{source}: no such file, and {e}") from None
-    return blob, version.ref
+        if source in BUILTIN_ADAPTERS:
+            from lorastack.toy import STYLE_ADAPTER
+
+            return AdapterSource(STYLE_ADAPTER, source)
+        builtin = ", ".join(BUILTIN_ADAPTERS)
+        raise UnknownAdapterError(f"{source}: no such file, and {e} (built-in adapters: {builtin})") from None
+    return AdapterSource(blob, version.ref, list(version.trigger_words))

@@ -35,8 +35,10 @@ from .scales import compile_scale
 
 logger = logging.getLogger(__name__)
 
-#: Adapter names: what prompts (``<lora:name:0.8>``) and the CLI can spell.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+-]{0,199}$")
+#: Adapter names: what prompts (``<lora:name:0.8>``) and the CLI can spell; registry references
+#: (``me/style:v1``, ``me/style@2``) are names as they are written.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+:-]{0,199}$")
+NAME_RULE = "use letters, digits and . _ - / @ + :, starting with a letter or digit, at most 200 characters"
 
 Contribution = tuple[tuple[str, float], ...]
 
@@ -78,9 +80,13 @@ class LoadedAdapter:
     source: str
     _hashes: tuple[str, str] | None = None
     tokens: list = field(default_factory=list)  # (component, token names) added to the pipeline
+    #: The trigger words its source gave (a registry version's, set at ``import --trigger``); ``None``: the file's.
+    given_trigger_words: list[str] | None = None
 
     @property
     def trigger_words(self) -> list[str]:
+        if self.given_trigger_words is not None:
+            return list(self.given_trigger_words)
         return list(self.adapter.metadata.trigger_words)
 
     @property
@@ -142,17 +148,17 @@ class AdapterStack:
         strict: bool = False,
         allow_pickle: bool = False,
         label: str | None = None,
+        trigger_words: list[str] | None = None,
     ) -> LoadReport:
         """Read an adapter (a file path or an :class:`Adapter`), check it against the base, keep it on the device.
 
         An adapter for another family, or one that matches no module, is an error naming both. One that matches
         only partly is loaded with a warning (an error with ``strict``); its :class:`LoadReport` lists what matched.
         ``label`` is how the adapter's source is recorded (a registry reference, say); by default its path.
+        ``trigger_words`` replace the file's own (a registry version keeps the words given at import).
         """
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise ScaleError(
-                f"invalid adapter name {name!r}: use letters, digits and . _ - / @ +, starting with a letter or digit"
-            )
+            raise ScaleError(f"invalid adapter name {name!r}: {NAME_RULE}")
         if name in self._adapters:
             raise IncompatibleAdapterError(f"an adapter named '{name}' is already loaded; unload it first")
         adapter = source if isinstance(source, Adapter) else read_adapter(source, allow_pickle=allow_pickle)
@@ -190,7 +196,10 @@ class AdapterStack:
         # LoRA factors are small: keep them in float32 on the device, ready for the patching GEMM
         layers = {m: layer.to(device, torch.float32) for m, layer in matched.items()}
         tokens = add_embeddings(self.pipe, name, adapter.embeddings) if adapter.embeddings else []
-        self._adapters[name] = LoadedAdapter(name, adapter, layers, report, label, tokens=tokens)
+        words = list(trigger_words) if trigger_words is not None else None
+        self._adapters[name] = LoadedAdapter(
+            name, adapter, layers, report, label, tokens=tokens, given_trigger_words=words
+        )
         return report
 
     def _device(self) -> torch.device:

@@ -1,5 +1,7 @@
 """``lorastack generate`` and ``lorastack reproduce`` as a user runs them."""
 
+import json
+
 import pytest
 from adapter_cases import make_case
 from cli_helpers import run_cli
@@ -43,7 +45,8 @@ def test_compare_grid_from_the_cli(files):
     assert code == 0, err
     assert "columns: base, style, subject, all" in out
     grid = Image.open(out.split()[0])
-    assert grid.size == (4 * 64, 14 + 64)
+    # 64 px tiles enlarged 4x (nearest) for display, under a caption and column labels, beside row labels
+    assert grid.width > 4 * 256 and 256 + 2 * 14 < grid.height < 256 + 200
 
 
 def test_scheduler_size_and_never_overwriting(files):
@@ -91,3 +94,50 @@ def test_reproduce_errors(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     code, _, err = run_cli("reproduce", tmp_path / "plain.png")
     assert code == 1 and "has no lorastack recipe" in err
+
+
+def test_registry_references_and_trigger_words_agree(files, lorastack_home):
+    """`import --trigger` words are what `generate --trigger` adds; `me/style:v1` is one name in --lora and in a
+    prompt tag, recorded as written."""
+    code, _, err = run_cli("import", files["style"], "--name", "me/style:v1", "--trigger", "zzstyle")
+    assert code == 0, err
+    code, out, err = run_cli(
+        "generate", "a red cat <lora:me/style:v1:0.5>", "--base", files["base"], "--lora", "me/style:v1:0.8",
+        "--trigger", "--seed", "4", "--steps", "1", "-o", files["out"], "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)  # stdout holds one JSON object and nothing else
+    recipe = read_recipe(result["images"][0]["path"])
+    assert recipe["prompt"] == "a red cat, zzstyle"
+    assert [(a["name"], a["source"], a["scale"]) for a in recipe["adapters"]] == [("me/style:v1", "me/style@1", 0.5)]
+    assert result["images"][0]["seed"] == 4 and result["adapters"] == {"me/style:v1": "me/style@1"}
+    # only in a tag: found in the registry by that name too
+    code, out, err = run_cli(
+        "generate", "a cat <lora:me/style:v1:0.3>", "--base", files["base"], "--steps", "1", "-o", files["out"]
+    )
+    assert code == 0, err
+    assert read_recipe(out.split()[0])["adapters"][0]["name"] == "me/style:v1"
+
+
+def test_toy_base_defaults_and_the_builtin_style(tmp_path, lorastack_home):
+    """On the toy base: 64 px and its own guidance by default, `--lora toy-style` by name, reproducible."""
+    code, out, err = run_cli(
+        "generate", "a red circle on a white background", "--base", "toy", "--lora", "toy-style:0.7", "--seed", "2",
+        "--steps", "2", "-o", tmp_path / "out", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    path = json.loads(out)["images"][0]["path"]
+    assert Image.open(path).size == (64, 64)
+    recipe = read_recipe(path)
+    assert recipe["guidance"] == 1.5 and recipe["adapters"][0]["source"] == "toy-style"
+    code, out, err = run_cli("reproduce", path, "--check", "--json")
+    assert code == 0, err
+    assert json.loads(out)["identical"] is True
+
+
+def test_default_device_is_the_best_one_present(files, monkeypatch):
+    import lorastack.core.devices
+
+    monkeypatch.setattr(lorastack.core.devices, "best_device", lambda: "mps")  # what a Mac would pick
+    code, _, err = run_cli("generate", "a cat", "--base", files["base"], "--steps", "1", "-o", files["out"])
+    assert code == 1 and "device 'mps'" in err  # asked for (by default), refused as absent here

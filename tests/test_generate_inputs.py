@@ -169,7 +169,17 @@ class _Config(dict):
     __getattr__ = dict.get
 
 
-FAKE_PIPE = SimpleNamespace(unet=SimpleNamespace(config=_Config(sample_size=8)), vae_scale_factor=8)
+class _FakePipe(SimpleNamespace):
+    """Just the configs a pipeline's native size is read from (hashable: base_info looks pipelines up by identity)."""
+
+    __hash__ = object.__hash__
+
+
+FAKE_PIPE = _FakePipe(
+    unet=SimpleNamespace(config=_Config(sample_size=8)),
+    vae=SimpleNamespace(config=_Config(block_out_channels=[4, 8, 8, 8])),
+    vae_scale_factor=8,
+)
 
 
 @pytest.mark.parametrize(
@@ -265,9 +275,9 @@ def test_demo_output_onto_a_file(tmp_path, no_load):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     for out in (afile, afile / "demo"):
-        one_line_error(*run_cli("demo", "--out", out, "--steps", "1", "--quiet")[::2], str(out), "not a folder")
+        one_line_error(*run_cli("demo", "-o", out, "--steps", "1", "--quiet")[::2], str(out), "not a folder")
     (tmp_path / "demo" / "demo-grid.png").mkdir(parents=True)
-    one_line_error(*run_cli("demo", "--out", tmp_path / "demo", "--quiet")[::2], "demo-grid.png", "folder")
+    one_line_error(*run_cli("demo", "-o", tmp_path / "demo", "--quiet")[::2], "demo-grid.png", "folder")
     assert afile.read_text() == "x"
 
 

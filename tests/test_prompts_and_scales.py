@@ -5,7 +5,7 @@ from dataclasses import astuple
 import pytest
 
 from lorastack.core.errors import ScaleError
-from lorastack.core.prompts import add_trigger_words, extract_tags
+from lorastack.core.prompts import add_trigger_words, extract_tags, misread_scale
 from lorastack.core.scales import compile_scale, parse_lbw
 from lorastack.core.sources import parse_lora_option, unique_names
 
@@ -23,6 +23,11 @@ from lorastack.core.sources import parse_lora_option, unique_names
             {"s": {"unet": 0.8, "text_encoder": 0.8, "text_encoder_2": 0.8, "lbw": "1,0,1"}},
         ),
         ("a cat, <lora:a:1>, on a table", "a cat, on a table", {"a": 1.0}),
+        # registry references, as --lora takes them: a tag after a colon is part of the name
+        ("a cat <lora:me/style:v1:0.8>", "a cat", {"me/style:v1": 0.8}),
+        ("a cat <lora:me/style:v1>", "a cat", {"me/style:v1": 1.0}),
+        ("<lora:me/style@2:0.6:0.9>", "", {"me/style@2": {"unet": 0.9, "text_encoder": 0.6, "text_encoder_2": 0.6}}),
+        ("<lora:me/style:v1:te=0.5>", "", {"me/style:v1": {"unet": 1.0, "text_encoder": 0.5, "text_encoder_2": 0.5}}),
         ("no tags", "no tags", {}),
     ],
 )
@@ -33,7 +38,7 @@ def test_tags(prompt, clean, tags):
 @pytest.mark.parametrize(
     "prompt, message",
     [
-        ("<lora:style:strong>", "'strong' is not a number"),
+        ("<lora:style:0.5:strong>", "'strong' is not a number"),
         ("<lora::0.5>", "names no adapter"),
         ("<lora:s:1:2:3>", "at most two numbers"),
         ("<lora:s:foo=1>", "unknown key 'foo'"),
@@ -46,6 +51,14 @@ def test_bad_tags(prompt, message):
         extract_tags(prompt)
 
 
+def test_a_word_after_a_colon_is_a_tag_unless_no_adapter_has_that_name():
+    """``<lora:style:strong>`` names ``style:strong``; when nothing has that name, the error gives both readings."""
+    assert extract_tags("<lora:style:strong>")[1] == {"style:strong": 1.0}
+    error = misread_scale("style:strong", "no adapter named 'style:strong'")
+    assert "'strong' is not a number" in str(error) and "no adapter is named 'style:strong'" in str(error)
+    assert misread_scale("style", "missing") is None
+
+
 def test_trigger_words_are_added_once():
     assert add_trigger_words("a cat", ["aawxbc", "Cat", "aawxbc", "figurine"]) == "a cat, aawxbc, figurine"
     assert add_trigger_words("", ["aawxbc"]) == "aawxbc"
@@ -54,8 +67,10 @@ def test_trigger_words_are_added_once():
 def test_lora_option():
     assert astuple(parse_lora_option("style.safetensors")) == ("style", "style.safetensors", 1.0)
     assert astuple(parse_lora_option("dir/style.safetensors:0.8")) == ("style", "dir/style.safetensors", 0.8)
-    assert astuple(parse_lora_option("me/style:v2:0.8")) == ("me/style_v2", "me/style:v2", 0.8)
-    assert astuple(parse_lora_option("me/style:v2")) == ("me/style_v2", "me/style:v2", 1.0)
+    # a registry reference keeps its readable name, the same a prompt tag gives it
+    assert astuple(parse_lora_option("me/style:v2:0.8")) == ("me/style:v2", "me/style:v2", 0.8)
+    assert astuple(parse_lora_option("me/style:v2")) == ("me/style:v2", "me/style:v2", 1.0)
+    assert parse_lora_option("me/style:v2:0.8").name == next(iter(extract_tags("<lora:me/style:v2:0.8>")[1]))
     assert astuple(parse_lora_option("nick=a b.safetensors:-.5")) == ("nick", "a b.safetensors", -0.5)
     assert parse_lora_option("a b.safetensors").name == "a_b"
     names = [r.name for r in unique_names([parse_lora_option(v) for v in ("x.safetensors", "d/x.safetensors")])]

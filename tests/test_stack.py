@@ -246,7 +246,9 @@ def test_bad_names_and_scales_change_nothing(tiny_sd1_dir, tmp_path):
     assert stack.active == {"style": 0.5}
     assert all(torch.equal(before[m], w) for m, w in module_weights(pipe).items())
     with pytest.raises(ScaleError, match="invalid adapter name"):
-        stack.load("has:colon", make_case(pipe, "peft", tmp_path / "b.safetensors"))
+        stack.load("has space", make_case(pipe, "peft", tmp_path / "b.safetensors"))
+    stack.load("me/style:v1", tmp_path / "b.safetensors")  # a registry reference is a name as it is written
+    assert "me/style:v1" in stack.loaded
 
 
 def test_a_failure_midway_puts_everything_back(tiny_sd1_dir, tmp_path):

@@ -6,6 +6,10 @@ on them (with prior preservation on captioned pictures of the base's own shapes,
 square), registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
 and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of
 yellow pixels in the images of the token prompt, without and with the adapter.
+
+Training is seeded, so running the demo again makes the same tensors: the registry's version of ``demo/aawxbc``
+with those tensors is then reused (``reused=True``) instead of adding a new version each run. A run with other
+settings (``--steps``, ``--seed``) that trains other tensors adds a version, as any import would.
 """
 
 from __future__ import annotations
@@ -39,6 +43,26 @@ class DemoResult:
     seconds: float
     plain_base: float = 0.0  # share of the plain prompt's colour, base and adapter: what prior preservation keeps
     plain_adapter: float = 0.0
+    reused: bool = False  # the registry already held a version with these tensors: no new version
+    loss_first: float = 0.0  # mean loss of the first and the last tenth of the steps
+    loss_last: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "grid": str(self.grid),
+            "adapter": str(self.adapter),
+            "registered": self.registered,
+            "reused": self.reused,
+            "token_prompt": TOKEN_PROMPT,
+            "base_score": self.base_score,
+            "adapter_score": self.adapter_score,
+            "plain_prompt": PLAIN_PROMPT,
+            "plain_base": self.plain_base,
+            "plain_adapter": self.plain_adapter,
+            "loss_first": self.loss_first,
+            "loss_last": self.loss_last,
+            "seconds": self.seconds,
+        }
 
     def line(self) -> str:
         return (
@@ -74,7 +98,8 @@ def run_demo(
 ) -> DemoResult:
     from lorastack.adapters.outputs import check_output_dir, check_output_file
     from lorastack.core.base import guidance_kwargs, load_base
-    from lorastack.core.generate import _grid
+    from lorastack.core.base_settings import pipe_settings
+    from lorastack.core.grids import labelled_grid
     from lorastack.core.stack import AdapterStack
     from lorastack.core.training.api import train
     from lorastack.paths import data_home
@@ -102,19 +127,23 @@ def run_demo(
     # prior preservation with the base's own world (captioned toy shapes): the adapter learns what "aawxbc" is
     # without forgetting what "a green square" is
     regular = toy.write_dataset(out / "class", images * 2, seed=seed + 1)
-    result = train("dreambooth", "toy", data, name=name, output=run_dir, pipe=pipe, progress=progress, options={
+    result = train("dreambooth", "toy", data, register=False, output=run_dir, pipe=pipe, progress=progress, options={
         "token": TOKEN, "instance_prompt": "a {token} on a white background", "class_data": str(regular),
         "steps": steps, "resolution": toy.SIZE, "rank": 8, "learning_rate": 4e-3, "targets": "attention-ff",
         "text_encoder_lr": 1e-3, "batch_size": 4, "latents": "mean", "seed": seed, "random_flip": True,
         **(options or {}),
     })  # fmt: skip
-    log(f"trained {steps} steps in {time.perf_counter() - started:.0f} s: loss {result.losses[0]:.3f} -> "
-        f"{sum(result.losses[-10:]) / 10:.3f}; {result.registered or result.adapter_path}")  # fmt: skip
+    first, last = loss_means(result.losses)
+    registered, reused = register(result.adapter_path, name, data) if name is not None else (None, False)
+    where = f"{registered} ({'the same tensors as before: reused' if reused else 'new version'})" if registered else ""
+    log(f"trained {steps} steps in {time.perf_counter() - started:.0f} s: mean loss {first:.3f} (first tenth) -> "
+        f"{last:.3f} (last tenth); {where or result.adapter_path}")  # fmt: skip
 
     stack = AdapterStack(pipe)
     stack.load(TOKEN, result.adapter_path)
-    stack.load("style", toy.STYLE_ADAPTER)
-    columns = [("base", {}), (TOKEN, {TOKEN: 1.0})] + [(f"+style {s}", {TOKEN: 1.0, "style": s}) for s in STYLE_SCALES]
+    stack.load("toy-style", toy.STYLE_ADAPTER)
+    columns = [("base", {}), (TOKEN, {TOKEN: 1.0})]
+    columns += [(f"{TOKEN} + toy-style @ {s:g}", {TOKEN: 1.0, "toy-style": s}) for s in STYLE_SCALES]
     rows, token_images, plain_images = [], {"base": [], TOKEN: []}, {"base": [], TOKEN: []}
     for prompt in (TOKEN_PROMPT, PLAIN_PROMPT):
         for s in range(seeds):
@@ -128,15 +157,48 @@ def run_demo(
                 if label in token_images:
                     (token_images if prompt == TOKEN_PROMPT else plain_images)[label].append(image)
             rows.append(row)
-    grid = _grid(rows, [label for label, _ in columns])
+    row_labels = [f"{prompt}, seed {seed * 1000 + s}" for prompt in (TOKEN_PROMPT, PLAIN_PROMPT) for s in range(seeds)]
+    guidance = pipe_settings(pipe).guidance
+    caption = f"{steps} training steps  |  20 sampling steps, guidance {guidance:g}"
+    grid = labelled_grid(rows, [label for label, _ in columns], row_labels, caption)
     grid_path = out / "demo-grid.png"
     grid.save(grid_path)
     stack.detach()
     return DemoResult(
-        grid_path, result.adapter_path, result.registered,
+        grid_path, result.adapter_path, registered,
         toy.concept_score(token_images["base"], CONCEPT_COLOUR),
         toy.concept_score(token_images[TOKEN], CONCEPT_COLOUR),
         time.perf_counter() - started,
         toy.concept_score(plain_images["base"], PLAIN_COLOUR),
         toy.concept_score(plain_images[TOKEN], PLAIN_COLOUR),
+        reused, first, last,
     )  # fmt: skip
+
+
+def loss_means(losses: list[float]) -> tuple[float, float]:
+    """Mean loss of the first and of the last tenth of the steps (at least one step each): one noisy step says
+    little, and a run of any length has tenths."""
+    if not losses:
+        return 0.0, 0.0
+    k = max(1, len(losses) // 10)
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
+def register(adapter: Path, name: str, data: Path) -> tuple[str, bool]:
+    """``adapter`` as a version of ``name``: the newest version with the same tensors when there is one (a rerun
+    of the demo), else a new one. Returns the version's reference and whether it was reused."""
+    from lorastack.adapters.files import file_and_tensor_sha256
+    from lorastack.registry import Registry
+    from lorastack.registry.names import parse_name_tag
+
+    registry = Registry()
+    bare, tag = parse_name_tag(name)
+    tensors = file_and_tensor_sha256(adapter)[1]
+    for version in reversed(registry.versions(bare)):
+        if version.adapter_file.tensor_sha256 == tensors:
+            return version.ref, True
+    imported = registry.import_file(
+        adapter, bare, tag, trigger_words=[TOKEN], base_model="toy",
+        provenance={"training": {"trainer": "dreambooth", "base": "toy", "data": str(data), "demo": True}},
+    )  # fmt: skip
+    return imported.version.ref, False
