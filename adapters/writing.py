@@ -148,7 +148,7 @@ def diffusers_state_dict(
     if bad:
         raise UnsupportedAdapterError(
             f"the diffusers/peft format holds only LoRA layers, and this adapter has {', '.join(bad)} layers; "
-            "write it with --to kohya"
+            "write it with --format kohya"
         )
     tensors: dict[str, torch.Tensor] = {}
     per_component: dict[str, dict[str, LoRALayer]] = {}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from lorastack.adapters.constants import FAMILIES, FAMILY_NAMES, FORMATS
+from lorastack.adapters.constants import FAMILIES, FAMILY_NAMES
 
+from .grammar import echo_json, force_option, format_option, json_option, output_option
 from .text import printable
 
 _ALLOW_PICKLE = click.option(
@@ -20,7 +20,7 @@ _ALLOW_PICKLE = click.option(
 
 @click.command("inspect")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@json_option("everything")
 @_ALLOW_PICKLE
 def inspect_cmd(file: Path, as_json: bool, allow_pickle: bool) -> None:
     """Show what is inside an adapter FILE: format, base family, layer kinds, ranks, hashes, metadata."""
@@ -28,7 +28,7 @@ def inspect_cmd(file: Path, as_json: bool, allow_pickle: bool) -> None:
 
     info = inspect_file(file, allow_pickle=allow_pickle)
     if as_json:
-        click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+        echo_json(info)
         return
     click.echo(format_inspect(info))
 
@@ -83,23 +83,28 @@ def _size(n: int) -> str:
 
 @click.command("convert")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--to", "to", required=True, type=click.Choice(FORMATS), help="Format to write.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="File to write.")
+@format_option(required=True, aliases=("--to",))
+@output_option("file", required=True)
 @click.option(
     "--family",
     type=click.Choice(FAMILIES),
     default=None,
     help="Base family for family-specific key names (default: probed from the file).",
 )
-@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@force_option()
 @_ALLOW_PICKLE
-def convert_cmd(file: Path, to: str, output: Path, family: str | None, force: bool, allow_pickle: bool) -> None:
-    """Convert an adapter FILE to the diffusers/peft or kohya (A1111/ComfyUI) format."""
+@json_option()
+def convert_cmd(file: Path, fmt: str, output: Path, family: str | None, force: bool, allow_pickle: bool,
+                as_json: bool) -> None:  # fmt: skip
+    """Convert an adapter FILE to the diffusers/peft or kohya (A1111/ComfyUI) format, written to -o."""
     from lorastack.adapters import convert_file
 
     _outside_the_registry(output)
-    written = convert_file(file, output, to, allow_pickle=allow_pickle, family=family, overwrite=force)
-    click.echo(f"wrote {printable(written)} ({to} format)")
+    written = convert_file(file, output, fmt, allow_pickle=allow_pickle, family=family, overwrite=force)
+    if as_json:
+        echo_json({"source": str(file), "output": str(written), "format": fmt})
+        return
+    click.echo(f"wrote {printable(written)} ({fmt} format)")
 
 
 def _outside_the_registry(output: Path) -> None:

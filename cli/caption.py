@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
+
+from .grammar import AliasedOption, echo_json, json_option, output_option
 
 
 @click.command("caption")
 @click.argument("src")
 @click.option("--captioner", "captioner_name", required=True, metavar="NAME", help="Captioner plugin: filename, blip…")
 @click.option("--prefix", default=None, help="Text each caption starts with (the captioner's prefix option).")
-@click.option("--overwrite", is_flag=True, help="Replace existing captions (default: keep them, caption the rest).")
 @click.option(
-    "--format",
-    "fmt",
+    "--force",
+    cls=AliasedOption,
+    aliases=("--overwrite",),
+    is_flag=True,
+    help="Overwrite existing captions if there are any (default: keep them, caption the rest).",
+)
+@click.option(
+    "--layout",
     type=click.Choice(["sidecar", "csv", "jsonl"]),
     default="sidecar",
     show_default=True,
     help="IMAGE.txt next to each image, or one metadata.csv/metadata.jsonl (file_name, text) in SRC.",
 )
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path), default=None, help="The csv/jsonl file (default: in SRC)."
-)
+@output_option("file", "The csv/jsonl file with --layout csv or jsonl (default: in SRC).", default=None)
 @click.option("--source", default=None, help="Dataset source plugin (default: the one that recognises SRC).")
 @click.option("--option", "pairs", multiple=True, metavar="KEY=VALUE", help="An option of the captioner (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def caption_cmd(src, captioner_name, prefix, overwrite, fmt, output, source, pairs, as_json):
+@json_option("the report")
+def caption_cmd(src, captioner_name, prefix, force, layout, output, source, pairs, as_json):
     """Caption the images of SRC that have no caption yet (a folder, a zip, a Hugging Face dataset)."""
     from lorastack.core.captioning import caption_dataset, resolve_captioner
     from lorastack.core.data import open_dataset
@@ -35,8 +37,8 @@ def caption_cmd(src, captioner_name, prefix, overwrite, fmt, output, source, pai
 
     from .main import quiet_libraries
 
-    if output is not None and fmt == "sidecar":
-        raise click.UsageError("--output names the csv/jsonl file; add --format csv or --format jsonl")
+    if output is not None and layout == "sidecar":
+        raise click.UsageError("--output names the csv/jsonl file; add --layout csv or --layout jsonl")
     given = parse_option_pairs(pairs, "--option")
     if prefix is not None:
         if "prefix" in given:
@@ -48,10 +50,10 @@ def caption_cmd(src, captioner_name, prefix, overwrite, fmt, output, source, pai
     for skipped in dataset.skipped:
         click.echo(f"skipped {skipped.source}: {skipped.reason}", err=True)
     report = caption_dataset(
-        dataset, captioner_name, given, overwrite=overwrite, output=fmt, output_file=output, progress=not as_json
+        dataset, captioner_name, given, overwrite=force, output=layout, output_file=output, progress=not as_json
     )
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+        echo_json(report.as_dict())
         return
     click.echo(report.summary())
 

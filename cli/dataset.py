@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from .grammar import echo_json, json_option
 
 
 @click.command("dataset")
 @click.argument("location")
 @click.option("--source", default=None, help="Dataset source plugin (default: the one that recognises LOCATION).")
 @click.option("--option", "pairs", multiple=True, metavar="KEY=VALUE", help="An option of the source (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("what was found")
 def dataset_cmd(location, source, pairs, as_json):
     """Check a dataset: how many images, which have captions, and which files were skipped and why."""
     from lorastack.core.data import one_line, open_dataset
@@ -19,7 +19,7 @@ def dataset_cmd(location, source, pairs, as_json):
 
     dataset = open_dataset(location, source, parse_option_pairs(pairs, "--option"), allow_empty=True)
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "location": dataset.location, "source": dataset.source, "count": len(dataset.items),
             "items": [
                 {"source": i.source, "caption": i.caption, "size": list(i.image.size), "concept": i.concept,
@@ -27,7 +27,7 @@ def dataset_cmd(location, source, pairs, as_json):
                 for i in dataset.items
             ],
             "skipped": [{"source": s.source, "reason": s.reason} for s in dataset.skipped],
-        }, indent=2))  # fmt: skip
+        })  # fmt: skip
         return
     # names and captions may hold newlines or bytes that are not UTF-8 (a file name is any bytes): one line each
     for item in dataset.items:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,15 +10,12 @@ import click
 from lorastack.registry import Registry, parse_name_tag
 
 from .adapters import _size
+from .grammar import AliasedOption, echo_json, force_option, format_option, json_option, output_option
 from .text import printable
 
 
 def _registry() -> Registry:
     return Registry()
-
-
-def _echo_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _finite(value: float, flag: str) -> float:
@@ -39,7 +35,7 @@ def _when(timestamp: float) -> str:
 @click.option("--base-model", default=None, help="Base model id (default: from the file).")
 @click.option("--description", default=None)
 @click.option("--allow-pickle", is_flag=True, help="Import a pickle file (stored converted to safetensors).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("the new version")
 def import_cmd(file, name_tag, trigger, base_model, description, allow_pickle, as_json):
     """Import an adapter FILE as a new version of NAME (tagged TAG and latest)."""
     from lorastack.adapters.metadata import split_words
@@ -56,7 +52,7 @@ def import_cmd(file, name_tag, trigger, base_model, description, allow_pickle, a
     )
     version = result.version
     if as_json:
-        _echo_json({**version.as_dict(), "created": result.created})
+        echo_json({**version.as_dict(), "created": result.created})
         return
     verb = "imported" if result.created else "already stored as"
     click.echo(f"{verb} {version.ref} (tags: {', '.join(version.tags) or 'none'})")
@@ -66,12 +62,12 @@ def import_cmd(file, name_tag, trigger, base_model, description, allow_pickle, a
 @click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), default=None)
 @click.option("--search", default=None, help="Match names, trigger words, descriptions and base models.")
 @click.option("-a", "--all-versions", is_flag=True, help="One row per version instead of per adapter.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("the rows (a JSON array)")
 def list_cmd(family, search, all_versions, as_json):
     """List the adapters in the registry (their latest versions)."""
     rows = _registry().list(family=family, search=search, all_versions=all_versions)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no adapters" + (" match" if family or search else " in the registry yet (lorastack import)"))
@@ -90,12 +86,12 @@ def list_cmd(family, search, all_versions, as_json):
 
 @click.command("show")
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("the version")
 def show_cmd(ref, as_json):
     """Show one version: REF is NAME, NAME:TAG or NAME@N."""
     version = _registry().resolve(ref)
     if as_json:
-        _echo_json(version.as_dict())
+        echo_json(version.as_dict())
         return
     lines = [
         ("ref", version.ref),
@@ -124,7 +120,8 @@ def show_cmd(ref, as_json):
 @click.argument("ref")
 @click.argument("new_tag")
 @click.option("--follow", is_flag=True, help="With tag 'latest': let latest follow new imports again.")
-def tag_cmd(ref, new_tag, follow):
+@json_option()
+def tag_cmd(ref, new_tag, follow, as_json):
     """Point NEW_TAG at the version REF names (moving the tag if it exists)."""
     registry = _registry()
     if follow:
@@ -133,41 +130,65 @@ def tag_cmd(ref, new_tag, follow):
         version = registry.follow_latest(ref)
     else:
         version = registry.tag(ref, new_tag)
+    if as_json:
+        echo_json({"name": version.name, "tag": new_tag, "ref": version.ref})
+        return
     click.echo(f"{version.name}:{new_tag} -> {version.ref}")
 
 
 @click.command("rm")
 @click.argument("ref")
 @click.option(
-    "--all", "all_versions", is_flag=True, help="Remove the whole adapter (REF is NAME): every version and tag."
+    "--all-versions",
+    "all_versions",
+    cls=AliasedOption,
+    aliases=("--all",),
+    is_flag=True,
+    help="Remove the whole adapter (REF is NAME): every version and tag.",
 )
-@click.option("--force", is_flag=True, help="Remove a version even though tags point at it (they go too).")
-def rm_cmd(ref, all_versions, force):
-    """Remove a tag (NAME:TAG), a version (NAME@N), or a whole adapter (NAME --all)."""
-    removed = _registry().remove(ref, all_versions=all_versions, force=force)
+@click.option(
+    "--with-tags",
+    cls=AliasedOption,
+    aliases=("--force",),
+    is_flag=True,
+    help="Remove a version even though tags point at it (they go too).",
+)
+@json_option("what was removed")
+def rm_cmd(ref, all_versions, with_tags, as_json):
+    """Remove a tag (NAME:TAG), a version (NAME@N), or a whole adapter (NAME --all-versions)."""
+    removed = _registry().remove(ref, all_versions=all_versions, force=with_tags)
+    if as_json:
+        echo_json({"freed": 0, **removed})
+        return
     what = removed.get("adapter") or removed.get("version") or removed.get("tag")
     click.echo(f"removed {what}" + (f", freed {_size(removed['freed'])}" if removed.get("freed") else ""))
 
 
 @click.command("export")
 @click.argument("ref")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["diffusers", "kohya"]), default=None, help="Default: as stored.")
-@click.option("--force", is_flag=True, help="Overwrite the output file.")
-def export_cmd(ref, output, fmt, force):
-    """Write a version's adapter file to OUTPUT, converted to --format if given."""
-    path = _registry().export(ref, output, format=fmt, overwrite=force)
+@output_option("file", required=True)
+@format_option(default_help="Default: as stored.")
+@force_option()
+@json_option()
+def export_cmd(ref, output, fmt, force, as_json):
+    """Write a version's adapter file to -o, converted to --format if given."""
+    registry = _registry()
+    path = registry.export(ref, output, format=fmt, overwrite=force)
+    if as_json:
+        version = registry.resolve(ref)
+        echo_json({"ref": version.ref, "output": str(path), "format": fmt or version.format})
+        return
     click.echo(f"wrote {printable(path)}")
 
 
 @click.command("verify")
 @click.argument("ref", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option("the report")
 def verify_cmd(ref, as_json):
     """Re-hash stored files (all, or one version's); report missing, corrupt and extra blobs. Exit 1 unless clean."""
     report = _registry().verify(ref)
     if as_json:
-        _echo_json({**report.__dict__, "clean": report.clean})
+        echo_json({**report.__dict__, "clean": report.clean})
     else:
         click.echo(f"checked {report.checked} blob(s)")
         for problem in report.index:
@@ -194,9 +215,13 @@ def verify_cmd(ref, as_json):
     callback=lambda ctx, param, value: _finite(value, "--grace"),
     help="Seconds to spare.",
 )
-def gc_cmd(dry_run, grace):
+@json_option("the report")
+def gc_cmd(dry_run, grace, as_json):
     """Delete stored files no version uses and leftover temporary files (older than --grace)."""
     report = _registry().gc(dry_run=dry_run, grace=grace)
+    if as_json:
+        echo_json(report.__dict__)
+        return
     verb = "would free" if dry_run else "freed"
     click.echo(f"{verb} {_size(report.freed)}: {len(report.blobs)} blob(s), {len(report.temp)} temporary file(s)")
 

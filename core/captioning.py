@@ -210,7 +210,7 @@ class _SidecarWriter:
         if no_file:
             raise CaptionError(
                 f"{len(no_file)} images of {label} have no file on disk to put a sidecar next to (e.g. "
-                f"{no_file[0]}); write their captions to one file with --format csv or jsonl and --output FILE"
+                f"{no_file[0]}); write their captions to one file with --layout csv or jsonl and --output FILE"
             )
         self.items = items
         self.targets: list[Path] = []
@@ -231,7 +231,7 @@ class _SidecarWriter:
         if shadowed:
             raise CaptionError(
                 f"{len(shadowed)} images (e.g. {shadowed[0]}) get their caption from a metadata file, which is read "
-                "before sidecars; to overwrite those captions write them with --format csv or jsonl"
+                "before sidecars; to overwrite those captions write them with --layout csv or jsonl"
             )
 
     def write(self, i: int, text: str) -> Path:
@@ -261,7 +261,7 @@ class _MetadataWriter:
             other = folder / METADATA_FILES["jsonl" if fmt == "csv" else "csv"]
             if other.is_file():
                 raise CaptionError(
-                    f"{folder} already has {other.name}; write to it with --format {other.suffix[1:]}, or remove it"
+                    f"{folder} already has {other.name}; write to it with --layout {other.suffix[1:]}, or remove it"
                 )
             output_file = folder / METADATA_FILES[fmt]
         self.path = Path(output_file).expanduser()

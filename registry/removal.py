@@ -59,7 +59,7 @@ def remove_version(registry, db, adapter_id: int, parsed: Ref, force: bool) -> t
     others = [t for t in tags if t.lower() != LATEST]
     if others and not force:
         raise ConflictError(
-            f"{parsed} is tagged {', '.join(others)}; pass --force to remove it and its tags, or move the tags"
+            f"{parsed} is tagged {', '.join(others)}; pass --with-tags to remove it and its tags, or move the tags"
         )
     if LATEST in (t.lower() for t in tags):
         db.execute("UPDATE adapters SET latest_pinned = 0 WHERE id = ?", (adapter_id,))

@@ -418,14 +418,14 @@ class Registry:
         parsed = parse_ref(ref)
         if all_versions and parsed.explicit:
             raise ConflictError(
-                f"--all removes every version of {parsed.name}, but {ref!r} names one "
-                f"{'tag' if parsed.tag is not None else 'version'}: write lorastack rm {parsed.name} --all for the "
-                f"whole adapter, or leave out --all to remove only {parsed}"
+                f"--all-versions removes every version of {parsed.name}, but {ref!r} names one "
+                f"{'tag' if parsed.tag is not None else 'version'}: write lorastack rm {parsed.name} --all-versions "
+                f"for the whole adapter, or leave out --all-versions to remove only {parsed}"
             )
         if not all_versions and not parsed.explicit:
             raise ConflictError(
                 f"say what to remove: {parsed.name}:TAG removes a tag, {parsed.name}@N a version, "
-                f"{parsed.name} --all the whole adapter"
+                f"{parsed.name} --all-versions the whole adapter"
             )
         db = self._db(write=True)
         with self.blobs.lock(exclusive=True):

@@ -174,7 +174,7 @@ def test_directory_and_missing_file(tmp_path):
         read_adapter(tmp_path)
     with pytest.raises(AdapterFileError, match="no such file"):
         read_adapter(tmp_path / "nope.safetensors")
-    code, _, err = run_cli("convert", tmp_path, "--to", "kohya", "-o", tmp_path / "out.safetensors")
+    code, _, err = run_cli("convert", tmp_path, "--format", "kohya", "-o", tmp_path / "out.safetensors")
     assert code != 0 and "is a directory" in err and not (tmp_path / "out.safetensors").exists()
 
 

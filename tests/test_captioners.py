@@ -217,7 +217,7 @@ def test_items_without_files_need_an_output_file(tmp_path):
     folder = write_image_folder(tmp_path / "photos")
     archive = zip_folder(folder.root, tmp_path / "photos.zip")
     dataset = open_dataset(archive)
-    with pytest.raises(CaptionError, match=r"no file on disk .* --format csv or jsonl and --output FILE"):
+    with pytest.raises(CaptionError, match=r"no file on disk .* --layout csv or jsonl and --output FILE"):
         caption_dataset(dataset, "filename", progress=False)
     with pytest.raises(CaptionError, match=r"name the csv file to write with --output FILE"):
         caption_dataset(dataset, "filename", output="csv", progress=False)
@@ -243,7 +243,7 @@ def test_cli_writes_sidecars_and_keeps_existing_captions(tmp_path):
     code, out, _ = run_cli("caption", folder.root, "--captioner", "filename", "--json")
     assert code == 0 and json.loads(out)["written"] == 0 and json.loads(out)["kept"] == 5
 
-    code, out, err = run_cli("caption", folder.root, "--captioner", "filename", "--overwrite")
+    code, out, err = run_cli("caption", folder.root, "--captioner", "filename", "--force")
     assert code == 0, err
     assert (folder.root / "red.txt").read_text().strip() == "red"
     assert (folder.root / "5_aawxbc figurine" / "blue.txt").read_text().strip() == "blue"
@@ -251,7 +251,7 @@ def test_cli_writes_sidecars_and_keeps_existing_captions(tmp_path):
 
 def test_cli_csv_is_read_back_by_the_folder_source(tmp_path):
     folder = write_image_folder(tmp_path / "photos")
-    code, out, err = run_cli("caption", folder.root, "--captioner", "filename", "--format", "csv")
+    code, out, err = run_cli("caption", folder.root, "--captioner", "filename", "--layout", "csv")
     assert code == 0, err
     metadata = folder.root / "metadata.csv"
     assert str(metadata) in out
@@ -261,11 +261,11 @@ def test_cli_csv_is_read_back_by_the_folder_source(tmp_path):
     assert rows == expected  # the existing captions too, so the file describes the whole dataset
     assert {i.source: i.caption for i in open_dataset(folder.root)} == expected
     first = metadata.read_bytes()
-    code, out, _ = run_cli("caption", folder.root, "--captioner", "filename", "--format", "csv")
+    code, out, _ = run_cli("caption", folder.root, "--captioner", "filename", "--layout", "csv")
     assert code == 0 and "kept 5" in out and metadata.read_bytes() == first
 
-    # with --overwrite the new captions go into the file the source reads first
-    code, _, err = run_cli("caption", folder.root, "--captioner", "filename", "--format", "csv", "--overwrite")
+    # with --force the new captions go into the file the source reads first
+    code, _, err = run_cli("caption", folder.root, "--captioner", "filename", "--layout", "csv", "--force")
     assert code == 0, err
     assert {i.source: i.caption for i in open_dataset(folder.root)} == {n: words_from_name(n) for n in folder.good}
 
@@ -278,7 +278,7 @@ def test_cli_keeps_other_metadata_rows_and_columns(tmp_path):
     (root / "metadata.jsonl").write_text(
         '{"file_name": "a_1.png", "caption": "kept", "score": 3}\n{"file_name": "gone.png", "caption": "x"}\n'
     )
-    code, _, err = run_cli("caption", root, "--captioner", "filename", "--format", "jsonl")
+    code, _, err = run_cli("caption", root, "--captioner", "filename", "--layout", "jsonl")
     assert code == 0, err
     rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
     assert rows == [
@@ -286,14 +286,14 @@ def test_cli_keeps_other_metadata_rows_and_columns(tmp_path):
         {"file_name": "gone.png", "caption": "x"},
         {"file_name": "b_2.png", "caption": "b"},
     ]
-    code, _, err = run_cli("caption", root, "--captioner", "filename", "--format", "csv")
+    code, _, err = run_cli("caption", root, "--captioner", "filename", "--layout", "csv")
     assert code == 1 and "already has metadata.jsonl" in err
 
 
 def test_cli_blip_on_a_folder(tiny_blip_dir, tmp_path):
     folder = write_image_folder(tmp_path / "photos")
     code, out, err = run_cli(
-        "caption", folder.root, "--captioner", "blip", "--prefix", PREFIX, "--overwrite",
+        "caption", folder.root, "--captioner", "blip", "--prefix", PREFIX, "--force",
         "--option", f"model={tiny_blip_dir}", "--option", "max_new_tokens=3", "--option", "batch_size=2",
     )  # fmt: skip
     assert code == 0, err
@@ -327,7 +327,7 @@ def test_cli_bad_options_fail_before_anything_is_written(monkeypatch, tmp_path, 
     monkeypatch.setattr(captioners, "_load_blip", lambda *a: pytest.fail("the model must not load"))
     folder = write_image_folder(tmp_path / "photos")
     before = _snapshot(folder.root)
-    code, out, err = run_cli("caption", folder.root, *args, "--overwrite", "--format", "csv")
+    code, out, err = run_cli("caption", folder.root, *args, "--force", "--layout", "csv")
     assert code == 1, out
     error = [line for line in err.splitlines() if not line.startswith("skipped ")]
     assert len(error) == 1 and message in error[0], err
@@ -340,8 +340,8 @@ def test_cli_overwriting_metadata_captions_with_sidecars_is_refused(tmp_path):
     Image.new("RGB", (8, 8)).save(root / "a.png")
     (root / "metadata.csv").write_text("file_name,text\na.png,from metadata\n")
     before = _snapshot(root)
-    code, _, err = run_cli("caption", root, "--captioner", "filename", "--overwrite")
-    assert code == 1 and "get their caption from a metadata file" in err and "--format csv" in err
+    code, _, err = run_cli("caption", root, "--captioner", "filename", "--force")
+    assert code == 1 and "get their caption from a metadata file" in err and "--layout csv" in err
     assert _snapshot(root) == before
 
 
@@ -351,12 +351,12 @@ def test_cli_zip_needs_an_output_file(tmp_path):
     code, _, err = run_cli("caption", archive, "--captioner", "filename")
     assert code == 1 and "no file on disk" in err
     out = tmp_path / "captions.csv"
-    code, _, err = run_cli("caption", archive, "--captioner", "filename", "--format", "csv", "-o", out)
+    code, _, err = run_cli("caption", archive, "--captioner", "filename", "--layout", "csv", "-o", out)
     assert code == 0, err
     with out.open(newline="") as f:
         assert {row["file_name"]: row["text"] for row in csv.DictReader(f)}["rgba.png"] == "rgba"
     code, _, err = run_cli("caption", archive, "--captioner", "filename", "-o", out)
-    assert code == 2 and "--format csv" in err
+    assert code == 2 and "--layout csv" in err
 
 
 def test_unknown_captioner_from_the_api():

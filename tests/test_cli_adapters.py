@@ -36,10 +36,11 @@ def test_inspect_json(kohya_file):
 
 
 def test_convert_both_ways(kohya_file, tmp_path):
-    code, out, _ = run_cli("convert", kohya_file, "--to", "diffusers", "-o", tmp_path / "d.safetensors")
+    code, out, _ = run_cli("convert", kohya_file, "--format", "diffusers", "-o", tmp_path / "d.safetensors")
     assert code == 0 and "wrote" in out
+    # --to is the deprecated spelling of --format: it still works, and --help no longer shows it
     code, _, _ = run_cli("convert", tmp_path / "d.safetensors", "--to", "kohya", "-o", tmp_path / "k.safetensors")
-    assert code == 0
+    assert code == 0 and "--to" not in run_cli("convert", "--help")[1]
     a, b = read_adapter(kohya_file), read_adapter(tmp_path / "k.safetensors")
     assert set(a.layers) == set(b.layers) and b.source_format == "kohya"
 
@@ -47,9 +48,9 @@ def test_convert_both_ways(kohya_file, tmp_path):
 def test_convert_never_overwrites_without_force(kohya_file, tmp_path):
     target = tmp_path / "taken.safetensors"
     target.write_bytes(b"precious")
-    code, _, err = run_cli("convert", kohya_file, "--to", "diffusers", "-o", target)
+    code, _, err = run_cli("convert", kohya_file, "--format", "diffusers", "-o", target)
     assert code == 1 and "already exists" in err and target.read_bytes() == b"precious"
-    code, _, _ = run_cli("convert", kohya_file, "--to", "diffusers", "-o", target, "--force")
+    code, _, _ = run_cli("convert", kohya_file, "--format", "diffusers", "-o", target, "--force")
     assert code == 0 and read_adapter(target).source_format == "diffusers"
 
 
@@ -60,12 +61,12 @@ def test_convert_refuses_what_a_format_cannot_hold(tmp_path):
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     save_file({f"{name}.hada_w1_a": torch.randn(8, 2), f"{name}.hada_w1_b": torch.randn(2, 8),
                f"{name}.hada_w2_a": torch.randn(8, 2), f"{name}.hada_w2_b": torch.randn(2, 8)}, str(src))  # fmt: skip
-    code, _, err = run_cli("convert", src, "--to", "diffusers", "-o", tmp_path / "out.safetensors")
-    assert code == 1 and "loha" in err and "--to kohya" in err and not (tmp_path / "out.safetensors").exists()
+    code, _, err = run_cli("convert", src, "--format", "diffusers", "-o", tmp_path / "out.safetensors")
+    assert code == 1 and "loha" in err and "--format kohya" in err and not (tmp_path / "out.safetensors").exists()
 
 
 def test_bad_option_values_list_the_choices(kohya_file, tmp_path):
-    code, _, err = run_cli("convert", kohya_file, "--to", "ckpt", "-o", tmp_path / "x")
+    code, _, err = run_cli("convert", kohya_file, "--format", "ckpt", "-o", tmp_path / "x")
     assert code == 2 and "'diffusers', 'kohya'" in err
-    code, _, err = run_cli("convert", kohya_file, "--to", "kohya", "-o", tmp_path / "x", "--family", "sd3")
+    code, _, err = run_cli("convert", kohya_file, "--format", "kohya", "-o", tmp_path / "x", "--family", "sd3")
     assert code == 2 and "'sd1', 'sd2', 'sdxl'" in err

@@ -41,8 +41,8 @@ def test_rm_verify_gc(files):
         run_cli("import", f, "--name", "style")
     run_cli("tag", "style@1", "keep")
     code, _, err = run_cli("rm", "style@1")
-    assert code == 1 and "tagged keep; pass --force" in err
-    code, out, _ = run_cli("rm", "style@1", "--force")
+    assert code == 1 and "tagged keep; pass --with-tags" in err
+    code, out, _ = run_cli("rm", "style@1", "--with-tags")
     assert code == 0 and out.startswith("removed style@1, freed")
     code, out, _ = run_cli("verify")
     assert code == 0 and out.strip().endswith("clean")

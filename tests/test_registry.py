@@ -89,7 +89,7 @@ def test_remove_tags_versions_and_adapters(registry, files):
     registry.tag("style@2", "best")
     with pytest.raises(ConflictError, match="say what to remove"):
         registry.remove("style")
-    with pytest.raises(ConflictError, match="tagged best; pass --force"):
+    with pytest.raises(ConflictError, match="tagged best; pass --with-tags"):
         registry.remove("style@2")
     registry.remove("style:best")
     assert registry.remove("style@2")["freed"] > 0

@@ -131,11 +131,11 @@ def test_rm_with_a_reference_and_all_is_refused(registry, files):
         registry.import_file(f, "style")
     registry.tag("style@1", "best")
     for ref in ("style:best", "style@1"):
-        with pytest.raises(ConflictError, match="--all removes every version of style"):
+        with pytest.raises(ConflictError, match="--all-versions removes every version of style"):
             registry.remove(ref, all_versions=True)
     assert listed_and_loadable(registry) == ["style@1", "style@2"]
     code, _, err = run_cli("rm", "style:best", "--all")
-    assert code == 1 and "write lorastack rm style --all" in err
+    assert code == 1 and "write lorastack rm style --all-versions" in err
 
 
 def test_version_numbers_are_never_reused(registry, files):
