@@ -82,3 +82,19 @@ def test_sample_grids_are_upscaled_labelled_and_carry_their_recipe():
     saved = Image.open(io.BytesIO(sample_png(grid, recipe)))
     assert json.loads(saved.text[SAMPLE_RECIPE_KEY]) == recipe
     assert "seeds 0, 1" in saved.text["Description"]
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = Progress(4, stream=stream, every=0)
+    assert bar.bar is not None
+    for _ in range(4):
+        bar.update(1, 0.2)
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" in text and "4/4" in text and "loss=0.2000" in text  # one redrawn bar, not a line per step
+    assert "step 4/4 loss" not in text
