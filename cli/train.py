@@ -73,7 +73,7 @@ def trainer_command(trainer) -> click.Command:
     from lorastack.core.training.options import engine_and_trainer_options
 
     params = _run_params()
-    taken = set(RUN_PARAMS)
+    taken = {*RUN_PARAMS, "json"}  # --json is the as_json parameter
     params += [click_option(o) for o in engine_and_trainer_options(trainer.options) if o.name not in taken]
 
     def callback(**values: Any) -> None:
