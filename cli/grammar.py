@@ -36,6 +36,13 @@ class AliasedOption(click.Option):
         return " / ".join(f"'{o}'" for o in self._visible())
 
 
+class Choice(click.Choice):
+    """click's choice, whose "missing option" message stays on one line like every other error."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        return f"Choose from: {', '.join(map(str, self.choices))}."
+
+
 def output_option(kind: str, more: str = "", **kwargs):
     """``-o/--output``: a FILE (``kind="file"``) or a FOLDER (``kind="folder"``), said first in its help."""
     help_text = f"{OUTPUT_HELP[kind]} {more}".strip()
@@ -43,6 +50,7 @@ def output_option(kind: str, more: str = "", **kwargs):
         "-o",
         "--output",
         type=click.Path(path_type=Path),
+        metavar=kind.upper(),
         help=help_text,
         **kwargs,
     )
@@ -66,7 +74,7 @@ def format_option(required: bool = False, default_help: str = "", aliases: tuple
         "fmt",
         cls=AliasedOption,
         aliases=aliases,
-        type=click.Choice(FORMATS),
+        type=Choice(FORMATS),
         required=required,
         help=f"{help_text} {default_help}".strip(),
     )

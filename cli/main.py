@@ -106,7 +106,7 @@ def _quiet_environment(verbose: bool) -> None:
         warnings.simplefilter("ignore")
 
 
-@click.group(cls=LorastackGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("lorastack", cls=LorastackGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorastack")
 @click.option("-v", "--verbose", is_flag=True, help="Show the libraries' logs, warnings and loading bars.")
 def cli(verbose: bool) -> None:

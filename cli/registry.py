@@ -62,7 +62,7 @@ def import_cmd(file, name_tag, trigger, base_model, description, allow_pickle, a
 @click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), default=None)
 @click.option("--search", default=None, help="Match names, trigger words, descriptions and base models.")
 @click.option("-a", "--all-versions", is_flag=True, help="One row per version instead of per adapter.")
-@json_option("the rows (a JSON array)")
+@json_option("the rows")
 def list_cmd(family, search, all_versions, as_json):
     """List the adapters in the registry (their latest versions)."""
     rows = _registry().list(family=family, search=search, all_versions=all_versions)
