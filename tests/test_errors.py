@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
+from pathlib import Path
 
 import lorastack
 from lorastack.errors import LorastackError
 
-PACKAGES = (
-    "lorastack",
-    "lorastack.adapters",
-    "lorastack.core",
-    "lorastack.registry",
-    "lorastack.plugins",
-    "lorastack.cli",
-    "lorastack.testing",
-)
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+#: Every package the distribution installs (new ones are covered without editing this test).
+PACKAGES = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["tool"][
+    "setuptools"
+]["packages"]
 
 
 def _import_everything() -> list[str]:
