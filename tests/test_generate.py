@@ -169,3 +169,35 @@ def test_reproduce_refuses_changed_inputs(generator, tiny_sd1_dir, tmp_path):
     with pytest.raises(ReproduceError, match="no lorastack recipe"):
         Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
         reproduce(tmp_path / "plain.png")
+
+
+def test_grids_enlarge_small_tiles_and_wrap_long_labels():
+    """64 px tiles are shown at 256 px (nearest: each pixel a 4x4 square); a long label is wrapped, never cut."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from lorastack.core.grids import labelled_grid, wrap
+
+    tile = Image.new("RGB", (64, 64), "red")
+    tile.putpixel((0, 0), (0, 0, 255))
+    long = "me/a-very-long-adapter-name:v12 @ 0.8"
+    grid = labelled_grid([[tile, tile]], ["base", long], ["seed 7"], "a red circle | steps 20, guidance 1.5")
+    assert grid.width > 2 * 256
+    font = ImageFont.load_default(size=14)
+    lines = wrap(long, 256 - 8, ImageDraw.Draw(grid), font)
+    assert "".join(lines).replace(" ", "") == long.replace(" ", "")  # every character is kept
+    # the enlarged tile sits bottom-right: its first pixel became a 4x4 blue square
+    left = grid.width - 2 * 256
+    top = grid.height - 256
+    assert grid.getpixel((left + 3, top + 3)) == (0, 0, 255) and grid.getpixel((left + 4, top + 4)) == (255, 0, 0)
+
+
+def test_compare_grid_is_enlarged_with_a_row_per_seed(tiny_sd1_pipe, tmp_path):
+    """Two seeds of 64 px tiles: two enlarged rows, under the labels; a column's label shows its scale."""
+    from lorastack.core.generate import _scale_text
+
+    assert _scale_text(0.8) == "0.8" and _scale_text({"unet": 1.0, "text_encoder": 0.5}) == "unet 1, text_encoder 0.5"
+    gen = Generator(tiny_sd1_pipe)
+    gen.stack.load("style", make_case(tiny_sd1_pipe, "peft", tmp_path / "s.safetensors", seed=1))
+    grid = gen.compare(GenerateOptions(prompt="a cat", steps=1, seed=5, num_images=2, adapters={"style": 0.8}))
+    assert grid.image.width > 2 * 256 and grid.image.height > 2 * 256
+    assert grid.recipe["compare"]["columns"] == ["base", "style"]

@@ -114,3 +114,28 @@ def test_every_example_block_runs(main_job, monkeypatch):
         ran += 1
     assert ran >= 5
     assert (cwd / "style-kohya.safetensors").exists() and (cwd / "demo" / "out" / "00000-1-compare.png").exists()
+    assert (cwd / "demo" / "star" / "00000-0-compare.png").exists()
+    star_changes_the_pictures()
+
+
+def star_changes_the_pictures() -> None:
+    """The README's 20-step training makes an adapter that visibly changes the token prompt's pictures: yellow
+    (the stars' colour) goes from almost none to a clear share on the same seeds."""
+    import torch
+
+    from lorastack import toy
+    from lorastack.core import AdapterStack, load_base
+    from lorastack.core.sources import resolve_adapter
+
+    pipe = load_base("toy")
+    pipe.set_progress_bar_config(disable=True)
+    stack = AdapterStack(pipe)
+    stack.load("star", resolve_adapter("me/star")[0])  # from the examples' registry (LORASTACK_HOME)
+    shares = []
+    for active in ({}, {"star": 1.0}):
+        with stack.activated(active):
+            seeds = [torch.Generator().manual_seed(s) for s in range(4)]
+            images = pipe(["a photo of aawxbc"] * 4, num_inference_steps=20, height=toy.SIZE, width=toy.SIZE,
+                          guidance_scale=1.5, generator=seeds).images  # fmt: skip
+        shares.append(toy.concept_score(images, "yellow"))
+    assert shares[1] >= shares[0] + 0.05, shares

@@ -138,3 +138,30 @@ def test_a_broken_lorastack_json_fails_before_the_weights_load(text, message, tm
     with pytest.raises(BaseModelError, match=re.escape(message)) as e:
         base.load_base(str(folder))
     assert str(folder / base.RECOMMENDED_FILE) in str(e.value)
+
+
+def test_a_demo_rerun_reuses_its_registry_version(tmp_path, lorastack_home):
+    """The same tensors (a rerun of the seeded demo, in any folder) give the same version, not a new one."""
+    import shutil
+
+    from lorastack.registry import Registry
+    from lorastack.toy.demo import register
+
+    first = shutil.copy(toy.STYLE_ADAPTER, tmp_path / "a.safetensors")
+    again = tmp_path / "again.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    # other bytes (the metadata), the same tensors
+    save_file(load_file(first), again, metadata={"lorastack.recipe": 'data = "elsewhere"'})
+    assert register(first, "demo/aawxbc", tmp_path) == ("demo/aawxbc@1", False)
+    assert register(again, "demo/aawxbc", tmp_path) == ("demo/aawxbc@1", True)
+    assert [v.ref for v in Registry().versions("demo/aawxbc")] == ["demo/aawxbc@1"]
+    assert Registry().resolve("demo/aawxbc").trigger_words == ["aawxbc"]
+
+
+def test_the_demo_summary_smooths_over_any_step_count():
+    from lorastack.toy.demo import loss_means
+
+    assert loss_means([4.0, 2.0, 1.0]) == (4.0, 1.0)  # fewer than ten steps: one step each end
+    assert loss_means([1.0] * 10 + [0.5] * 10) == (1.0, 0.5)  # tenths of 20 steps: two each
+    assert loss_means([]) == (0.0, 0.0)
