@@ -201,3 +201,11 @@ def test_compare_grid_is_enlarged_with_a_row_per_seed(tiny_sd1_pipe, tmp_path):
     grid = gen.compare(GenerateOptions(prompt="a cat", steps=1, seed=5, num_images=2, adapters={"style": 0.8}))
     assert grid.image.width > 2 * 256 and grid.image.height > 2 * 256
     assert grid.recipe["compare"]["columns"] == ["base", "style"]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_only_when_asked(tiny_sd1_pipe, capsys, progress):
+    """diffusers' own bar, per image, when the caller asks (the CLI: stderr is a terminal); else nothing at all."""
+    Generator(tiny_sd1_pipe, progress=progress).generate(GenerateOptions(prompt="a cat", steps=2, seed=1))
+    err = capsys.readouterr().err
+    assert ("image 1/1" in err) is progress and ("2/2" in err) is progress
