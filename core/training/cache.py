@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lorastack.adapters.outputs import atomic_write_bytes
 
 from ..errors import LorastackError
 from .data import PREPROCESS_VERSION, TrainingData
@@ -129,16 +129,9 @@ class LatentCache:
         )
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # temp file + rename: readers (other ranks, a later run) see the old file or the whole new one. No fsync:
-        # a file cut short by a crash reads as corrupt and is re-encoded.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # readers (other ranks, a later run) see the old file or the whole new one. Not durable: a file cut short
+        # by a crash reads as corrupt and is re-encoded.
+        atomic_write_bytes(path, data, durable=False)
 
     # --- encoding ----------------------------------------------------------------------------------------------
 

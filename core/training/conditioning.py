@@ -104,18 +104,15 @@ class TextCache:
         return True
 
     def _save(self, caption: str, hidden: torch.Tensor, pooled: torch.Tensor | None) -> None:
-        import os
-        import tempfile
-
         from safetensors.torch import save_file
+
+        from lorastack.adapters.outputs import atomic_path
 
         tensors = {"hidden": hidden.contiguous()}
         if pooled is not None:
             tensors["pooled"] = pooled.contiguous()
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, self._path(caption))
+        with atomic_path(self._path(caption), durable=False) as tmp:  # a cache: a torn file is encoded again
+            save_file(tensors, tmp)
 
     def encode(self, captions: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         missing = sorted({c for c in captions if c not in self.memory and not self._load(c)})
