@@ -33,7 +33,7 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "LORASTACK_HOME": str(cwd / ".lorastack-home"),  # the examples' own registry
     }
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
 def test_install_steps_pin_the_cpu_torch_first():
@@ -57,6 +57,7 @@ def main_job(tmp_path_factory):
     return cwd, result
 
 
+@pytest.mark.slow  # the demo trains 300 steps: minutes on 2 cores (.ci/run runs it)
 def test_main_job(main_job):
     """The demo teaches the toy base the new concept: the adapter's images are clearly more yellow than the base's,
     and a prompt without the token keeps its colour."""
@@ -90,6 +91,7 @@ def run_in_process(line: str, cwd: Path, monkeypatch) -> tuple[int, str]:
     return 0, ""
 
 
+@pytest.mark.slow  # after the demo, in its folder
 def test_every_example_block_runs(main_job, monkeypatch):
     """Each bash block (but the install ones) and each python block, in order, where the quickstart ran."""
     cwd, _ = main_job
