@@ -213,9 +213,8 @@ class Generator:
                 with self.stack.activated(column_stack):
                     row.append(self._run(mode, cell_prompt, options, width, height, seed + i, images))
             rows.append(row)
-        caption = f"{extract_tags(options.prompt)[0]}  |  steps {options.steps}, guidance {options.guidance:g}"
-        if options.trigger:
-            caption += ", with each column's trigger words"
+        # from what the recipe records (the base column's prompt has no trigger words): reproduce draws the same
+        caption = f"{prompts[0]}  |  steps {options.steps}, guidance {options.guidance:g}"
         labels = ["base"] + [f"{name} @ {_scale_text(scale)}" for name, scale in stack.items()]
         if len(stack) > 1:
             labels.append("all: " + ", ".join(labels[1:]))

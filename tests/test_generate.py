@@ -94,12 +94,18 @@ def test_img2img_and_inpainting(generator, tmp_path):
 def test_compare_grid(generator):
     result = generator.compare(options(num_images=2, adapters={"style": 0.8, "subject": 0.5}))
     assert result.recipe["compare"]["columns"] == ["base", "style", "subject", "all"]
-    assert result.image.size == (4 * 64, 14 + 2 * 64)
-    base_cell = result.image.crop((0, 14, 64, 78))
-    assert np.array_equal(px(base_cell), px(generator.generate(options())[0].image))
-    all_cell = result.image.crop((192, 14, 256, 78))
+    # the tiles, enlarged 4x (nearest), fill the bottom right; labels and the caption sit above and to the left
+    left, top = result.image.width - 4 * 256, result.image.height - 2 * 256
+    assert left > 0 and top > 0
+
+    def shown(image):
+        return px(image.resize((256, 256), Image.NEAREST))
+
+    base_cell = result.image.crop((left, top, left + 256, top + 256))
+    assert np.array_equal(px(base_cell), shown(generator.generate(options())[0].image))
+    all_cell = result.image.crop((left + 3 * 256, top, left + 4 * 256, top + 256))
     both = generator.generate(options(adapters={"style": 0.8, "subject": 0.5}))[0].image
-    assert np.array_equal(px(all_cell), px(both))
+    assert np.array_equal(px(all_cell), shown(both))
 
 
 @pytest.mark.parametrize(
@@ -208,4 +214,4 @@ def test_progress_bar_only_when_asked(tiny_sd1_pipe, capsys, progress):
     """diffusers' own bar, per image, when the caller asks (the CLI: stderr is a terminal); else nothing at all."""
     Generator(tiny_sd1_pipe, progress=progress).generate(GenerateOptions(prompt="a cat", steps=2, seed=1))
     err = capsys.readouterr().err
-    assert ("image 1/1" in err) is progress and ("2/2" in err) is progress
+    assert ("image 1/1" in err) is progress and ("/2 [" in err) is progress  # the bar counts the 2 steps
