@@ -8,9 +8,9 @@ import math
 
 from PIL import Image
 
+from lorastack.core.grids import labelled_grid
 from lorastack.core.training.pictures import (
     SAMPLE_RECIPE_KEY,
-    labelled_grid,
     loss_figure,
     loss_plot_png,
     sample_png,

@@ -394,7 +394,8 @@ class Engine:
         if not prompts or (every and done % every and done != self.options.steps):
             return None
         from ..base_settings import pipe_settings
-        from .pictures import labelled_grid, sample_png
+        from ..grids import labelled_grid
+        from .pictures import sample_png
 
         size, guidance = self.options.resolution, pipe_settings(self.pipe).guidance
         seeds = [self.options.seed + i for i in range(len(prompts))]

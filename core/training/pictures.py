@@ -1,17 +1,15 @@
-"""The pictures a run leaves: ``loss.png`` (matplotlib, with axes and a legend) and labelled sample grids."""
+"""The pictures a run leaves: ``loss.png`` (matplotlib, with axes and a legend) and sample grids (laid out by
+:func:`lorastack.core.grids.labelled_grid`) with their recipe."""
 
 from __future__ import annotations
 
 import io
 import json
-import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .progress import EMA_BETA
 
-#: sample tiles smaller than this are upscaled (pixel-exact) so a 64 px toy sample can be seen
-MIN_TILE = 256
 #: the PNG text chunk holding a sample grid's recipe (generation recipes use ``lorastack``: a grid is not one)
 SAMPLE_RECIPE_KEY = "lorastack-sample"
 
@@ -51,40 +49,6 @@ def loss_figure(losses: Sequence[float], validation: Mapping[str, float] | None 
     axes.legend(loc="upper right")
     axes.set_title(f"training loss, {len(losses)} steps")
     return figure
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def labelled_grid(rows: Sequence[Sequence[Any]], columns: Sequence[str], row_labels: Sequence[str]):
-    """Images in rows, each column headed by its (wrapped) label and each row by its label; small tiles upscaled."""
-    from PIL import Image, ImageDraw
-
-    width, height = rows[0][0].size
-    scale = max(1, -(-MIN_TILE // max(width, height)))  # ceil: whole factors keep pixels square and sharp
-    tile_w, tile_h = width * scale, height * scale
-    font = _font(14)
-    chars = max(8, tile_w // 8)
-    wrapped = [textwrap.wrap(label, chars)[:3] or [""] for label in columns]
-    header = 8 + 18 * max(len(lines) for lines in wrapped)
-    left = 8 + 8 * max(len(label) for label in row_labels)
-    grid = Image.new("RGB", (left + tile_w * len(columns), header + tile_h * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, lines in enumerate(wrapped):
-        for i, line in enumerate(lines):
-            draw.text((left + c * tile_w + 4, 4 + 18 * i), line, fill="black", font=font)
-    for r, (label, row) in enumerate(zip(row_labels, rows)):
-        draw.text((4, header + r * tile_h + tile_h // 2 - 7), label, fill="black", font=font)
-        for c, image in enumerate(row):
-            tile = image.convert("RGB").resize((tile_w, tile_h), Image.Resampling.NEAREST)
-            grid.paste(tile, (left + c * tile_w, header + r * tile_h))
-    return grid
 
 
 def sample_png(grid, recipe: Mapping[str, Any]) -> bytes:
