@@ -61,12 +61,13 @@ def base_info(pipe) -> BaseInfo | None:
     return _INFO.get(pipe)
 
 
-#: A diffusers folder may carry this file: ``{"recommended": {"guidance": 1.5}}``, the generation settings its
-#: makers recommend. lorastack uses them wherever the user gave none (generate, training samples, class images).
+#: A diffusers folder may carry this file: ``{"recommended": {"guidance": 1.5, "resolution": 64}}``, the settings its
+#: makers recommend. lorastack uses them wherever the user gave none (generate, training, samples, class images).
 RECOMMENDED_FILE = "lorastack.json"
-_RECOMMENDED = {"guidance": float}
-#: The largest value each setting may have (generation refuses guidance above this too).
-_RECOMMENDED_MAX = {"guidance": 100.0}
+_RECOMMENDED = {"guidance": float, "resolution": int}
+#: The range of each setting (generation refuses guidance above 100 and sides above 8192 too).
+_RECOMMENDED_RANGE = {"guidance": (0.0, 100.0), "resolution": (8, 8192)}
+_RECOMMENDED_MAX_BYTES = 1 << 20  # a settings file, not data: a bigger one is refused unread
 
 
 def recommended(pipe, key: str, default: Any = None) -> Any:
@@ -87,9 +88,11 @@ def read_recommended(folder: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
+        if file.stat().st_size > _RECOMMENDED_MAX_BYTES:
+            raise BaseModelError(f"{file}: {file.stat().st_size} bytes; a settings file has at most 1 MiB")
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BaseModelError(f"{file}: not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise BaseModelError(f"{file}: not readable JSON ({str(e)[:100]})") from None
     settings = data.get("recommended", {}) if isinstance(data, dict) else None
     if not isinstance(settings, dict):
         raise BaseModelError(f"{file}: 'recommended' must be an object of settings ({', '.join(_RECOMMENDED)})")
@@ -98,10 +101,14 @@ def read_recommended(folder: Path) -> dict[str, Any]:
         kind = _RECOMMENDED.get(key)
         if kind is None:
             raise BaseModelError(f"{file}: unknown setting {key!r}; known: {', '.join(_RECOMMENDED)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _RECOMMENDED_MAX[key]:
-            raise BaseModelError(
-                f"{file}: {key} must be a {kind.__name__} in (0, {_RECOMMENDED_MAX[key]:g}], got {repr(value)[:40]}"
-            )
+        low, high = _RECOMMENDED_RANGE[key]
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high or value % 8:
+                raise BaseModelError(
+                    f"{file}: {key} must be a multiple of 8 in [{low}, {high}], got {repr(value)[:40]}"
+                )
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+            raise BaseModelError(f"{file}: {key} must be a number in ({low:g}, {high:g}], got {repr(value)[:40]}")
         out[key] = kind(value)
     return out
 

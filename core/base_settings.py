@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .base import RECOMMENDED_FILE, read_recommended
 from .errors import BaseModelError
 
-RECOMMENDED_FILE = "lorastack.json"
 #: family → (resolution, diffusers' default guidance for its pipeline)
 FAMILY_SETTINGS: dict[str, tuple[int, float]] = {
     "sd1": (512, 7.5),
@@ -32,8 +32,6 @@ FAMILY_SETTINGS: dict[str, tuple[int, float]] = {
 DEFAULT_FAMILY = "sd1"
 #: a resolution more than this factor above or below the base's is warned about
 FAR_FACTOR = 2.0
-_MAX_RESOLUTION = 8192
-_MAX_GUIDANCE = 100.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ def folder_settings(folder: str | Path) -> BaseSettings:
     native = _native_resolution(folder)
     if native is not None:
         resolution, res_from = native, "model config"
-    recommended = read_settings(folder)
+    recommended = read_recommended(folder)
     if "resolution" in recommended:
         resolution, res_from = recommended["resolution"], RECOMMENDED_FILE
     if "guidance" in recommended:
@@ -93,7 +91,7 @@ def pipe_settings(pipe) -> BaseSettings:
     if unet is not None and vae is not None and isinstance(unet.config.get("sample_size"), int):
         scale = 2 ** (len(vae.config.get("block_out_channels", (0,) * 4)) - 1)
         resolution, res_from = unet.config["sample_size"] * scale, "model config"
-    recommended = read_settings(Path(info.location)) if info is not None and info.kind == "folder" else {}
+    recommended = info.recommended if info is not None else {}
     if "resolution" in recommended:
         resolution, res_from = recommended["resolution"], RECOMMENDED_FILE
     if "guidance" in recommended:
@@ -118,36 +116,6 @@ def warn_resolution(resolution: int, settings: BaseSettings, stream: TextIO | No
     if line is not None:
         print(line, file=stream or sys.stderr)
     return line is not None
-
-
-def read_settings(folder: Path) -> dict[str, Any]:
-    """``resolution`` and ``guidance`` from a folder's ``lorastack.json`` ``recommended`` object (others ignored)."""
-    file = Path(folder) / RECOMMENDED_FILE
-    if not file.is_file():
-        return {}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BaseModelError(f"{file}: not readable JSON ({e})") from None
-    settings = data.get("recommended", {}) if isinstance(data, dict) else None
-    if not isinstance(settings, dict):
-        raise BaseModelError(f"{file}: 'recommended' must be an object of settings (resolution, guidance)")
-    out: dict[str, Any] = {}
-    if "resolution" in settings:
-        value = settings["resolution"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= _MAX_RESOLUTION or value % 8:
-            raise BaseModelError(
-                f"{file}: resolution must be a multiple of 8 in [8, {_MAX_RESOLUTION}], got {repr(value)[:40]}"
-            )
-        out["resolution"] = value
-    if "guidance" in settings:
-        value = settings["guidance"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_GUIDANCE:
-            raise BaseModelError(
-                f"{file}: guidance must be a number in (0, {_MAX_GUIDANCE:g}], got {repr(value)[:40]}"
-            )
-        out["guidance"] = float(value)
-    return out
 
 
 def folder_family(folder: Path) -> str:

@@ -71,3 +71,18 @@ def test_best_device_is_what_torch_sees(monkeypatch):
     assert best_device() == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert best_device() == "cpu"
+
+
+def test_a_loaded_base_and_its_folder_read_one_lorastack_json(tiny_sd1_dir, tmp_path):
+    from lorastack.core.base import load_base
+    from lorastack.core.base_settings import pipe_settings
+
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_sd1_dir, folder)
+    (folder / "lorastack.json").write_text(json.dumps({"recommended": {"resolution": 48, "guidance": 2.5}}))
+    pipe = load_base(folder)  # the loader accepts every setting the settings reader knows
+    assert (pipe_settings(pipe).resolution, pipe_settings(pipe).guidance) == (48, 2.5)
+    assert (folder_settings(folder).resolution, folder_settings(folder).guidance) == (48, 2.5)
+    (folder / "lorastack.json").write_text(" " * (2 << 20))
+    with pytest.raises(BaseModelError, match="at most 1 MiB"):
+        folder_settings(folder)
