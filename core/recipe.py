@@ -121,6 +121,23 @@ def base_digest(info: BaseInfo) -> str:
     return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+def model_digest(pipe) -> str:
+    """The identity of a pipeline's weights: :func:`base_digest` of what :func:`~lorastack.core.base.load_base`
+    loaded, else (a pipeline built in memory, with no files to hash) a digest of its UNet's config and first
+    tensors. Taken before adapters are applied: a stack patches the weights in place."""
+    from .base import base_info
+
+    info = base_info(pipe)
+    if info is not None and info.kind != "pipeline":
+        return base_digest(info)
+    import torch
+
+    h = hashlib.sha256(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
+    for _, tensor in list(pipe.unet.state_dict().items())[:4]:
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "weights:" + h.hexdigest()
+
+
 def short_hash(digest: str) -> str:
     return digest.split(":", 1)[-1].split("@")[-1][:10]
 

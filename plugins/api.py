@@ -16,16 +16,17 @@ What is here, by what it is for:
 * reading files and images the way the built-ins do: ``read_file`` (regular files only, bounded), ``open_image``
   (RGB, EXIF orientation applied, one-line ``ImageError``), ``image_key`` (the bytes' sha256, for caches),
   ``jsonl_rows``, ``one_line`` and ``format_size`` (values in messages), ``IMAGE_SUFFIXES``, ``CAPTION_SUFFIXES``,
-  ``MAX_FILE_BYTES``;
+  ``MAX_FILE_BYTES``; writing a file atomically: ``atomic_path`` (a temporary path renamed over the target when the
+  block ends);
 * reading a dataset and another plugin's objects: ``open_dataset``, ``get_captioner``;
 * for trainers that generate images with the base (DreamBooth's class images): ``base_info``, ``guidance_kwargs`` and
-  ``base_digest`` (the base's identity and recommended guidance), ``data_home`` (where caches go), ``NewTokens`` (new
+  ``model_digest`` (the base's identity and recommended guidance), ``data_home`` (where caches go), ``NewTokens`` (new
   token embeddings trained beside the LoRA), ``MAX_STEPS`` and ``MAX_LEARNING_RATE`` (the engine's bounds);
 * the errors a plugin raises, all ``LorastackError``: ``PluginError``, ``PluginOptionError``, ``DatasetError``,
   ``ImageError``, ``CaptionError``, ``TrainingError``, and ``UnknownNameError`` (what ``get_captioner`` raises).
 
 Names that load torch or diffusers (``TrainResult``, ``NewTokens``, ``base_info``, ``guidance_kwargs``,
-``base_digest``) are imported on first use, so importing this module stays cheap and ``lorastack plugins`` fast.
+``model_digest``) are imported on first use, so importing this module stays cheap and ``lorastack plugins`` fast.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lorastack.adapters.outputs import atomic_path
 from lorastack.core.captioning import CaptionError
 from lorastack.core.data import (
     CAPTION_SUFFIXES,
@@ -69,7 +71,7 @@ from .manager import PluginError, UnknownNameError, get_captioner
 
 if TYPE_CHECKING:
     from lorastack.core.base import base_info, guidance_kwargs
-    from lorastack.core.recipe import base_digest
+    from lorastack.core.recipe import model_digest
     from lorastack.core.training.engine import TrainResult
     from lorastack.core.training.tokens import NewTokens
 
@@ -79,7 +81,7 @@ _LAZY = {
     "NewTokens": "lorastack.core.training.tokens",
     "base_info": "lorastack.core.base",
     "guidance_kwargs": "lorastack.core.base",
-    "base_digest": "lorastack.core.recipe",
+    "model_digest": "lorastack.core.recipe",
 }
 
 __all__ = [
@@ -105,7 +107,7 @@ __all__ = [
     "TrainingContext",
     "TrainingError",
     "UnknownNameError",
-    "base_digest",
+    "atomic_path",
     "base_info",
     "data_home",
     "format_size",
@@ -114,6 +116,7 @@ __all__ = [
     "hookimpl",
     "image_key",
     "jsonl_rows",
+    "model_digest",
     "one_line",
     "open_dataset",
     "open_image",

@@ -161,11 +161,10 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
             raise TrainingError(f"class image {bare[0]} has no caption: give it one, or give --class so it "
                                 "takes the class prompt")  # fmt: skip
         return [DatasetItem(i.image, i.caption or prompt, i.source, key=i.key) for i in items]
-    from lorastack.plugins.api import base_digest, base_info, data_home, guidance_kwargs
+    from lorastack.plugins.api import atomic_path, data_home, guidance_kwargs, image_key, model_digest
 
     size = options.resolution
-    info = base_info(context.pipe)
-    digest = base_digest(info) if info is not None else _weights_digest(context.pipe)
+    digest = model_digest(context.pipe)
     guidance = guidance_kwargs(context.pipe)
     key = hashlib.sha256(json.dumps([digest, prompt, size, options.seed, *guidance.values()]).encode())
     folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
@@ -185,26 +184,15 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
             g = torch.Generator().manual_seed(options.seed * 100_003 + index)
             image = context.pipe(prompt, num_inference_steps=options.sample_steps, generator=g, height=size,
                                  width=size, **guidance).images[0]  # fmt: skip
-            tmp = path.with_suffix(".tmp.png")
-            image.save(tmp)
-            tmp.replace(path)
+            with atomic_path(path, durable=False) as tmp:  # a cache: a torn file would be generated again
+                image.save(tmp)
             bar.update(1)
         data = path.read_bytes()
         items.append(DatasetItem(open_image(data, path.name), prompt, f"class/{path.name}",
-                                 key=hashlib.sha256(data).hexdigest(), path=path))  # fmt: skip
+                                 key=image_key(data), path=path))  # fmt: skip
     if bar is not None:
         bar.close()
     return items
-
-
-def _weights_digest(pipe) -> str:
-    """A digest of a pipeline built in memory (no files to hash): the UNet's config and a few of its weights."""
-    import torch
-
-    h = hashlib.sha256(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
-    for _, tensor in list(pipe.unet.state_dict().items())[:4]:
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return "weights:" + h.hexdigest()
 
 
 @hookimpl
