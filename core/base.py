@@ -108,7 +108,7 @@ def read_recommended(folder: Path) -> dict[str, Any]:
                     f"{file}: {key} must be a multiple of 8 in [{low}, {high}], got {repr(value)[:40]}"
                 )
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-            raise BaseModelError(f"{file}: {key} must be a number in ({low:g}, {high:g}], got {repr(value)[:40]}")
+            raise BaseModelError(f"{file}: {key} must be a float in ({low:g}, {high:g}], got {repr(value)[:40]}")
         out[key] = kind(value)
     return out
 
