@@ -56,3 +56,18 @@ def test_generate_prints_its_images_only(files, tmp_path):
     # the quiet is lorastack's doing: with -v the same run shows the libraries' loading bars and logs
     code, out, err = _piped("-v", *args, "-o", files["out"], home=tmp_path)
     assert code == 0 and "Loading pipeline components" in err, err
+
+
+def test_train_prints_its_progress_and_result_only(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (64, 64), colour).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"a {colour} square")
+    args = ("train", "lora", "--base", "toy", "--data", str(data), "--steps", "2", "--device", "cpu")
+    code, out, err = _piped(*args, "-o", str(tmp_path / "run"), home=tmp_path / "home")
+    assert code == 0, err
+    assert _library_lines(out + err) == [], out + err
+    assert [line for line in err.splitlines() if line.startswith("step ")], err  # its own progress stays
