@@ -12,7 +12,6 @@ from cli_helpers import run_cli
 from safetensors.torch import save_file
 
 from lorastack.adapters import (
-    AdapterError,
     AdapterFileError,
     InvalidAdapterError,
     NotAnAdapterError,
@@ -186,7 +185,7 @@ def test_pickle_is_refused_unless_allowed_and_then_loads_weights_only(tmp_path):
     code, _, err = run_cli("inspect", path)
     assert code != 0 and "pickle" in err and "Traceback" not in err
     adapter = read_adapter(path, allow_pickle=True)
-    assert adapter.kinds() == {"locon": 1} or adapter.kinds() == {"lora": 1}
+    assert adapter.kinds() == {"lora": 1}  # a 2-D (linear) layer
     code, out, _ = run_cli("inspect", path, "--allow-pickle", "--json")
     assert code == 0 and json.loads(out)["layers"] == 1
 
@@ -211,8 +210,3 @@ def test_console_script_shows_no_traceback(tmp_path):
         [sys.executable, "-m", "lorastack.cli.main", "inspect", str(bad)], capture_output=True, text=True
     )
     assert result.returncode == 1 and result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
-
-
-def test_every_error_is_an_adapter_error():
-    for _, error, _ in CASES.values():
-        assert issubclass(error, AdapterError)
