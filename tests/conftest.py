@@ -18,6 +18,9 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 import pytest  # noqa: E402
 
+#: fixtures shared by several test modules (no_load, stop_at_load; a module's own `data` fixture wins over this one)
+pytest_plugins = ["generate_helpers"]
+
 RUN_SLOW = os.environ.get("RUN_SLOW", "") not in ("", "0")
 
 

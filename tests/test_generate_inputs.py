@@ -1,87 +1,19 @@
 """Hostile inputs to generate, reproduce, demo and train: refused with one line naming the input and the valid range,
-before any model loads; outputs that cannot be written refused before the work starts."""
+before any model loads (outputs that cannot be written: test_output_paths.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import struct
-import subprocess
-import sys
-import textwrap
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from cli_helpers import run_cli
-from PIL import Image
+from generate_helpers import bomb_png, generate, one_line_error, tiny_png
 from test_recipe_validation import TXT2IMG, png, unblocking
 
-import lorastack.core.base
-import lorastack.core.reproduce
-from lorastack.core.errors import GenerationError, LorastackError, ScaleError
-
-
-class Loaded(LorastackError):
-    """Raised by the patched load_base: every check before the model load passed."""
-
-
-def patch_load_base(monkeypatch, replacement) -> None:
-    # the CLI, the demo and train import it when they run; reproduce.py holds its own reference
-    for module in (lorastack.core.base, lorastack.core.reproduce):
-        monkeypatch.setattr(module, "load_base", replacement)
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    """load_base fails the test: the command must fail before any model loads."""
-
-    def load_base(*args, **kwargs):
-        raise AssertionError(f"load_base({args[0] if args else ''!s}) was called: the check came too late")
-
-    patch_load_base(monkeypatch, load_base)
-
-
-@pytest.fixture
-def stop_at_load(monkeypatch):
-    """load_base stops the command with a recognisable error: every earlier check passed."""
-
-    def load_base(*args, **kwargs):
-        raise Loaded("stopped at load_base")
-
-    patch_load_base(monkeypatch, load_base)
-
-
-def one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code != 0 and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-
-
-def tiny_png(path: Path, size=(64, 64)) -> Path:
-    Image.new("RGB", size, "white").save(path)
-    return path
-
-
-def bomb_png(path: Path, side: int = 100_000) -> Path:
-    """A few bytes that claim ``side``×``side`` pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
-
-
-def generate(tmp_path, *extra, prompt="a cat"):
-    return run_cli("generate", prompt, "--base", tmp_path / "base", "--steps", "2", "-o", tmp_path / "out", *extra)
-
+from lorastack.core.errors import GenerationError, ScaleError
 
 # --- numbers --------------------------------------------------------------------------------------------------------
 
@@ -217,141 +149,6 @@ def test_the_native_size_is_used_only_when_no_size_is_given():
 
     assert _check(GenerateOptions(prompt="a cat"), FAKE_PIPE) == ("txt2img", 64, 64)
     assert _check(GenerateOptions(prompt="a cat", width=128), FAKE_PIPE) == ("txt2img", 128, 64)
-
-
-# --- outputs --------------------------------------------------------------------------------------------------------
-
-
-def test_generate_output_that_cannot_be_a_folder(tmp_path, no_load):
-    afile = tmp_path / "file.txt"
-    afile.write_text("x")
-    for out in (afile, afile / "out", afile / "a" / "b"):
-        code, _, err = run_cli("generate", "a cat", "--base", tmp_path, "-o", out)
-        one_line_error(code, err, str(out), "not a folder")
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    one_line_error(*run_cli("generate", "a cat", "--base", tmp_path, "-o", fifo)[::2], str(fifo), "FIFO")
-
-
-def test_generate_makes_missing_output_folders(tmp_path, stop_at_load):
-    code, _, err = run_cli("generate", "a cat", "--base", tmp_path, "-o", tmp_path / "new" / "deep" / "out")
-    assert code == 1 and "stopped at load_base" in err, err  # every check passed; nothing made yet
-    assert not (tmp_path / "new").exists()
-
-
-@pytest.fixture
-def recipe_png(tmp_path):
-    return png(tmp_path / "image.png", json.dumps(TXT2IMG))
-
-
-def test_reproduce_output_is_checked_before_the_work(tmp_path, recipe_png, no_load):
-    fifo = tmp_path / "fifo.png"
-    os.mkfifo(fifo)
-    existing = tiny_png(tmp_path / "existing.png")
-    cases = [
-        (tmp_path, "is a folder"),
-        (fifo, "FIFO"),
-        (tmp_path / "missing" / "x.png", "does not exist"),
-        (existing, "--force"),
-        (tmp_path / "image.png", "--force"),
-    ]
-    for output, needle in cases:
-        code, _, err = run_cli("reproduce", recipe_png, "-o", output)
-        one_line_error(code, err, str(output), needle)
-    # the default output, beside the image, is not overwritten either
-    tiny_png(tmp_path / "image-reproduced.png")
-    one_line_error(*run_cli("reproduce", recipe_png)[::2], "image-reproduced.png", "--force")
-    with unblocking(fifo):
-        one_line_error(*run_cli("reproduce", fifo)[::2], str(fifo), "FIFO")
-
-
-def test_reproduce_force_overwrites(tmp_path, recipe_png, stop_at_load):
-    existing = tiny_png(tmp_path / "existing.png")
-    code, _, err = run_cli("reproduce", recipe_png, "-o", existing, "--force")
-    assert code == 1 and "stopped at load_base" in err, err
-
-
-def test_demo_output_onto_a_file(tmp_path, no_load):
-    afile = tmp_path / "file.txt"
-    afile.write_text("x")
-    for out in (afile, afile / "demo"):
-        one_line_error(*run_cli("demo", "-o", out, "--steps", "1", "--quiet")[::2], str(out), "not a folder")
-    (tmp_path / "demo" / "demo-grid.png").mkdir(parents=True)
-    one_line_error(*run_cli("demo", "-o", tmp_path / "demo", "--quiet")[::2], "demo-grid.png", "folder")
-    assert afile.read_text() == "x"
-
-
-@pytest.fixture
-def data(tmp_path):
-    from lorastack import toy
-
-    return toy.write_dataset(tmp_path / "data", 2)
-
-
-def train(base, data, *extra):
-    return run_cli("train", "--trainer", "lora", "--base", base, "--data", data, "--steps", "1", "--quiet", *extra)
-
-
-def test_train_output_onto_a_file(tmp_path, data, no_load):
-    afile = tmp_path / "file.txt"
-    afile.write_text("x")
-    for out in (afile, afile / "run"):
-        one_line_error(*train(tmp_path, data, "--output", out)[::2], str(out), "not a folder")
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    one_line_error(*train(tmp_path, data, "--output", fifo)[::2], str(fifo), "FIFO")
-    run = tmp_path / "run"
-    run.mkdir()
-    os.mkfifo(run / "run.json")
-    with unblocking(run / "run.json"):
-        one_line_error(*train(tmp_path, data, "--output", run)[::2], "run.json")
-
-
-READ_ONLY_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.path.insert(0, sys.argv[2])
-    import lorastack.core.base, lorastack.core.reproduce
-    from cli_helpers import run_cli
-
-    def load_base(*args, **kwargs):
-        print("load_base was called", file=sys.stderr)
-        raise SystemExit(3)
-
-    lorastack.core.base.load_base = lorastack.core.reproduce.load_base = load_base
-    ro, image, data = sys.argv[1], sys.argv[3], sys.argv[4]
-    results = {
-        "generate": run_cli("generate", "a cat", "--base", ro, "-o", ro + "/out"),
-        "generate-existing": run_cli("generate", "a cat", "--base", ro, "-o", ro),
-        "reproduce": run_cli("reproduce", image, "-o", ro + "/x.png"),
-        "demo": run_cli("demo", "-o", ro + "/demo", "--quiet"),
-        "train": run_cli("train", "--trainer", "lora", "--base", ro, "--data", data, "--output", ro + "/run"),
-    }
-    print(json.dumps(results))
-    """
-)
-
-
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to mount a read-only folder")
-def test_read_only_output_folders(tmp_path, recipe_png, data):
-    """Root writes anywhere, so a read-only bind mount (in a private mount namespace) stands for a read-only folder."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    script = tmp_path / "script.py"
-    script.write_text(READ_ONLY_SCRIPT)
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"unshare -rm does not work here: {probe.stderr.decode().strip()}")
-    command = (
-        f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
-        f"{sys.executable} {script} {ro} {Path(__file__).parent} {recipe_png} {data}"
-    )
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.splitlines()[-1])
-    for name, (code, _, err) in results.items():
-        assert "load_base was called" not in err, name
-        one_line_error(code, err, str(ro), "cannot write")
 
 
 # --- LORASTACK_HOME -------------------------------------------------------------------------------------------------
