@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Container
 from functools import lru_cache
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+from .families import ALL_COMPONENTS
+
+COMPONENTS = ALL_COMPONENTS
 
 #: kohya name prefix → component, longest first.
 KOHYA_PREFIXES = (
@@ -112,8 +114,10 @@ def split_flat(flat: str) -> tuple[str, ...] | None:
 
 
 def normalize_text_encoder_path(path: str) -> str:
-    """Put the ``text_model.`` level back on CLIP paths written without it (transformers 5 ``CLIPTextModel``)."""
-    if path.startswith(("encoder.", "embeddings.", "final_layer_norm")):
+    """Put the ``text_model.`` level back on CLIP paths written without it (transformers 5 ``CLIPTextModel``).
+
+    T5 paths (``encoder.block.0.layer.0.SelfAttention.q``) have no such level and stay as they are."""
+    if path.startswith(("encoder.layers.", "embeddings.", "final_layer_norm")):
         return "text_model." + path
     return path
 

@@ -22,10 +22,16 @@ def main() -> None:
 
 @main.command("tiny-base")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--family", type=click.Choice(["sd1", "sdxl"]), default="sd1", show_default=True)
+@click.option(
+    "--family",
+    type=click.Choice(["sd1", "sdxl", "flux", "flux-schnell", "sd3", "sd3.5"]),
+    default="sd1",
+    show_default=True,
+    help="flux: FLUX.1 dev (guidance embedding); flux-schnell: without; sd3: SD3 Medium; sd3.5: SD3.5 Medium.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def tiny_base(out: Path, family: str, seed: int) -> None:
-    """Save a tiny random-weight SD pipeline (real architecture, ~17 MB) as a diffusers folder OUT."""
+    """Save a tiny random-weight pipeline (real architecture, a few MB) as a diffusers folder OUT."""
     from .models import save_tiny_pipeline
 
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").exists():

@@ -21,8 +21,8 @@ import torch
 
 from .tokenizer import DEFAULT_WORDS, tiny_clip_tokenizer
 
-#: Families with a tiny builder.
-TINY_FAMILIES = ("sd1", "sdxl")
+#: Families with a tiny builder (the transformer ones are built in :mod:`lorastack.testing.transformer_models`).
+TINY_FAMILIES = ("sd1", "sdxl", "flux", "flux-schnell", "sd3", "sd3.5")
 #: Families with full-size configs in ``lorastack.core/configs``.
 FULL_FAMILIES = ("sd15", "sd21", "sdxl")
 
@@ -110,11 +110,17 @@ def _seeded(seed: int, build):
 
 
 def build_tiny_pipeline(family: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | None = None, words=None):
-    """Build a tiny SD1.x (``"sd1"``) or SDXL (``"sdxl"``) pipeline with seeded random weights.
+    """Build a tiny pipeline with seeded random weights: SD1.x (``"sd1"``), SDXL (``"sdxl"``), FLUX.1 dev
+    (``"flux"``) or schnell (``"flux-schnell"``), SD3 Medium (``"sd3"``) or SD3.5 Medium (``"sd3.5"``).
 
-    ``tokenizer_dir`` is where the generated tokenizer files are written (a temporary folder by default).
+    ``tokenizer_dir`` is where the generated CLIP tokenizer files are written (a temporary folder by default).
     """
     import tempfile
+
+    if family.startswith(("flux", "sd3")) and family in TINY_FAMILIES:
+        from .transformer_models import build_tiny_transformer_pipeline
+
+        return build_tiny_transformer_pipeline(family, seed, words)
 
     from diffusers import (
         AutoencoderKL,

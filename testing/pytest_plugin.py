@@ -6,7 +6,9 @@ Installed with lorastack (entry point ``pytest11``), so any test suite in the sa
   ``save_pretrained`` (built once per session, deterministic);
 * ``tiny_sd1_pipe`` / ``tiny_sdxl_pipe`` — a fresh pipeline loaded from that folder with ``from_pretrained`` for each
   test, so a test may patch it freely;
-* ``tiny_pipe_dir`` — a factory ``tiny_pipe_dir("sd1" | "sdxl")``.
+* ``tiny_pipe_dir`` — a factory ``tiny_pipe_dir("sd1" | "sdxl" | "flux" | "flux-schnell" | "sd3" | "sd3.5")``;
+* ``tiny_flux_dir`` / ``tiny_sd3_dir`` and ``tiny_flux_pipe`` / ``tiny_sd3_pipe`` — the same for FLUX.1 dev and
+  SD3.5 Medium style pipelines.
 
 Heavy imports happen inside the fixtures, so merely having lorastack installed costs other test suites nothing.
 """
@@ -28,7 +30,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_pipe_dir(tmp_path_factory):
-    """Factory: the saved folder of the tiny pipeline of a family (``"sd1"`` or ``"sdxl"``), built once."""
+    """Factory: the saved folder of the tiny pipeline of a family (one of ``models.TINY_FAMILIES``),
+    built once."""
     built: dict[str, object] = {}
 
     def get(family: str = "sd1"):
@@ -51,6 +54,16 @@ def tiny_sdxl_dir(tiny_pipe_dir):
     return tiny_pipe_dir("sdxl")
 
 
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tiny_pipe_dir):
+    return tiny_pipe_dir("flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tiny_pipe_dir):
+    return tiny_pipe_dir("sd3.5")
+
+
 def _load(folder):
     from lorastack.testing.models import load_pipeline
 
@@ -67,6 +80,16 @@ def tiny_sd1_pipe(tiny_sd1_dir):
 @pytest.fixture
 def tiny_sdxl_pipe(tiny_sdxl_dir):
     return _load(tiny_sdxl_dir)
+
+
+@pytest.fixture
+def tiny_flux_pipe(tiny_flux_dir):
+    return _load(tiny_flux_dir)
+
+
+@pytest.fixture
+def tiny_sd3_pipe(tiny_sd3_dir):
+    return _load(tiny_sd3_dir)
 
 
 @pytest.fixture
