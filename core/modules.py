@@ -12,7 +12,18 @@ PATCHABLE = (torch.nn.Linear, torch.nn.Conv2d)
 
 
 def pipeline_family(pipe) -> str:
-    """``"sd1"``, ``"sd2"`` or ``"sdxl"`` from the UNet config (works for full-size and tiny models alike)."""
+    """``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"flux"`` or ``"sd3"`` from the denoiser's class and config (works for
+    full-size and tiny models alike)."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        name = type(transformer).__name__
+        if name.startswith("Flux"):
+            return "flux"
+        if name.startswith("SD3"):
+            return "sd3"
+        from .errors import BaseModelError
+
+        raise BaseModelError(f"a {name} denoiser is of no family lorastack knows (sd1, sd2, sdxl, flux, sd3)")
     config = pipe.unet.config
     if config.get("addition_embed_type") == "text_time" or getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
