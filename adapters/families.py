@@ -131,3 +131,21 @@ def transformer_block(family_name: str, path: str) -> tuple[str, int] | None:
             if index.isdigit():
                 return group.name, int(index)
     return None
+
+
+def block_summary(blocks: set[tuple[str, int]] | list[tuple[str, int]]) -> str:
+    """``double.0-18, single.0-3, single.7`` for a set of blocks: runs of consecutive indices per group."""
+    by_group: dict[str, list[int]] = {}
+    for group, index in sorted(blocks):
+        by_group.setdefault(group, []).append(index)
+    parts = []
+    for group, indices in by_group.items():
+        start = prev = indices[0]
+        for i in [*indices[1:], None]:
+            if i is not None and i == prev + 1:
+                prev = i
+                continue
+            parts.append(f"{group}.{start}" if start == prev else f"{group}.{start}-{prev}")
+            if i is not None:
+                start = prev = i
+    return ", ".join(parts) or "none"

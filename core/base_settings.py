@@ -87,7 +87,7 @@ def pipe_settings(pipe) -> BaseSettings:
     family = info.family if info is not None else pipeline_family(pipe)
     resolution, guidance = FAMILY_SETTINGS.get(family, FAMILY_SETTINGS[DEFAULT_FAMILY])
     res_from = guid_from = "family"
-    unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
+    unet, vae = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None), getattr(pipe, "vae", None)
     if unet is not None and vae is not None and isinstance(unet.config.get("sample_size"), int):
         scale = 2 ** (len(vae.config.get("block_out_channels", (0,) * 4)) - 1)
         resolution, res_from = unet.config["sample_size"] * scale, "model config"
@@ -136,6 +136,7 @@ def folder_family(folder: Path) -> str:
 
 def _native_resolution(folder: Path) -> int | None:
     unet, vae = _json(folder / "unet" / "config.json"), _json(folder / "vae" / "config.json")
+    unet = unet or _json(folder / "transformer" / "config.json")  # SD3 transformers carry a sample_size; Flux not
     size, blocks = unet.get("sample_size"), vae.get("block_out_channels")
     if isinstance(size, int) and not isinstance(size, bool) and isinstance(blocks, list) and blocks:
         return size * 2 ** (len(blocks) - 1)

@@ -85,14 +85,47 @@ class GeneratedImage:
 def _check(options: GenerateOptions, pipe) -> tuple[str, int, int]:
     from .base_settings import pipe_settings
 
-    check_options(options, pipeline_family(pipe))
+    family = pipeline_family(pipe)
+    check_options(options, family)
     native = pipe_settings(pipe).resolution
     width = options.width if options.width is not None else native
     height = options.height if options.height is not None else native
+    multiple = side_multiple(pipe)
     for label, value in (("width", width), ("height", height)):
         _require(SIDE, value, label)
+        if value % multiple:
+            raise GenerationError(
+                f"{label} {value} is not a multiple of {multiple}, which this base's latents need; "
+                f"try {max(multiple, value // multiple * multiple)}"
+            )
     mode = "inpaint" if options.mask is not None else "img2img" if options.init_image is not None else "txt2img"
     return mode, width, height
+
+
+def side_multiple(pipe) -> int:
+    """What image sides must be a multiple of: the VAE's factor, times the transformer's patch (Flux packs latents
+    2×2; SD3 patches them by its patch size)."""
+    vae = getattr(pipe, "vae_scale_factor", 8)
+    family = pipeline_family(pipe)
+    if family == "flux":
+        return vae * 2
+    if family == "sd3":
+        return vae * int(pipe.transformer.config.get("patch_size", 2))
+    return 8
+
+
+def family_kwargs(pipe, options: GenerateOptions) -> dict[str, Any]:
+    """The pipeline arguments one family needs and the others do not take."""
+    family = pipeline_family(pipe)
+    if family not in ("flux", "sd3"):
+        return {"negative_prompt": options.negative_prompt or None}
+    t5 = pipe.tokenizer_2 if family == "flux" else pipe.tokenizer_3
+    # FLUX.1 dev reads 512 T5 tokens, schnell and SD3 256 (diffusers' limits); never more than the tokenizer holds
+    limit = 512 if family == "flux" and pipe.transformer.config.get("guidance_embeds") else 256
+    kwargs: dict[str, Any] = {"max_sequence_length": min(limit, int(getattr(t5, "model_max_length", limit) or limit))}
+    if family == "sd3":
+        kwargs["negative_prompt"] = options.negative_prompt or None
+    return kwargs
 
 
 class Generator:
@@ -114,6 +147,7 @@ class Generator:
 
             cls = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
             self._pipes[mode] = cls.from_pipe(self.pipe)  # shares the (patched) modules: no copy
+            self._pipes[mode].set_progress_bar_config(disable=not self.progress, leave=False)
         return self._pipes[mode]
 
     @property
@@ -254,10 +288,10 @@ class Generator:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         kwargs: dict[str, Any] = dict(
             prompt=prompt,
-            negative_prompt=options.negative_prompt or None,
             num_inference_steps=options.steps,
             guidance_scale=options.guidance,
             generator=generator,
+            **family_kwargs(self.pipe, options),
             **images,
         )
         if mode == "img2img":

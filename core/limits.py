@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import GenerationError
-from .options import SCHEDULERS
+from .options import FLOW_SCHEDULERS, SCHEDULERS
 from .prompts import extract_tags
 from .recipe import InputFileError, open_regular_file
 from .scales import brief, check_scale, is_utf8, validate_spec
@@ -92,6 +92,17 @@ def _require(bound: Bound, value: Any, label: str) -> None:
         raise GenerationError(f"{label} must be {problem}, got {brief(value)}")
 
 
+def _check_scheduler_family(scheduler: str, family: str) -> None:
+    from lorastack.adapters.families import FAMILY_TABLE
+
+    fam = FAMILY_TABLE.get(family)
+    flow = fam is not None and fam.objective == "flow"
+    if flow != (scheduler in FLOW_SCHEDULERS):
+        valid = FLOW_SCHEDULERS if flow else tuple(s for s in SCHEDULERS if s not in FLOW_SCHEDULERS)
+        label = fam.label if fam is not None else family
+        raise GenerationError(f"scheduler {scheduler!r} does not fit a {label} base; choose one of {', '.join(valid)}")
+
+
 def check_options(options: GenerateOptions, family: str | None = None) -> None:
     """Everything about ``options`` that needs no model: types, ranges, prompt tags, scales, input images.
 
@@ -117,6 +128,13 @@ def check_options(options: GenerateOptions, family: str | None = None) -> None:
     _require(STRENGTH, options.strength, "strength")
     if options.scheduler is not None and options.scheduler not in SCHEDULERS:
         raise GenerationError(f"unknown scheduler {brief(options.scheduler)}; choose one of {', '.join(SCHEDULERS)}")
+    if options.scheduler is not None and family is not None:
+        _check_scheduler_family(options.scheduler, family)
+    if family == "flux" and options.negative_prompt:
+        raise GenerationError(
+            "FLUX.1 is guidance-distilled and takes no negative prompt; leave --negative-prompt out "
+            "(guidance is its distilled guidance)"
+        )
     if not isinstance(options.adapters, Mapping):
         raise GenerationError(f"adapters must map names to scales, got {brief(options.adapters)}")
     _, tags = extract_tags(options.prompt)

@@ -9,6 +9,26 @@ import torch
 from lorastack.adapters.naming import COMPONENTS, normalize_text_encoder_path
 
 PATCHABLE = (torch.nn.Linear, torch.nn.Conv2d)
+#: The pipeline attributes a denoiser may have (UNet families, transformer families).
+DENOISERS = ("unet", "transformer")
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's denoiser: its transformer (Flux, SD3) or its UNet."""
+    model = getattr(pipe, "transformer", None)
+    return model if model is not None else pipe.unet
+
+
+def block_counts(pipe) -> dict[str, int]:
+    """Blocks per group of a transformer base (``{"double": 19, "single": 38}`` for FLUX.1), read from the model's
+    config; ``{}`` for the UNet families."""
+    from lorastack.adapters.families import FAMILY_TABLE
+
+    fam = FAMILY_TABLE.get(pipeline_family(pipe))
+    if fam is None or not fam.transformer:
+        return {}
+    config = pipe.transformer.config
+    return {g.name: int(config.get(g.count_key) or 0) for g in fam.blocks}
 
 
 def pipeline_family(pipe) -> str:
@@ -58,7 +78,7 @@ class ModuleIndex:
                     continue
                 module = getattr(module, "base_layer", module)  # a peft wrapper: patch the layer it wraps
                 if isinstance(module, PATCHABLE):
-                    path = name if component == "unet" else normalize_text_encoder_path(name)
+                    path = name if component in DENOISERS else normalize_text_encoder_path(name)
                     self._targets[f"{component}.{path}"] = Target(f"{component}.{path}", module)
 
     def get(self, name: str) -> Target | None:

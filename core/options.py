@@ -14,4 +14,8 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "dpm++2m": ("DPMSolverMultistepScheduler", {}),
     "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}),
 }
+#: The schedulers for rectified-flow bases (Flux, SD3); the others are for the noise-predicting UNet families.
+FLOW_SCHEDULERS = ("flow_euler", "flow_heun")

@@ -123,8 +123,9 @@ def base_digest(info: BaseInfo) -> str:
 
 def model_digest(pipe) -> str:
     """The identity of a pipeline's weights: :func:`base_digest` of what :func:`~lorastack.core.base.load_base`
-    loaded, else (a pipeline built in memory, with no files to hash) a digest of its UNet's config and first
-    tensors. Taken before adapters are applied: a stack patches the weights in place."""
+    loaded, else (a pipeline built in memory, with no files to hash) a digest of its denoiser's (UNet's or
+    transformer's) config and first tensors. Taken before adapters are applied: a stack patches the weights in
+    place."""
     from .base import base_info
 
     info = base_info(pipe)
@@ -132,8 +133,11 @@ def model_digest(pipe) -> str:
         return base_digest(info)
     import torch
 
-    h = hashlib.sha256(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
-    for _, tensor in list(pipe.unet.state_dict().items())[:4]:
+    from .modules import denoiser
+
+    model = denoiser(pipe)
+    h = hashlib.sha256(json.dumps(dict(model.config), sort_keys=True, default=str).encode())
+    for _, tensor in list(model.state_dict().items())[:4]:
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return "weights:" + h.hexdigest()
 

@@ -13,7 +13,16 @@ A scale is one of
 * a dict with ``"lbw"``: A1111 *LoRA Block Weight* values, 17 or 26 numbers for SD 1.x/2.x, 12 or 20 for SDXL
   (``BASE`` scales the text encoders, ``INxx``/``MID``/``OUTxx`` the UNet's original blocks);
 
-and a dict may carry ``"scale"``, a multiplier over everything.
+* for the transformer families (Flux, SD3), a dict by block group and block, with the names kohya uses::
+
+      {"transformer": {"scale": 0.8, "single": 0.0, "double.3": 0.5}, "text_encoder": 0.5}
+
+  ``double``/``single`` (Flux) and ``joint`` (SD3) cover a whole group, ``double.3`` one block (it wins over its
+  group), ``"scale"`` multiplies everything in the transformer (modules outside every block included); a group may
+  also take a list with one value per block. Block indices are checked against the loaded model's counts;
+
+and a dict may carry ``"scale"``, a multiplier over everything. A number for a component the base lacks is
+ignored (a prompt tag's ``te=`` covers one text encoder or three); blocks asked of a base without them are refused.
 
 Every number must be finite and within ±``MAX_SCALE``: LoRAs are made to apply at about -2…2 (block weights and
 merges rarely leave -10…10), so a larger value is a typo or an attack, and it would push the patched weights
@@ -28,6 +37,7 @@ import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lorastack.adapters.families import FAMILY_TABLE, transformer_block
 from lorastack.adapters.naming import COMPONENTS, diffusers_to_sgm
 
 from .errors import ScaleError
@@ -42,6 +52,8 @@ SCALE_TEXT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinit
 
 SPEC_KEYS = ("scale", *COMPONENTS, "lbw")
 BLOCK_KEYS = ("down", "mid", "up")
+TEXT_COMPONENTS = tuple(c for c in COMPONENTS if c.startswith("text_encoder"))
+_GROUP_KEY = re.compile(r"^([a-z]+)(?:\.(\d+))?$")
 
 _IN_OUT_SD = [f"IN{i:02d}" for i in (1, 2, 4, 5, 7, 8)] + ["MID"] + [f"OUT{i:02d}" for i in range(3, 12)]
 _IN_OUT_XL = [f"IN{i:02d}" for i in (4, 5, 7, 8)] + ["MID"] + [f"OUT{i:02d}" for i in range(6)]
@@ -108,6 +120,9 @@ def parse_lbw(value: Any, family: str) -> dict[str, float]:
     if not isinstance(value, (list, tuple)):
         raise ScaleError(f"lbw: expected a list of numbers, got {brief(value)}")
     numbers = [_number(v, "lbw") for v in value]
+    if block_groups(family):
+        names = ", ".join(block_groups(family))
+        raise ScaleError(f"lbw block weights are for SD 1.x/2.x and SDXL bases; for this one name blocks ({names})")
     kind = "sdxl" if family == "sdxl" else "sd"
     layout = LBW_LAYOUTS.get((kind, len(numbers)))
     if layout is None:
@@ -162,8 +177,79 @@ def validate_spec(spec: Any, family: str) -> None:
     compile_scale(spec, family)
 
 
-def compile_scale(spec: Any, family: str) -> Callable[[str], float]:
-    """A function from canonical module name to strength, for one adapter's scale specification."""
+def block_groups(family: str) -> tuple[str, ...]:
+    """The block group names a family's transformer scales take (``("double", "single")`` for Flux)."""
+    fam = FAMILY_TABLE.get(family)
+    return tuple(g.name for g in fam.blocks) if fam is not None else ()
+
+
+def _transformer_factor(spec: Mapping[str, Any], family: str, counts: Mapping[str, int] | None):
+    """Check a transformer block dict; return ``path → factor`` for the transformer's module paths."""
+    groups = block_groups(family)
+    label = FAMILY_TABLE[family].label if family in FAMILY_TABLE else family
+    if not groups:
+        raise ScaleError(
+            f"transformer block scales ({_keys(list(spec))}) need a Flux or SD3 base; this base is {label}"
+        )
+    overall = 1.0
+    by_group: dict[str, Any] = {}
+    by_block: dict[tuple[str, int], float] = {}
+    for key, value in spec.items():
+        m = _GROUP_KEY.match(str(key)) if isinstance(key, str) else None
+        if key == "scale":
+            overall = _number(value, "transformer.scale")
+            continue
+        if m is None or m.group(1) not in groups:
+            valid = ", ".join([*groups, *(f"{g}.N" for g in groups), "scale"])
+            raise ScaleError(f"unknown transformer block key {brief(key)} for {label}; valid keys: {valid}")
+        group, index = m.group(1), m.group(2)
+        count = counts.get(group) if counts else None
+        if index is not None:
+            if count is not None and int(index) >= count:
+                raise ScaleError(
+                    f"transformer.{key}: this base has {count} {group} blocks ({group}.0–{group}.{count - 1})"
+                )
+            by_block[(group, int(index))] = _number(value, f"transformer.{key}")
+        elif isinstance(value, (list, tuple)):
+            if count is not None and len(value) != count:
+                raise ScaleError(
+                    f"transformer.{group}: {len(value)} values, but this base has {count} {group} blocks; "
+                    "give one per block"
+                )
+            by_group[group] = [_number(v, f"transformer.{group}[{i}]") for i, v in enumerate(value)]
+        else:
+            by_group[group] = _number(value, f"transformer.{group}")
+
+    def factor(path: str) -> float:
+        found = transformer_block(family, path)
+        if found is None:
+            return overall
+        group, index = found
+        if (group, index) in by_block:
+            return overall * by_block[found]
+        value = by_group.get(group, 1.0)
+        if isinstance(value, list):
+            if index >= len(value):
+                raise ScaleError(f"transformer.{group}: {len(value)} values, but the adapter has {group}.{index}")
+            return overall * value[index]
+        return overall * value
+
+    return factor
+
+
+def asked_blocks(spec: Any) -> set[str]:
+    """The block keys (``double``, ``single.3``) a scale specification names for the transformer."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("transformer"), Mapping):
+        return set()
+    return {str(k) for k in spec["transformer"] if k != "scale"}
+
+
+def compile_scale(spec: Any, family: str, counts: Mapping[str, int] | None = None) -> Callable[[str], float]:
+    """A function from canonical module name to strength, for one adapter's scale specification.
+
+    ``counts``: the base's number of blocks per transformer group (``{"double": 19, "single": 38}``), for checking
+    block indices; without it any index is taken.
+    """
     if not isinstance(spec, Mapping):
         value = _number(spec, "scale")
         return lambda name: value
@@ -172,9 +258,20 @@ def compile_scale(spec: Any, family: str) -> Callable[[str], float]:
         raise ScaleError(f"unknown scale key(s) {_keys(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
     overall = _number(spec.get("scale", 1.0), "scale")
     components = {c: spec.get(c, 1.0) for c in COMPONENTS}
-    for component in ("text_encoder", "text_encoder_2"):
+    for component in TEXT_COMPONENTS:
         _number(components[component], component)
+    transformer = components["transformer"]
+    if isinstance(transformer, Mapping):
+        transformer_factor = _transformer_factor(transformer, family, counts)
+    else:
+        number = _number(transformer, "transformer")
+        transformer_factor = lambda path: number  # noqa: E731
     unet = components["unet"]
+    if isinstance(unet, Mapping) and block_groups(family):
+        raise ScaleError(
+            f"unet block scales (down/mid/up) are for UNet bases; this base's transformer takes block names "
+            f"({', '.join(block_groups(family))}): {{'transformer': {{...}}}}"
+        )
     if isinstance(unet, Mapping):
         bad = sorted((k for k in unet if k not in BLOCK_KEYS), key=str)
         if bad:
@@ -193,6 +290,8 @@ def compile_scale(spec: Any, family: str) -> Callable[[str], float]:
 
     def scale(name: str) -> float:
         component, _, path = name.partition(".")
+        if component == "transformer":
+            return overall * transformer_factor(path)
         if component != "unet":
             factor = lbw["BASE"] if lbw else 1.0
             return overall * float(components[component]) * factor

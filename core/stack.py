@@ -26,12 +26,13 @@ import torch
 from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer, read_adapter
 from lorastack.adapters.constants import FAMILY_NAMES, UNKNOWN
 from lorastack.adapters.errors import shown
+from lorastack.adapters.families import FAMILY_TABLE, block_summary, transformer_block
 from lorastack.adapters.files import file_and_tensor_sha256
 
 from .embeddings import add_embeddings, remove_embeddings
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
-from .modules import ModuleIndex, pipeline_family
-from .scales import compile_scale
+from .modules import ModuleIndex, block_counts, denoiser, pipeline_family
+from .scales import asked_blocks, compile_scale
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class LoadedAdapter:
             return list(self.given_trigger_words)
         return list(self.adapter.metadata.trigger_words)
 
+    def blocks(self, family: str) -> set[tuple[str, int]]:
+        """The transformer blocks (``("double", 3)``) the adapter's matched layers are in."""
+        found = (transformer_block(family, m.partition(".")[2]) for m in self.layers if m.startswith("transformer."))
+        return {b for b in found if b is not None}
+
     @property
     def tensor_sha256(self) -> str | None:
         """sha256 of the file's tensor data (``None`` for adapters given as objects)."""
@@ -111,6 +117,7 @@ class AdapterStack:
     def __init__(self, pipe):
         self.pipe = pipe
         self.family = pipeline_family(pipe)
+        self.blocks = block_counts(pipe)  # transformer block counts, from the model's config
         self._index: ModuleIndex | None = None
         self._adapters: dict[str, LoadedAdapter] = {}
         self._active: dict[str, Any] = {}
@@ -164,14 +171,14 @@ class AdapterStack:
         adapter = source if isinstance(source, Adapter) else read_adapter(source, allow_pickle=allow_pickle)
         if label is None:
             label = str(adapter.path or source) if not isinstance(source, Adapter) else str(adapter.path or name)
-        base_name = FAMILY_NAMES[self.family]
+        base_name = _label(self.family)
         probe = adapter.probe
         # a family the file declares (and the widths do not contradict) is what it was made for, even when every
         # layer happens to fit this base's shapes
         if probe.declared is not None and probe.declared_family != self.family:
             value = shown(adapter.metadata.raw.get(probe.declared, ""))
             raise IncompatibleAdapterError(
-                f"adapter '{name}' ({label}) declares {FAMILY_NAMES[probe.declared_family]} ({probe.declared} is "
+                f"adapter '{name}' ({label}) declares {_label(probe.declared_family)} ({probe.declared} is "
                 f"{value}) but the base is {base_name}"
             )
         matched, unmatched = self._match(adapter)
@@ -179,13 +186,13 @@ class AdapterStack:
         # modules, shapes included, is for this base whatever the guess said
         if adapter.family not in (UNKNOWN, self.family) and (unmatched or not matched):
             raise IncompatibleAdapterError(
-                f"adapter '{name}' ({label}) is for {FAMILY_NAMES[adapter.family]} but the base is {base_name}"
+                f"adapter '{name}' ({label}) is for {_label(adapter.family)} but the base is {base_name}"
             )
         report = LoadReport(name, label, adapter.family, sorted(matched), unmatched, list(adapter.unrecognized_keys))
         if not matched:
             first, reason = next(iter(unmatched.items()), ("(no layers)", ""))
             raise IncompatibleAdapterError(
-                f"adapter '{name}' ({label}, {FAMILY_NAMES[adapter.family]}) matches no module of the base "
+                f"adapter '{name}' ({label}, {_label(adapter.family)}) matches no module of the base "
                 f"({base_name}): e.g. {first}: {reason}"
             )
         if not report.complete:
@@ -203,7 +210,7 @@ class AdapterStack:
         return report
 
     def _device(self) -> torch.device:
-        return next(self.pipe.unet.parameters()).device
+        return next(denoiser(self.pipe).parameters()).device
 
     def _match(self, adapter: Adapter) -> tuple[dict[str, Layer], dict[str, str]]:
         matched: dict[str, Layer] = {}
@@ -299,12 +306,28 @@ class AdapterStack:
     def _contributions(self, scales: Mapping[str, Any]) -> dict[str, Contribution]:
         per_module: dict[str, list[tuple[str, float]]] = {}
         for name, spec in scales.items():
-            scale_of = compile_scale(spec, self.family)
+            scale_of = compile_scale(spec, self.family, self.blocks)
+            self._report_untouched_blocks(name, spec)
             for module_name in self._adapters[name].layers:
                 s = scale_of(module_name)
                 if s != 0.0:
                     per_module.setdefault(module_name, []).append((name, s))
         return {m: tuple(sorted(c)) for m, c in per_module.items()}
+
+    def _report_untouched_blocks(self, name: str, spec: Any) -> None:
+        """Warn when a scale names transformer blocks the adapter has no layer in (the value would change nothing)."""
+        asked = asked_blocks(spec)
+        if not asked:
+            return
+        touched = self._adapters[name].blocks(self.family)
+        groups = {g for g, _ in touched}
+        missing = sorted(k for k in asked if (k not in groups if "." not in k else tuple_block(k) not in touched))
+        if missing:
+            have = ", ".join(sorted(groups)) or "no block"
+            logger.warning(
+                f"adapter '{name}': scale for {', '.join(missing)} changes nothing (the adapter touches {have} blocks "
+                f"only: {block_summary(touched)})"
+            )
 
     # --- weight patching -------------------------------------------------------------------------------------
     def _apply(self, desired: dict[str, Contribution]) -> None:
@@ -379,6 +402,15 @@ class AdapterStack:
             bias.copy_(new_bias.to(bias.dtype))
         elif b0 is not None and bias is not None and not torch.equal(bias, b0):
             bias.copy_(b0)
+
+
+def _label(family: str) -> str:
+    return FAMILY_NAMES.get(family) or (FAMILY_TABLE[family].label if family in FAMILY_TABLE else family)
+
+
+def tuple_block(key: str) -> tuple[str, int]:
+    group, _, index = key.partition(".")
+    return group, int(index)
 
 
 def _is_plain_lora(layer: Layer) -> bool:
