@@ -7,6 +7,8 @@ Accepted forms (``lyco`` works as well as ``lora``)::
     <lora:name:0.6:0.9>         text encoders at 0.6, UNet at 0.9 (A1111's te/unet order)
     <lora:name:0.8:lbw=1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1>
     <lora:name:te=0.5:unet=1>   named values
+    <lora:name:0.8:single=0>    a transformer base (Flux, SD3): whole block groups (double, single, joint) or
+    <lora:name:double.3=0.5>    single blocks, times the denoiser's strength; te covers every text encoder
     <lora:me/style:v1:0.8>      a registry reference (``name:tag``, ``name@N``) is a name too
 
 The name runs up to the first part that is a number or ``key=value``, so a registry tag's colon stays in the name.
@@ -25,6 +27,11 @@ from .scales import SCALE_RANGE, SCALE_TEXT, brief, check_scale
 
 # A tag's body holds no '<': a tag inside a tag is refused as unclosed, and matching stays linear in the prompt.
 TAG = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
+
+
+#: Transformer block keys in tags and ``--lora`` (every family's groups; the base's own are checked when applied).
+BLOCK_KEY = re.compile(r"^(double|single|joint)(\.\d{1,4})?$")
+TAG_KEYS = "te, unet, transformer, lbw, double, single, joint (or double.N, single.N, joint.N)"
 
 
 def _show(tag: str) -> str:
@@ -63,10 +70,12 @@ def parse_tag(body: str, tag: str) -> tuple[str, Any]:
                 named["lbw"] = value.strip()
                 for number in named["lbw"].split(","):  # the count depends on the base: checked when applied
                     _number(number.strip(), tag)
-            elif key in ("te", "unet"):
-                named[key] = _number(value.strip(), tag)
+            elif key in ("te", "unet", "transformer"):
+                named["unet" if key == "transformer" else key] = _number(value.strip(), tag)
+            elif BLOCK_KEY.match(key):
+                named.setdefault("blocks", {})[key] = _number(value.strip(), tag)
             else:
-                raise ScaleError(f"prompt tag {_show(tag)}: unknown key {brief(key)}; valid keys: te, unet, lbw")
+                raise ScaleError(f"prompt tag {_show(tag)}: unknown key {brief(key)}; valid keys: {TAG_KEYS}")
         else:
             positional.append(_number(part, tag))
     if len(positional) > 2:
@@ -75,10 +84,23 @@ def parse_tag(body: str, tag: str) -> tuple[str, Any]:
         return name, positional[0] if positional else 1.0
     te = named.get("te", positional[0] if positional else 1.0)
     unet = named.get("unet", positional[1] if len(positional) > 1 else (positional[0] if positional else 1.0))
-    spec: dict[str, Any] = {"unet": unet, "text_encoder": te, "text_encoder_2": te}
+    spec: dict[str, Any] = {"unet": unet, "transformer": unet, "text_encoder": te, "text_encoder_2": te,
+                            "text_encoder_3": te}  # fmt: skip
+    if "blocks" in named:
+        spec["transformer"] = {"scale": unet, **named["blocks"]}
     if "lbw" in named:
         spec["lbw"] = named["lbw"]
     return name, spec
+
+
+def is_scale_part(part: str) -> bool:
+    """Whether one ``:``-separated part of a tag or ``--lora`` value is a scale (a number or ``key=value``)."""
+    part = part.strip()
+    if SCALE_TEXT.fullmatch(part):
+        return True
+    key, sep, _ = part.partition("=")
+    key = key.strip().lower()
+    return bool(sep) and (key in ("te", "unet", "transformer", "lbw") or bool(BLOCK_KEY.match(key)))
 
 
 def misread_scale(name: str, reason: object) -> ScaleError | None:

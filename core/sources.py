@@ -25,15 +25,24 @@ class AdapterRequest:
 
 
 def parse_lora_option(value: str) -> AdapterRequest:
-    """``[NAME=]SOURCE[:SCALE]``: the scale is the last ``:`` part when it is a number (so ``style:v2:0.8`` works).
+    """``[NAME=]SOURCE[:SCALE…]``: the scale parts are the trailing ``:`` parts that are numbers or ``key=value``
+    (the keys of a ``<lora:…>`` tag: ``te=``, ``unet=``, ``single=0``, ``double.3=0.5``…), so ``style:v2:0.8`` and
+    ``flux-style.safetensors:0.8:single=0`` both work.
 
     The scale must be finite and within ±``MAX_SCALE`` (:mod:`lorastack.core.scales`).
     """
+    from .prompts import is_scale_part, parse_tag
+
     name = None
-    head, sep, tail = value.rpartition(":")
-    source, scale = value, 1.0
-    if sep and SCALE_TEXT.fullmatch(tail.strip()):
-        source, number = head, float(tail)
+    parts = value.split(":")
+    cut = len(parts)
+    while cut > 1 and is_scale_part(parts[cut - 1]):
+        cut -= 1
+    source, scale_parts = ":".join(parts[:cut]), parts[cut:]
+    scale: Any = 1.0
+    if len(scale_parts) == 1 and SCALE_TEXT.fullmatch(scale_parts[0].strip()):
+        tail = scale_parts[0]
+        number = float(tail)
         try:
             scale = check_scale(number, "scale")
         except ScaleError:
@@ -41,6 +50,11 @@ def parse_lora_option(value: str) -> AdapterRequest:
             raise ScaleError(
                 f"--lora {brief(value)}: the scale {brief(tail.strip())} {problem}; {SCALE_RANGE}"
             ) from None
+    elif scale_parts:
+        try:
+            _, scale = parse_tag(":".join(["x", *scale_parts]), f"<lora:x:{':'.join(scale_parts)}>")
+        except ScaleError as e:
+            raise ScaleError(f"--lora {brief(value)}: {str(e).split(': ', 1)[-1]}") from None
     if "=" in source and NAME_PATTERN.match(source.split("=", 1)[0]):
         name, source = source.split("=", 1)
     if not source:

@@ -10,25 +10,37 @@ from lorastack.core.scales import compile_scale, parse_lbw
 from lorastack.core.sources import parse_lora_option, unique_names
 
 
+def spec(denoiser, te, **extra):
+    """What a tag with a denoiser and a text-encoder strength means, on any family's base."""
+    return {"unet": denoiser, "transformer": denoiser, "text_encoder": te, "text_encoder_2": te,
+            "text_encoder_3": te, **extra}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "prompt, clean, tags",
     [
         ("a cat <lora:style:0.8>", "a cat", {"style": 0.8}),
         ("<lora:style>, a cat, <lyco:subject:-0.5>", "a cat", {"style": 1.0, "subject": -0.5}),
-        ("a <LORA:s:0.6:0.9> cat", "a cat", {"s": {"unet": 0.9, "text_encoder": 0.6, "text_encoder_2": 0.6}}),
-        ("x <lora:s:te=0.2:unet=1>", "x", {"s": {"unet": 1.0, "text_encoder": 0.2, "text_encoder_2": 0.2}}),
+        ("a <LORA:s:0.6:0.9> cat", "a cat", {"s": spec(0.9, 0.6)}),
+        ("x <lora:s:te=0.2:unet=1>", "x", {"s": spec(1.0, 0.2)}),
         (
             "x <lora:s:0.8:lbw=1,0,1>",
             "x",
-            {"s": {"unet": 0.8, "text_encoder": 0.8, "text_encoder_2": 0.8, "lbw": "1,0,1"}},
+            {"s": spec(0.8, 0.8, lbw="1,0,1")},
         ),
         ("a cat, <lora:a:1>, on a table", "a cat, on a table", {"a": 1.0}),
         # registry references, as --lora takes them: a tag after a colon is part of the name
         ("a cat <lora:me/style:v1:0.8>", "a cat", {"me/style:v1": 0.8}),
         ("a cat <lora:me/style:v1>", "a cat", {"me/style:v1": 1.0}),
-        ("<lora:me/style@2:0.6:0.9>", "", {"me/style@2": {"unet": 0.9, "text_encoder": 0.6, "text_encoder_2": 0.6}}),
-        ("<lora:me/style:v1:te=0.5>", "", {"me/style:v1": {"unet": 1.0, "text_encoder": 0.5, "text_encoder_2": 0.5}}),
+        ("<lora:me/style@2:0.6:0.9>", "", {"me/style@2": spec(0.9, 0.6)}),
+        ("<lora:me/style:v1:te=0.5>", "", {"me/style:v1": spec(1.0, 0.5)}),
         ("no tags", "no tags", {}),
+        (
+            "<lora:flux-style:0.8:single=0:double.3=0.5>",
+            "",
+            {"flux-style": spec({"scale": 0.8, "single": 0.0, "double.3": 0.5}, 0.8, unet=0.8)},
+        ),
+        ("<lora:s:joint.2=0>", "", {"s": spec({"scale": 1.0, "joint.2": 0.0}, 1.0, unet=1.0)}),
     ],
 )
 def test_tags(prompt, clean, tags):
@@ -77,6 +89,15 @@ def test_lora_option():
     assert names == ["x", "x-2"]
     with pytest.raises(ScaleError, match="names no adapter"):
         parse_lora_option(":0.5")
+    # block scales as the prompt tags take them: the same dict either way
+    option = parse_lora_option("me/flux:v1:0.8:single=0")
+    assert (option.name, option.scale) == (
+        "me/flux:v1",
+        extract_tags("<lora:me/flux:v1:0.8:single=0>")[1]["me/flux:v1"],
+    )
+    assert option.scale["transformer"] == {"scale": 0.8, "single": 0.0}
+    with pytest.raises(ScaleError, match="--lora 'x:double=loud'.*not a number"):
+        parse_lora_option("x:double=loud")
 
 
 def test_scale_specs():
