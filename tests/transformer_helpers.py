@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 
 #: Modules diffusers' Flux/SD3 scripts train (attention, its added projections, feed-forwards, single-block MLPs).
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-           "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")  # fmt: skip
+TARGETS = (
+    *("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out"),
+)
 
 
 def peft_lora_file(pipe, path: Path, seed: int = 0, rank: int = 4, alpha: float = 8.0, targets=TARGETS,
@@ -44,3 +46,11 @@ def latents(pipe, prompt: str = "a photo of a red cat", seed: int = 0) -> torch.
     g = torch.Generator().manual_seed(seed)
     return pipe(prompt, num_inference_steps=2, height=64, width=64, generator=g, output_type="latent",
                 max_sequence_length=32).images  # fmt: skip
+
+
+def module_weights(pipe) -> dict[str, torch.Tensor]:
+    """A copy of every patchable weight (transformer, UNet and text encoders alike), by canonical name."""
+    from lorastack.core.modules import ModuleIndex
+
+    index = ModuleIndex(pipe)
+    return {name: index.get(name).weight.detach().clone() for name in index.names()}
