@@ -1,7 +1,10 @@
 """Load a base model: a diffusers folder, a single-file checkpoint, a Hub repo id, or an alias.
 
 Single-file checkpoints load offline: lorastack ships the diffusers configs of SD1.5, SD2.1 and SDXL and the CLIP
-tokenizer, and passes them to ``from_single_file`` (which would otherwise download them from the Hub).
+tokenizer, and passes them to ``from_single_file`` (which would otherwise download them from the Hub). FLUX.1 and
+SD3.x single files (with their parts as separate files or bundled) load through
+:mod:`lorastack.core.transformer_bases`, with the shipped configs of FLUX.1 dev/schnell, SD3 Medium and SD3.5
+Medium/Large.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from lorastack.adapters.files import PICKLE_SUFFIXES, read_safetensors_header
 
-from .config import aliases, cache_dir
+from .config import alias_components, aliases, cache_dir
 from .errors import BaseModelError
 from .modules import pipeline_family
 from .options import DEVICES, DTYPE_NAMES
@@ -125,6 +128,11 @@ def load_base(
     attention_slicing: bool = False,
     vae_tiling: bool = False,
     cpu_offload: bool = False,
+    text_encoder: str | Path | None = None,
+    text_encoder_2: str | Path | None = None,
+    text_encoder_3: str | Path | None = None,
+    vae: str | Path | None = None,
+    t5_tokenizer: str | Path | None = None,
 ):
     """Load a base model and return an ordinary diffusers pipeline.
 
@@ -134,22 +142,36 @@ def load_base(
     of the detected family). ``prediction_type`` overrides the scheduler's (SD 2.x 512 px models use
     ``"epsilon"``). ``hf_cache_dir``: the huggingface_hub cache to use for repo ids. The memory switches are
     diffusers' own.
+
+    FLUX.1 and SD3.x single files (a transformer alone, or a bundled checkpoint): ``text_encoder``,
+    ``text_encoder_2``, ``text_encoder_3`` and ``vae`` are component files that replace or supply the parts (see
+    :mod:`lorastack.core.transformer_bases`); ``t5_tokenizer`` is a folder with the T5 tokenizer (else the Hub
+    cache's). An alias table in the user config may name them too; the ones given here win.
     """
     if dtype not in DTYPES:
         raise BaseModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     _check_device(device)
     torch_dtype = DTYPES[dtype]
     resolved, via_alias = _resolve_alias(str(source))
+    given = {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "text_encoder_3": text_encoder_3}
+    given["vae"] = vae
+    parts = {**(alias_components(via_alias) if via_alias else {}), **{k: v for k, v in given.items() if v}}
+    t5_tokenizer = t5_tokenizer or parts.pop("t5_tokenizer", None)
     path = Path(resolved).expanduser()
     settings: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    if (parts or t5_tokenizer) and not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        named = ", ".join("--" + k.replace("_", "-") for k in [*parts, *(["t5_tokenizer"] if t5_tokenizer else [])])
+        raise BaseModelError(
+            f"{resolved}: {named} complete a FLUX.1 or SD3 single file (.safetensors); a folder or Hub repo brings "
+            "its own parts"
+        )
     if path.is_dir():
         settings = read_recommended(path)  # a broken lorastack.json fails before the weights load
         pipe, info = _load_folder(path, torch_dtype), ("folder", str(path.resolve()), None)
     elif path.is_file():
-        pipe, info = (
-            _load_single_file(path, torch_dtype, config, allow_pickle),
-            ("single_file", str(path.resolve()), None),
-        )
+        pipe, record = _load_single_file(path, torch_dtype, config, allow_pickle, parts, t5_tokenizer, hf_cache_dir)
+        info = ("single_file", str(path.resolve()), None)
     elif os.path.lexists(path):  # there, but neither a folder nor a file
         what = "a dangling symbolic link" if not path.exists() else "not a regular file or a folder (a FIFO or device)"
         raise BaseModelError(f"{resolved}: is {what}; a base is a diffusers folder, a checkpoint file or a Hub id")
@@ -179,6 +201,7 @@ def load_base(
         extra={
             **({"alias": via_alias} if via_alias else {}),
             **({"config": str(Path(config).resolve())} if config is not None and kind == "single_file" else {}),
+            **record,
         },
         recommended=settings,
     )
@@ -251,6 +274,9 @@ def checkpoint_family(path: Path, allow_pickle: bool = False) -> tuple[str, bool
         except Exception as e:
             raise BaseModelError(f"{path}: not a readable checkpoint: {_first_line(e)}") from e
         shapes = {name: info.shape for name, info in tensors.items()}
+        transformer = _transformer_family(path)
+        if transformer is not None:
+            return transformer, False
     else:
         if not allow_pickle:
             raise BaseModelError(
@@ -274,6 +300,33 @@ def checkpoint_family(path: Path, allow_pickle: bool = False) -> tuple[str, bool
     return family, conv_in[1] == 9
 
 
+def _transformer_family(path: Path) -> str | None:
+    """``flux`` / ``sd3`` for a file holding such a transformer; a text encoder or VAE alone is refused by name."""
+    from .checkpoint_parts import KIND_NAMES, read_parts, transformer_part
+
+    parts = read_parts(path)
+    part = transformer_part(parts)
+    if part is not None:
+        return part.kind
+    kinds = {p.kind for p in parts}
+    if kinds and kinds <= {"clip", "t5", "vae"}:
+        held = " and ".join(sorted(KIND_NAMES[k] for k in kinds))
+        raise BaseModelError(
+            f"{path}: holds {held}, not a base model; give it as --text-encoder/--text-encoder-2/--text-encoder-3/"
+            "--vae next to a FLUX.1 or SD3 transformer or checkpoint as the base"
+        )
+    return None
+
+
+def checkpoint_variant(path: str | Path) -> str | None:
+    """The shipped config a FLUX.1 / SD3 single file matches (``flux1-dev``, ``flux1-schnell``, ``sd3-medium``,
+    ``sd3.5-medium``, ``sd3.5-large``); ``None`` for other files."""
+    from .checkpoint_parts import read_parts, transformer_part, variant
+
+    part = transformer_part(read_parts(Path(path)))
+    return variant(part) if part is not None else None
+
+
 def shipped_config_dir(family: str, inpainting: bool = False) -> Path:
     """The shipped diffusers config folder for a family (an inpainting variant is written to the cache)."""
     name = _SINGLE_FILE[family][0]
@@ -295,9 +348,22 @@ def shipped_config_dir(family: str, inpainting: bool = False) -> Path:
     return variant
 
 
-def _load_single_file(path: Path, torch_dtype, config, allow_pickle: bool):
+def _load_single_file(path: Path, torch_dtype, config, allow_pickle: bool, parts, t5_tokenizer, hf_cache_dir):
+    """The pipeline of a single file and what to record about it beyond its path."""
     import diffusers
 
+    if path.suffix.lower() == ".safetensors":
+        from .checkpoint_parts import read_parts, transformer_part
+        from .transformer_bases import load_transformer_base
+
+        found = read_parts(path)
+        if transformer_part(found) is not None:
+            return load_transformer_base(
+                path, found, torch_dtype=torch_dtype, config=config, components=parts, t5_tokenizer=t5_tokenizer,
+                hf_cache_dir=hf_cache_dir,
+            )  # fmt: skip
+    if parts or t5_tokenizer:
+        raise BaseModelError(f"{path}: not a FLUX.1 or SD3 checkpoint; component files apply to those only")
     family, inpainting = checkpoint_family(path, allow_pickle)
     kwargs: dict[str, Any] = {"local_files_only": True, **_dtype_kwargs(torch_dtype)}
     if config is None:
@@ -315,7 +381,7 @@ def _load_single_file(path: Path, torch_dtype, config, allow_pickle: bool):
     cls_name = json.loads((Path(config) / "model_index.json").read_text())["_class_name"]
     cls = getattr(diffusers, cls_name, None) or getattr(diffusers, _SINGLE_FILE[family][2 if inpainting else 1])
     try:
-        return cls.from_single_file(str(path), config=str(config), **kwargs)
+        return cls.from_single_file(str(path), config=str(config), **kwargs), {}
     except Exception as e:  # diffusers raises many types for files it cannot map
         raise BaseModelError(f"{path}: cannot load as a {family} checkpoint: {_first_line(e)}") from e
 

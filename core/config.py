@@ -10,6 +10,13 @@ Config keys used by the runtime::
     [aliases]
     sd15 = "/models/v1-5-pruned-emaonly.safetensors"
     xl = "stabilityai/stable-diffusion-xl-base-1.0"
+
+    [aliases.flux-dev]                  # a base with its parts, named once
+    base = "/models/flux1-dev.safetensors"
+    text_encoder = "/models/clip_l.safetensors"
+    text_encoder_2 = "/models/t5xxl_fp16.safetensors"
+    vae = "/models/ae.safetensors"
+    t5_tokenizer = "/models/t5-tokenizer"   # a folder; else found in the Hugging Face cache
 """
 
 from __future__ import annotations
@@ -58,12 +65,45 @@ def load_config() -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the config file: {e}") from None
 
 
-def aliases() -> dict[str, str]:
-    """Base-model aliases from the config's ``[aliases]`` table."""
+#: the keys an alias table may hold: the base and the parts that complete a FLUX.1 / SD3 single file
+ALIAS_KEYS = ("base", "text_encoder", "text_encoder_2", "text_encoder_3", "vae", "t5_tokenizer")
+
+
+def _alias_table() -> dict[str, str | dict[str, str]]:
     table = load_config().get("aliases", {})
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise ConfigError(f"{config_path()}: [aliases] must map names to strings")
-    return dict(table)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{config_path()}: [aliases] must map names to strings or tables")
+    for name, value in table.items():
+        if isinstance(value, str):
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{config_path()}: alias {name!r} must be a string or a table, not {type(value).__name__}"
+            )
+        unknown = [k for k in value if k not in ALIAS_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"{config_path()}: [aliases.{name}] has unknown key {unknown[0]!r}; known: {', '.join(ALIAS_KEYS)}"
+            )
+        if not isinstance(value.get("base"), str):
+            raise ConfigError(f'{config_path()}: [aliases.{name}] needs base = "PATH or repo id"')
+        bad = [k for k, v in value.items() if not isinstance(v, str)]
+        if bad:
+            raise ConfigError(f"{config_path()}: [aliases.{name}] {bad[0]} must be a string (a path)")
+    return table
+
+
+def aliases() -> dict[str, str]:
+    """Base-model aliases from the config's ``[aliases]`` table: name → the base (a table's ``base``)."""
+    return {name: v if isinstance(v, str) else v["base"] for name, v in _alias_table().items()}
+
+
+def alias_components(name: str) -> dict[str, str]:
+    """The component files an alias table names (``text_encoder``, …, ``t5_tokenizer``); {} for plain aliases."""
+    value = _alias_table().get(name)
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if k != "base"}
 
 
 def default_base() -> str | None:
