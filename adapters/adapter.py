@@ -23,9 +23,12 @@ class Adapter:
 
     ``layers`` maps canonical module names (``unet.down_blocks.0.attentions.0.proj_in``,
     ``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``) to :class:`~lorastack.adapters.layers.Layer`
-    records. ``source_format`` is ``"diffusers"`` or ``"kohya"``; ``key_styles`` names the key spellings seen
-    (``peft``, ``diffusers``, ``diffusers-old``, ``kohya``, ``kohya-sgm``). Keys that mean nothing to lorastack are
-    kept in ``unrecognized_keys`` so callers can refuse or report a partial read.
+    records. ``source_format`` is ``"diffusers"``, ``"kohya"`` or ``"bfl"`` (the original FLUX.1 / SD3 layout), a
+    format :func:`~lorastack.adapters.writing.write_adapter` writes; ``key_styles`` names the key spellings seen
+    (``peft``, ``diffusers``, ``diffusers-old``, ``kohya``, ``kohya-sgm``, ``onetrainer``, ``bfl``, ``xlabs``).
+    Keys that mean nothing to lorastack are kept in ``unrecognized_keys`` so callers can refuse or report a partial
+    read. ``layout_family``: the family whose original module names the file used (``double_blocks`` → ``"flux"``,
+    ``joint_blocks`` → ``"sd3"``), evidence for the probe.
     """
 
     layers: dict[str, Layer]
@@ -37,10 +40,11 @@ class Adapter:
     path: Path | None = None
     #: bundled textual-inversion embeddings: token → {"text_encoder": n×hidden, "text_encoder_2": …}
     embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    layout_family: str | None = None
 
     @cached_property
     def probe(self) -> Probe:
-        return probe_family(self.layers, self.metadata.raw)
+        return probe_family(self.layers, self.metadata.raw, self.layout_family)
 
     @property
     def family(self) -> str:
@@ -72,8 +76,16 @@ class Adapter:
         alphas = Counter(float(layer.alpha) for layer in self.layers.values() if layer.alpha is not None)
         return alphas.most_common(1)[0][0] if alphas else None
 
+    def unique_tensors(self) -> list[torch.Tensor]:
+        """Every tensor once: the projections split from one fused module share tensors."""
+        seen: dict[int, torch.Tensor] = {}
+        for layer in self.layers.values():
+            for t in layer.tensors().values():
+                seen.setdefault(id(t), t)
+        return list(seen.values())
+
     def nbytes(self) -> int:
-        return sum(layer.nbytes() for layer in self.layers.values())
+        return sum(t.numel() * t.element_size() for t in self.unique_tensors())
 
     def to(self, *args, **kwargs) -> Adapter:
         """A copy with every tensor moved/cast like ``Tensor.to``."""
@@ -86,6 +98,7 @@ class Adapter:
             self.alpha_source,
             self.path,
             {t: {c: v.to(*args, **kwargs) for c, v in e.items()} for t, e in self.embeddings.items()},
+            self.layout_family,
         )
 
     def select(self, names: Iterable[str]) -> Adapter:
@@ -100,6 +113,7 @@ class Adapter:
             self.alpha_source,
             self.path,
             self.embeddings,
+            self.layout_family,
         )
 
     def deltas(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -123,6 +137,6 @@ class Adapter:
             "modules": self.components(),
             "layers": len(self.layers),
             "embeddings": {t: {c: int(v.shape[0]) for c, v in e.items()} for t, e in self.embeddings.items()},
-            "parameters": sum(t.numel() for layer in self.layers.values() for t in layer.tensors().values()),
+            "parameters": sum(t.numel() for t in self.unique_tensors()),
             "unrecognized_keys": list(self.unrecognized_keys),
         }

@@ -410,7 +410,7 @@ def serialize_safetensors(tensors: dict, metadata: dict[str, str] | None = None)
     """
     from safetensors.torch import save
 
-    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    blob = save(_unshared(tensors))
     (size,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8 : 8 + size])
     header.pop("__metadata__", None)
@@ -419,6 +419,21 @@ def serialize_safetensors(tensors: dict, metadata: dict[str, str] | None = None)
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
     return struct.pack("<Q", len(text)) + text + blob[8 + size :]
+
+
+def _unshared(tensors: dict) -> dict:
+    """CPU, contiguous tensors, none sharing memory with another (safetensors refuses shared storage; the
+    projections split from one fused module share their down matrix)."""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        t = v.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[k] = t
+    return out
 
 
 def atomic_write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str]) -> Path:

@@ -31,10 +31,18 @@ MODELSPEC_ARCHITECTURES = {
     "sd1": "stable-diffusion-v1",
     "sd2": "stable-diffusion-v2-768-v",
     "sdxl": "stable-diffusion-xl-v1-base",
+    "flux": "flux-1-dev",
+    "sd3": "stable-diffusion-v3-medium",
 }
 #: kohya ``ss_base_model_version`` per family.
-KOHYA_BASE_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-DEFAULT_RESOLUTIONS = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}
+KOHYA_BASE_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "sd3": "sd3"}
+DEFAULT_RESOLUTIONS = {
+    "sd1": "512x512",
+    "sd2": "768x768",
+    "sdxl": "1024x1024",
+    "flux": "1024x1024",
+    "sd3": "1024x1024",
+}
 
 # kohya training keys worth showing, by the name we show them under.
 _TRAINING_KEYS = {

@@ -18,10 +18,14 @@ from .adapter import Adapter
 from .embeddings import split_embeddings
 from .errors import AdapterError, AdapterFileError, InvalidAdapterError, NotAnAdapterError, quoted, shown
 from .files import check_torch_dtypes, library_error, load_weights, read_safetensors_header, torch_dtype
+from .fused import split
 from .layers import FullLayer, Layer, LoHaLayer, LoKrLayer, LoRALayer, all_finite
 from .metadata import LORA_ADAPTER_METADATA_KEY, parse_metadata, peft_alpha_configs
 from .naming import KOHYA_PREFIXES, kohya_to_canonical, normalize_text_encoder_path
 from .patterns import first_matches
+from .probe import declaration
+from .transformer_keys import ORIGINAL, T5, UNPREFIXED_TOPS
+from .transformer_keys import locate as locate_transformer
 
 # kohya / LyCORIS key suffix → layer field.
 KOHYA_SUFFIXES = {
@@ -67,7 +71,10 @@ _OLD_PROCESSOR = re.compile(
 _OLD_UNET_PROJ = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _OLD_TE_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
-_DIFFUSERS_COMPONENT_PREFIXES = ("unet.", "text_encoder_2.", "text_encoder.")
+_DIFFUSERS_COMPONENT_PREFIXES = ("unet.", "transformer.", "text_encoder_3.", "text_encoder_2.", "text_encoder.")
+_KOHYA_STYLE_PREFIXES = (*(p for p, _ in KOHYA_PREFIXES), "lora_te3_", "lora_transformer_")
+# key styles whose files store no alpha and take it from lora_adapter_metadata (or assume alpha = rank)
+_PEFT_STYLES = ("peft", "diffusers", "diffusers-old")
 _UNET_TOPS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "time_embedding.", "add_embedding.")
 _FULL_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
 _EMBEDDING_KEYS = ("emb_params", "string_to_param", "clip_l", "clip_g")
@@ -142,17 +149,22 @@ def parse_state_dict(
                 )
     if not tensors:
         raise NotAnAdapterError("holds only textual-inversion embeddings, no LoRA layers")
-    kohya = any(k.startswith(tuple(p for p, _ in KOHYA_PREFIXES)) for k in tensors)
+    kohya = any(k.startswith(_KOHYA_STYLE_PREFIXES) for k in tensors)
     grouped: dict[str, _Parts] = {}
+    group_style: dict[str, str] = {}
+    sources: dict = {}
     styles: set[str] = set()
     unrecognized: list[str] = []
     for key, value in tensors.items():
-        located = _locate_kohya(key) if kohya else _locate_diffusers(key)
+        located = locate_transformer(key, KOHYA_SUFFIXES, sources)
+        if located is None:
+            located = _locate_kohya(key) if kohya else _locate_diffusers(key)
         if located is None:
             unrecognized.append(key)
             continue
         module, fld, style = located
         styles.add(style)
+        group_style[module] = style
         parts = grouped.setdefault(module, _Parts())
         if fld in parts.tensors:
             raise InvalidAdapterError(f"{quoted(key, 120)} duplicates another key for module {shown(module, 120)}")
@@ -161,32 +173,71 @@ def parse_state_dict(
     if not grouped:
         raise NotAnAdapterError(_not_an_adapter_reason(tensors))
     metadata = parse_metadata(header)
+    t5 = _t5_component(grouped, sources, header)
     layers: dict[str, Layer] = {}
-    for module, parts in sorted(grouped.items()):
-        layer = _build_layer(module, parts)
+    first_key: dict[str, str] = {}
+    for group, parts in sorted(grouped.items()):
+        layer = _build_layer(group, parts)
         try:
             layer.validate(values=check_values)
+            if group.startswith(ORIGINAL):
+                pieces = {f"transformer.{p}": piece for p, piece in split(sources[group], layer).items()}
+            else:
+                pieces = {f"{t5}.{group[len(T5) :]}" if group.startswith(T5) else group: layer}
         except InvalidAdapterError as e:
             raise InvalidAdapterError(f"{shown(parts.keys[0], 120)}: {e.problem}") from None
-        layers[module] = layer
+        for module, piece in pieces.items():
+            if module in layers:
+                raise InvalidAdapterError(
+                    f"{shown(parts.keys[0], 120)} and {shown(first_key[module], 120)} both hold module {module}"
+                )
+            layers[module], first_key[module] = piece, parts.keys[0]
+            group_style[module] = group_style[group]
     alpha_source = "file"
-    needing = [] if kohya else [module for module, layer in layers.items() if layer.alpha is None]
+    needing = [m for m, layer in layers.items() if layer.alpha is None and group_style[m] in _PEFT_STYLES]
     if needing:
         alphas = _peft_alphas(needing, layers, header.get(LORA_ADAPTER_METADATA_KEY))
         for module in needing:
             alpha = layers[module].alpha = alphas[module]
             if alpha is not None and not math.isfinite(alpha):
-                raise InvalidAdapterError(f"{shown(grouped[module].keys[0], 120)}: alpha is {alpha}")
+                raise InvalidAdapterError(f"{shown(first_key[module], 120)}: alpha is {alpha}")
         alpha_source = "assumed" if alphas[needing[-1]] is None else "metadata"
     return Adapter(
         layers=layers,
         metadata=metadata,
-        source_format="kohya" if kohya else "diffusers",
+        source_format=_source_format(styles),
         key_styles=tuple(sorted(styles)),
         unrecognized_keys=tuple(sorted(unrecognized)),
         alpha_source=alpha_source,
         embeddings=embeddings,
+        layout_family=_layout_family(sources),
     )
+
+
+def _layout_family(sources: dict) -> str | None:
+    families = {s.family for s in sources.values()}
+    return families.pop() if len(families) == 1 else None
+
+
+def _source_format(styles: set[str]) -> str:
+    if styles & {"kohya", "kohya-sgm", "onetrainer"}:
+        return "kohya"
+    if styles & {"bfl", "xlabs"}:
+        return "bfl"
+    return "diffusers"
+
+
+def _t5_component(grouped: dict, sources: dict, header: dict[str, str]) -> str:
+    """Where T5 layers read from kohya names go: ``text_encoder_3`` in an SD3 adapter, ``text_encoder_2`` in Flux."""
+    if not any(g.startswith(T5) for g in grouped):
+        return "text_encoder_2"
+    found = declaration(header)
+    if found is not None and found[0] in ("flux", "sd3"):
+        return "text_encoder_3" if found[0] == "sd3" else "text_encoder_2"
+    sd3 = any(s.family == "sd3" for s in sources.values()) or any(
+        g.startswith(("text_encoder_2.", "text_encoder_3.")) for g in grouped
+    )
+    return "text_encoder_3" if sd3 else "text_encoder_2"
 
 
 def _locate_kohya(key: str) -> tuple[str, str, str] | None:
@@ -215,11 +266,13 @@ def _locate_diffusers(key: str) -> tuple[str, str, str] | None:
     if component is None:  # un-prefixed files (peft/unet-only saves): tell the component by the path
         if path.startswith(_UNET_TOPS):
             component = "unet"
+        elif path.startswith(UNPREFIXED_TOPS) or path in ("proj_out", "x_embedder", "context_embedder"):
+            component = "transformer"
         elif path.startswith(("text_model.", "encoder.layers.")):
             component = "text_encoder"
         else:
             return None
-    if component != "unet":
+    if component.startswith("text_encoder"):
         path = normalize_text_encoder_path(path)
     return f"{component}.{path}", fld, "diffusers-old" if style == "diffusers-old-processor" else style
 

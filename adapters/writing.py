@@ -16,13 +16,23 @@ from pathlib import Path
 import torch
 
 from .adapter import Adapter
-from .constants import FORMATS
+from .constants import FAMILIES, FORMATS
 from .embeddings import embedding_tensors
 from .errors import UnknownFormatError, UnsupportedAdapterError
-from .files import atomic_write_safetensors
+from .files import _unshared, atomic_write_safetensors
 from .layers import FullLayer, LoKrLayer, LoRALayer
 from .metadata import LORA_ADAPTER_METADATA_KEY, build_header
 from .naming import canonical_to_kohya, split_component
+from .transformer_writing import bfl_tensors, kohya_tensors
+
+TRANSFORMER_FAMILIES = ("flux", "sd3")
+#: sd-scripts' network module and the reference implementation, per transformer family
+_TRANSFORMER_MODULES = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3"}
+_IMPLEMENTATIONS = {
+    "sdxl": "https://github.com/Stability-AI/generative-models",
+    "flux": "https://github.com/black-forest-labs/flux",
+    "sd3": "https://github.com/Stability-AI/sd3.5",
+}
 
 # layer field → kohya / LyCORIS key suffix
 KOHYA_FIELD_SUFFIX = {
@@ -50,7 +60,8 @@ def write_adapter(
     family: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``adapter`` to ``path`` atomically in ``format`` (``"diffusers"`` or ``"kohya"``).
+    """Write ``adapter`` to ``path`` atomically in ``format`` (``"diffusers"``, ``"kohya"`` or, for FLUX.1 and
+    SD 3.x adapters, ``"bfl"``: the original layout under ``diffusion_model.``, ComfyUI's native keys).
 
     ``family`` picks family-specific key spellings (SDXL kohya files use SGM block names) and is declared in the
     header; by default the probed family, declared unless it is a guess from topology alone (the header then
@@ -60,10 +71,20 @@ def write_adapter(
         raise UnknownFormatError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
     declare = True if family else None
     family = family or adapter.family
+    transformer = any(name.startswith("transformer.") for name in adapter.layers)
+    if format != "diffusers" and family not in TRANSFORMER_FAMILIES and (transformer or format == "bfl"):
+        if family in FAMILIES:
+            raise UnsupportedAdapterError(
+                f"the {format} layout names FLUX.1 and SD 3.x modules, and this adapter is for {family}; "
+                "write it with --format diffusers or kohya"
+            )
+        raise UnsupportedAdapterError(
+            f"cannot tell whether this adapter is for FLUX.1 or SD 3.x ({family}); pass --family flux or --family sd3"
+        )
     if format == "diffusers":
         tensors, header = diffusers_state_dict(adapter, family, dtype, declare=declare)
     else:
-        tensors, header = kohya_state_dict(adapter, family, dtype, declare=declare)
+        tensors, header = kohya_state_dict(adapter, family, dtype, declare=declare, layout=format)
     tensors.update(embedding_tensors(adapter.embeddings, family))
     header["sshs_model_hash"] = tensor_data_sha256(tensors)
     return atomic_write_safetensors(tensors, path, header)
@@ -73,7 +94,7 @@ def tensor_data_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of the data section the file will have (kohya's ``sshs_model_hash``; metadata does not change it)."""
     from safetensors.torch import save
 
-    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    blob = save(_unshared(tensors))
     header_size = int.from_bytes(blob[:8], "little")
     return hashlib.sha256(memoryview(blob)[8 + header_size :]).hexdigest()
 
@@ -82,11 +103,11 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
 
-def _network_module(adapter: Adapter) -> str:
+def _network_module(adapter: Adapter, family: str | None = None) -> str:
     plain = all(
         isinstance(layer, LoRALayer) and layer.mid is None and not layer.is_dora for layer in adapter.layers.values()
     )
-    return "networks.lora" if plain else "lycoris.kohya"
+    return _TRANSFORMER_MODULES.get(family or "", "networks.lora") if plain else "lycoris.kohya"
 
 
 def _declared(adapter: Adapter, family: str | None, declare: bool | None) -> str | None:
@@ -99,12 +120,23 @@ def _declared(adapter: Adapter, family: str | None, declare: bool | None) -> str
 
 
 def kohya_state_dict(
-    adapter: Adapter, family: str | None, dtype: torch.dtype | None = None, *, declare: bool | None = None
+    adapter: Adapter,
+    family: str | None,
+    dtype: torch.dtype | None = None,
+    *,
+    declare: bool | None = None,
+    layout: str = "kohya",
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header of the kohya file: ``lora_unet_*``/``lora_te*_*`` keys, a real ``.alpha`` per module."""
+    """Tensors and header of the kohya file: ``lora_unet_*``/``lora_te*_*`` keys, a real ``.alpha`` per module.
+
+    Flux and SD3 adapters are written in the original layout (``layout``: ``"kohya"`` names or ``"bfl"`` keys),
+    their fused projections joined (:mod:`~lorastack.adapters.transformer_writing`)."""
     sdxl = family == "sdxl"
     tensors: dict[str, torch.Tensor] = {}
-    for name, layer in adapter.layers.items():
+    if family in TRANSFORMER_FAMILIES:
+        write = kohya_tensors if layout == "kohya" else bfl_tensors
+        tensors = write(adapter, family, lambda t: _cast(t, dtype))
+    for name, layer in adapter.layers.items() if family not in TRANSFORMER_FAMILIES else ():
         base = canonical_to_kohya(name, sgm=sdxl, te_numbered=sdxl)
         suffixes = LOKR_FIELD_SUFFIX if isinstance(layer, LoKrLayer) else KOHYA_FIELD_SUFFIX
         for fld, t in layer.tensors().items():
@@ -118,8 +150,8 @@ def kohya_state_dict(
         family=_declared(adapter, family, declare),
         rank=adapter.rank,
         alpha=adapter.alpha if adapter.alpha is not None else adapter.rank,
-        network_module=_network_module(adapter),
-        implementation="https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
+        network_module=_network_module(adapter, family),
+        implementation=_IMPLEMENTATIONS.get(family or "", "diffusers"),
     )
     if header["ss_network_module"] == "lycoris.kohya" and "ss_network_args" not in header:
         algos = {layer.kind for layer in adapter.layers.values()}

@@ -4,6 +4,10 @@
   ``get_peft_model_state_dict``) and diffusers' ``save_lora_weights``, like diffusers' training scripts.
 * :func:`make_kohya_lora` writes kohya sd-scripts' key layout (``lora_unet_…``, ``lora_te_…``, ``.alpha``; SGM block
   names for SDXL) for every Linear and conv layer kohya's LoRA/LoCon targets.
+* Flux/SD3 pipelines: :func:`make_original_lora` draws one random (fused) layer per module of the original layout
+  and :func:`original_state_dict` spells it in a dialect (kohya, BFL, XLabs); :func:`original_deltas` computes
+  the diffusers modules' deltas from the same matrices, independently of lorastack's reader
+  (:mod:`lorastack.testing.transformer_adapters`).
 
 Weights are random but seeded, and large enough to change images visibly.
 """
@@ -50,7 +54,7 @@ def make_peft_lora(
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, module in _components(pipe, components).items():
-        targets = list(unet_targets if name == "unet" else text_targets)
+        targets = list(unet_targets if name in ("unet", "transformer") else text_targets)
         config = LoraConfig(
             r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, use_dora=use_dora
         )
@@ -182,3 +186,27 @@ def module_weights(pipe, components: Iterable[str] = ("unet", "text_encoder", "t
             elif hasattr(m, "base_layer") and isinstance(m.base_layer, (torch.nn.Linear, torch.nn.Conv2d)):
                 out[canonical] = m.base_layer.weight.detach().clone()
     return out
+
+
+#: peft targets covering every Linear of the Flux/SD3 transformer blocks and the final layer.
+TRANSFORMER_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "proj_mlp",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "norm1.linear",
+    "norm1_context.linear",
+    "norm.linear",
+    "norm_out.linear",
+)
+T5_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
