@@ -10,6 +10,8 @@ import click
 
 from lorastack.core.options import DTYPE_NAMES, SCHEDULERS
 
+from .base_options import base_component_options
+
 _BASE_OPTIONS = [
     click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best one present)."),
     click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True),
@@ -68,6 +70,7 @@ def _with(options):
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--base", "base", default=None, help="Base model: folder, checkpoint, Hub id or alias.")
+@base_component_options
 @click.option(
     "--lora",
     "loras",
@@ -104,7 +107,7 @@ def _with(options):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the images' paths and seeds.")
 def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num_images, scheduler, init_image, mask,
                  strength, compare, trigger, allow_pickle, device, dtype, config_dir, prediction_type,
-                 attention_slicing, vae_tiling, cpu_offload, out_dir, as_json):  # fmt: skip
+                 attention_slicing, vae_tiling, cpu_offload, out_dir, as_json, base_components):  # fmt: skip
     """Generate images for PROMPT with adapters stacked on a base model.
 
     Adapters come from --lora and from <lora:name:scale> tags in the prompt (registry references work in both:
@@ -129,7 +132,7 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     choice = BaseChoice(
         base, device=device, dtype=dtype, config=config_dir, prediction_type=prediction_type,
         allow_pickle=allow_pickle, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
-        cpu_offload=cpu_offload,
+        cpu_offload=cpu_offload, components=base_components,
     )  # fmt: skip
     run = generate_to_folder(
         options, out_dir, base=choice, loras=loras, compare=compare, progress=_progress(),

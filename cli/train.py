@@ -15,6 +15,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from .base_options import COMPONENT_OPTIONS, component_params, pop_components
 from .options import click_option
 
 #: the options of every run; a trainer option of the same name is not offered on the command line
@@ -72,8 +73,8 @@ def trainer_command(trainer) -> click.Command:
     """The ``lorastack train NAME`` command of a registered trainer."""
     from lorastack.core.training.options import engine_and_trainer_options
 
-    params = _run_params()
-    taken = {*RUN_PARAMS, "json"}  # --json is the as_json parameter
+    params = _run_params() + component_params()
+    taken = {*RUN_PARAMS, *COMPONENT_OPTIONS, "json"}  # --json is the as_json parameter
     params += [click_option(o) for o in engine_and_trainer_options(trainer.options) if o.name not in taken]
 
     def callback(**values: Any) -> None:
@@ -149,11 +150,13 @@ def _train(ctx: click.Context, trainer: str, values: dict[str, Any]) -> None:
     from .main import quiet_libraries
 
     run = {key: values.pop(key) for key in RUN_PARAMS}
+    components = pop_components(values)  # --text-encoder …: the parts of a FLUX.1 / SD3 single-file base
     # the options the user set (flags or recipe); the rest keep the core's defaults (the base's resolution, …)
     given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     quiet_libraries()  # the run's own progress shows (unless --quiet); the libraries' loading bars do not
     result = train(trainer, run["base"], run["data"], name=run["name"], output=run["output"], options=given,
-                   resume=run["resume"], source=run["source"], progress=not run["quiet"])  # fmt: skip
+                   resume=run["resume"], source=run["source"], progress=not run["quiet"],
+                   base_components=components)  # fmt: skip
     report = result_json(result, trainer)
     if run["as_json"]:
         click.echo(json.dumps(report, indent=2, sort_keys=True))

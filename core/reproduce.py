@@ -35,7 +35,11 @@ def reproduce(
     recipe = read_recipe(image_path)  # every field checked (RecipeError, a ReproduceError) before anything loads
     recorded = recipe["base"]
     config = recorded.get("config") if base is None else None
-    pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device, config=config)
+    # a FLUX.1 / SD3 single file's parts, as recorded (path and size; the size is checked by the digest's caller)
+    parts = {slot: c["path"] for slot, c in (recorded.get("components") or {}).items()} if base is None else {}
+    if base is None and recorded.get("t5_tokenizer"):
+        parts["t5_tokenizer"] = recorded["t5_tokenizer"]
+    pipe = load_base(base or recorded["location"], dtype=recorded["dtype"], device=device, config=config, **parts)
     generator = Generator(pipe, progress=progress)
     if base is None and generator.digest != recorded["digest"]:
         raise ReproduceError(

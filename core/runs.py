@@ -30,6 +30,7 @@ class BaseChoice:
     attention_slicing: bool = False
     vae_tiling: bool = False
     cpu_offload: bool = False
+    components: dict[str, Any] = field(default_factory=dict)  # load_base's text_encoder=, …, t5_tokenizer= files
 
 
 @dataclass
@@ -119,7 +120,7 @@ def generate_to_folder(
     pipe = load_base(
         source, device=device, dtype=base.dtype, config=base.config, prediction_type=base.prediction_type,
         allow_pickle=base.allow_pickle, attention_slicing=base.attention_slicing, vae_tiling=base.vae_tiling,
-        cpu_offload=base.cpu_offload,
+        cpu_offload=base.cpu_offload, **base.components,
     )  # fmt: skip
     generator = Generator(pipe, progress=progress)
     run = GenerateRun([], source, device, {name: f.label for name, f in found.items()})

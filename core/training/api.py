@@ -87,11 +87,13 @@ def train(
     progress: bool = True,
     pipe=None,
     on_step=None,
+    base_components: Mapping[str, Any] | None = None,
 ):
     """Train an adapter with the trainer plugin ``trainer``; everything is checked before any model loads.
 
     ``options`` override the ``recipe`` file's. With ``name`` the adapter is imported into the registry as a new
     version of ``name`` with the run as its provenance. ``pipe`` reuses an already loaded base pipeline.
+    ``base_components``: the files completing a FLUX.1 / SD3 single-file base (``load_base``'s ``text_encoder=``…).
     """
     from lorastack.core.data import open_dataset
     from lorastack.plugins.manager import get_trainer
@@ -138,7 +140,7 @@ def train(
     if pipe is None:
         from lorastack.core.base import load_base
 
-        pipe = load_base(base)
+        pipe = load_base(base, **dict(base_components or {}))
     header = {
         "modelspec.title": name or trainer,
         "ss_output_name": name or trainer,
