@@ -98,9 +98,16 @@ class PivotalTrainer:
         Option("ti_learning_rate", "float", 5e-4, "Learning rate of the embeddings.", minimum=0,
                exclusive_minimum=True, maximum=MAX_LEARNING_RATE),
         Option("use_captions", "bool", False, "Use the images' own captions, with the token prefixed."),
+        Option("enable_t5_ti", "bool", False, "Train T5 embeddings too (diffusers' advanced Flux script): not "
+               "supported, adapter files bundle CLIP embeddings only; T5 reads the token as a word."),
     )  # fmt: skip
 
-    check = DreamBoothTrainer.check
+    def check(self, options) -> None:
+        DreamBoothTrainer.check(self, options)
+        if options.enable_t5_ti:
+            raise TrainingError("--enable-t5-ti is not supported: adapter files bundle CLIP embeddings only "
+                                "(clip_l/clip_g), so pivotal tuning trains the CLIP token and T5 reads it as a word; "
+                                "drop --enable-t5-ti")  # fmt: skip
 
     def train(self, context, options):
         from lorastack.plugins.api import NewTokens
@@ -111,7 +118,8 @@ class PivotalTrainer:
         tokens = NewTokens(context.pipe, token, options.vectors, options.init_word or class_name,
                            options.seed, options.ti_learning_rate, ti_steps)  # fmt: skip
         context.trigger_words = [token]
-        items = _instance_items(context, options, token, class_name, expand=tokens.expand)
+        # captions keep the token as a word: the engine writes it out as its vectors for the CLIP tokenizers only
+        items = _instance_items(context, options, token, class_name)
         try:
             return context.engine(items, extras=tokens).train()
         finally:
@@ -122,13 +130,12 @@ def _prompt(template: str, **fields) -> str:
     return re.sub(r"\s+", " ", template.format(**fields)).strip()
 
 
-def _instance_items(context, options, token: str, class_name: str, expand=lambda prompt: prompt) -> list:
+def _instance_items(context, options, token: str, class_name: str) -> list:
     """The subject's images with their prompts: the instance prompt, or (``use_captions``) the token + caption."""
     prompt = _prompt(options.instance_prompt, token=token, class_name=class_name)
     return [
-        DatasetItem(image=i.image, caption=expand(f"{token} {i.caption}" if options.use_captions and i.caption
-                                                  else prompt), source=i.source, mask=i.mask,
-                    concept=class_name or i.concept, key=i.key, path=i.path)
+        DatasetItem(image=i.image, caption=f"{token} {i.caption}" if options.use_captions and i.caption else prompt,
+                    source=i.source, mask=i.mask, concept=class_name or i.concept, key=i.key, path=i.path)
         for i in context.dataset.items
     ]  # fmt: skip
 
@@ -161,12 +168,16 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
             raise TrainingError(f"class image {bare[0]} has no caption: give it one, or give --class so it "
                                 "takes the class prompt")  # fmt: skip
         return [DatasetItem(i.image, i.caption or prompt, i.source, key=i.key) for i in items]
+    from lorastack.core.training.conditioning import pipeline_kwargs
     from lorastack.plugins.api import atomic_path, data_home, guidance_kwargs, image_key, model_digest
 
     size = options.resolution
     digest = model_digest(context.pipe)
     guidance = guidance_kwargs(context.pipe)
-    key = hashlib.sha256(json.dumps([digest, prompt, size, options.seed, *guidance.values()]).encode())
+    extra = pipeline_kwargs(context.pipe, options.get("max_sequence_length"))  # Flux's and SD3's T5 length
+    key = hashlib.sha256(
+        json.dumps([digest, prompt, size, options.seed, *guidance.values(), *extra.values()]).encode()
+    )
     folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
     missing = sum(not (folder / f"{index:05d}.png").exists() for index in range(count))
@@ -183,7 +194,7 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
 
             g = torch.Generator().manual_seed(options.seed * 100_003 + index)
             image = context.pipe(prompt, num_inference_steps=options.sample_steps, generator=g, height=size,
-                                 width=size, **guidance).images[0]  # fmt: skip
+                                 width=size, **guidance, **extra).images[0]  # fmt: skip
             with atomic_path(path, durable=False) as tmp:  # a cache: a torn file would be generated again
                 image.save(tmp)
             bar.update(1)

@@ -105,7 +105,7 @@ def train(
         given.pop(key, None)
     given.update(options or {})
     settings = _settings(base, pipe)
-    resolved = resolve(plugin.options, given, trainer, base_resolution=settings.resolution)
+    resolved = resolve(plugin.options, given, trainer, base_resolution=settings.resolution, family=settings.family)
     if given.get("resolution") is not None:
         from lorastack.core.base_settings import resolution_warning
 
@@ -155,15 +155,13 @@ def train(
     }
     # the base's family, declared: the probe's topology rules hold for full-size models only (the toy base has
     # SDXL's topology), so an adapter trained here says what it was trained on
-    from lorastack.adapters.metadata import KOHYA_BASE_VERSIONS, MODELSPEC_ARCHITECTURES
-    from lorastack.core.modules import pipeline_family
-
-    family = pipeline_family(pipe)
-    header["modelspec.architecture"] = f"{MODELSPEC_ARCHITECTURES[family]}/lora"
-    header["ss_base_model_version"] = KOHYA_BASE_VERSIONS[family]
+    architecture, version = base_architecture(pipe)
+    header["modelspec.architecture"] = f"{architecture}/lora"
+    header["ss_base_model_version"] = version
     base_id = str(base)
-    if not Path(base_id).exists():
-        header["ss_sd_model_name"] = base_id
+    hub_base = hub_base_id(pipe, base_id)
+    if hub_base is not None or not Path(base_id).exists():
+        header["ss_sd_model_name"] = hub_base or base_id
     context = TrainingContext(
         pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress, on_step=on_step
     )
@@ -176,7 +174,7 @@ def train(
             name,
             tag,
             trigger_words=context.trigger_words or None,
-            base_model=None if Path(base_id).exists() else base_id,
+            base_model=hub_base or (None if Path(base_id).exists() else base_id),
             provenance={
                 "training": {
                     "run": str(run.path),
@@ -190,6 +188,31 @@ def train(
         result.registered = imported.version.ref
     result.seconds = time.perf_counter() - started
     return result
+
+
+def base_architecture(pipe) -> tuple[str, str]:
+    """``(ModelSpec architecture, kohya base version)`` of the pipeline's base, e.g. ``("flux-1-dev", "flux1")``:
+    the family's (``adapters.metadata``), FLUX.1 schnell (no guidance embedding) told from dev as kohya does."""
+    from lorastack.adapters.metadata import KOHYA_BASE_VERSIONS, MODELSPEC_ARCHITECTURES
+    from lorastack.core.modules import pipeline_family
+
+    family = pipeline_family(pipe)
+    architecture = MODELSPEC_ARCHITECTURES[family]
+    if family == "flux" and not pipe.transformer.config.get("guidance_embeds"):
+        architecture = "flux-1-schnell"
+    return architecture, KOHYA_BASE_VERSIONS[family]
+
+
+def hub_base_id(pipe, base: str) -> str | None:
+    """The Hub repo id of the base, for the model card's ``base_model``: the repo an alias or a name resolved to,
+    or the repo of a folder inside the huggingface_hub cache (``models--owner--name/snapshots/…``)."""
+    from lorastack.core.base import base_info
+
+    info = base_info(pipe)
+    if info is not None and info.kind == "hub":
+        return info.location
+    match = re.search(r"models--([\w.-]+?)--([\w.-]+)/snapshots/", str(info.location if info else base))
+    return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
 def _settings(base, pipe):

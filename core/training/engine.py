@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..interfaces import DatasetItem
-from .conditioning import encode_captions, is_sdxl, time_ids
-from .lora import add_lora, export_adapter, remove_lora, trainable_parameters
+from .conditioning import encode_captions
+from .denoisers import image_seq_len, predict
+from .lora import MODEL_COMPONENTS, add_lora, denoiser_name, export_adapter, remove_lora, trainable_parameters
 from .options import TrainingError
 from .progress import Progress, smoothed_ends
 from .run import RunFolder
@@ -129,9 +130,10 @@ class Engine:
 
     def _optimizer(self, params: dict[str, torch.nn.Parameter]):
         embeddings = [p for n, p in params.items() if ".token_embeddings." in n]
+        denoiser = self.denoiser + "."
         groups = [
-            {"params": [p for n, p in params.items() if n.startswith("unet.")], "lr": self.options.learning_rate},
-            {"params": [p for n, p in params.items() if not n.startswith("unet.") and ".token_embeddings." not in n],
+            {"params": [p for n, p in params.items() if n.startswith(denoiser)], "lr": self.options.learning_rate},
+            {"params": [p for n, p in params.items() if not n.startswith(denoiser) and ".token_embeddings." not in n],
              "lr": self.options.text_encoder_lr},
             # weight decay would pull new token vectors toward zero, away from the words they started from
             {"params": embeddings, "lr": getattr(self.extras, "learning_rate", 0.0), "weight_decay": 0.0},
@@ -192,34 +194,19 @@ class Engine:
     # --- the step -----------------------------------------------------------------------------------------------
 
     def _loss(self, examples: list[dict], g: torch.Generator, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example loss (a vector) for a list of examples."""
-        pipe, options = self.pipe, self.options
+        """Per-example loss (a vector) for a list of examples: the family's objective on the family's denoiser."""
+        options = self.options
         latents = self._latents(examples, g).float()
         noise = torch.randn(latents.shape, generator=g)
         if options.noise_offset:
             noise = noise + options.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
         noise = noise.to(self.device)
-        steps = self.scheduler.config.num_train_timesteps
-        if timesteps is None:
-            timesteps = torch.randint(0, steps, (latents.shape[0],), generator=g)
-        timesteps = timesteps.to(self.device).long()
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
-        captions = [ex["caption"] for ex in examples]
-        if self.text_cache is not None:
-            hidden, pooled = self.text_cache.encode(captions, self.device)
-            hidden = hidden.to(self.text_dtype)
-            pooled = pooled.to(self.text_dtype) if pooled is not None else None
-        else:
-            hidden, pooled = encode_captions(pipe, captions, self.device)
-        kwargs = {}
-        if is_sdxl(pipe):
-            ids = time_ids([ex["original_size"] for ex in examples], [ex["crop_top_left"] for ex in examples],
-                           [tuple(ex["pixels"].shape[-2:]) for ex in examples], self.device, hidden.dtype)  # fmt: skip
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
+        noised = self.objective.noised(latents, noise, g, image_seq_len(latents), timesteps)
+        hidden, pooled = self._conditioning([ex["caption"] for ex in examples])
         with self.accelerator.autocast():
-            pred = self.unet(noisy, timesteps, hidden, **kwargs).sample
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+            pred = predict(self.family, self.model, noised.noisy, noised.timesteps, hidden, pooled, examples,
+                           guidance=self.guidance)  # fmt: skip
+        loss = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
         masks = [ex.get("mask") for ex in examples]
         if any(m is not None for m in masks):
             weights = torch.stack([
@@ -230,13 +217,16 @@ class Engine:
             loss = (loss * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * loss.shape[1]).clamp_min(1e-8)
         else:
             loss = loss.mean(dim=(1, 2, 3))
-        if options.min_snr_gamma:
-            from diffusers.training_utils import compute_snr
-
-            snr = compute_snr(self.scheduler, timesteps)
-            clipped = torch.clamp(snr, max=options.min_snr_gamma)
-            loss = loss * (clipped / snr if self.prediction == "epsilon" else clipped / (snr + 1))
+        if noised.weights is not None:  # Min-SNR (DDPM) or the SD3 paper's σ weighting (flow)
+            loss = loss * noised.weights.to(loss.device)
         return loss
+
+    def _conditioning(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.text_cache is not None:
+            hidden, pooled = self.text_cache.encode(captions, self.device)
+            return hidden.to(self.text_dtype), pooled.to(self.text_dtype) if pooled is not None else None
+        return encode_captions(self.pipe, captions, self.device, max_sequence_length=self.options.max_sequence_length,
+                               expand=getattr(self.extras, "expand", None))  # fmt: skip
 
     def _micro_loss(self, micro: int) -> torch.Tensor:
         # under `accelerate launch`, process r of n takes every n-th micro-batch: n GPUs see n times the data
@@ -259,7 +249,7 @@ class Engine:
             g = _generator(self.options.seed, 10**9 + index)
             example = self.validation.example(index, g)
             for t in VALIDATION_TIMESTEPS:
-                t = min(t, self.scheduler.config.num_train_timesteps - 1)
+                t = min(t, self.objective.steps - 1)
                 total += float(self._loss([example], _generator(self.options.seed, index, t),
                                           torch.tensor([t])).mean())  # fmt: skip
                 count += 1
@@ -268,18 +258,21 @@ class Engine:
     # --- run ----------------------------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        from diffusers import DDPMScheduler
+        from lorastack.core.modules import pipeline_family
+
+        from .flow import make_objective
 
         options = self.options
+        self.family = pipeline_family(self.pipe)
+        self.objective = make_objective(self.pipe, options)  # the family's: DDPM, or flow matching (Flux, SD3)
+        transformer = getattr(self.pipe, "transformer", None)
+        embeds = transformer is not None and transformer.config.get("guidance_embeds")
+        self.guidance = options.guidance_scale if embeds else None  # FLUX.1 dev's guidance input; no CFG anywhere
         self.accelerator = self._accelerator()
         self.device = self.accelerator.device
-        self.scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.prediction = (
-            self.scheduler.config.prediction_type if options.prediction_type == "auto" else options.prediction_type
-        )
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options.mixed_precision, torch.float32)
         self.pipe.to(self.device)
-        for component in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        for component in MODEL_COMPONENTS:
             module = getattr(self.pipe, component, None)
             dtype = torch.float32 if component == "vae" else weight_dtype  # the SD VAEs overflow in fp16
             if module is not None and module.dtype != dtype:
@@ -301,17 +294,19 @@ class Engine:
             from .conditioning import TextCache
 
             # frozen text encoders give the same output for the same caption: encode each caption once, ever
-            self.text_cache = TextCache(data_home() / "cache" / "text", self.pipe)
+            self.text_cache = TextCache(data_home() / "cache" / "text", self.pipe, options.max_sequence_length)
         trained = add_lora(self.pipe, options)
+        self.denoiser = denoiser_name(self.pipe)
         if options.gradient_checkpointing:
-            self.pipe.unet.enable_gradient_checkpointing()
+            getattr(self.pipe, self.denoiser).enable_gradient_checkpointing()
         params = trainable_parameters(trained)
         if self.extras is not None:
             for name, p in self.extras.parameters().items():
                 params[name] = p.requires_grad_(True)  # add_lora froze the text encoders, these rows included
         optimizer = self._optimizer(params)
         lr_scheduler = self._scheduler(optimizer)
-        self.unet, optimizer, lr_scheduler = self.accelerator.prepare(self.pipe.unet, optimizer, lr_scheduler)
+        self.model, optimizer, lr_scheduler = self.accelerator.prepare(getattr(self.pipe, self.denoiser), optimizer,
+                                                                       lr_scheduler)  # fmt: skip
         start, losses = self.run.restore(params, optimizer, lr_scheduler)
         if self.accelerator.trackers:
             self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.as_dict().items()})
@@ -395,15 +390,17 @@ class Engine:
             return None
         from ..base_settings import pipe_settings
         from ..grids import labelled_grid
+        from .conditioning import pipeline_kwargs
         from .pictures import sample_png
 
         size, guidance = self.options.resolution, pipe_settings(self.pipe).guidance
+        extra = pipeline_kwargs(self.pipe, self.options.max_sequence_length)  # the T5 length of Flux and SD3
         seeds = [self.options.seed + i for i in range(len(prompts))]
         images = []
         for prompt, seed in zip(prompts, seeds):
             g = torch.Generator().manual_seed(seed)
             images.append(self.pipe(prompt, num_inference_steps=self.options.sample_steps, generator=g,
-                                    height=size, width=size, guidance_scale=guidance).images[0])  # fmt: skip
+                                    height=size, width=size, guidance_scale=guidance, **extra).images[0])  # fmt: skip
         grid = labelled_grid([images], prompts, [f"step {done}"])
         recipe = {
             "trainer": self.run.identity.get("trainer"), "base": self.run.identity.get("base"),

@@ -32,6 +32,13 @@ TARGETS = {
     ),
 }  # fmt: skip
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+#: flow-matching timestep samplers and loss weightings (see ``flow``); ``auto`` is the family's published default
+FLOW_SAMPLERS = ("uniform", "sigmoid", "shift", "flux_shift")
+LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+#: options that mean something only for flow-matching bases (Flux, SD3): refused on a DDPM base when given
+FLOW_ONLY_OPTIONS = ("timestep_sampling", "logit_mean", "logit_std", "discrete_flow_shift", "loss_weighting",
+                     "guidance_scale", "max_sequence_length")  # fmt: skip
+MAX_T5_LENGTH = 512  # FLUX.1 dev reads 512 T5 tokens, schnell and SD3 256; T5's relative positions allow more
 
 # Every number has a maximum, so a slip (--rank 100000, steps = 1e23) fails before any work with the valid range,
 # instead of exhausting memory or time once the models are loaded. The bounds are generous: well past what any run
@@ -57,8 +64,11 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     # the update is scaled by alpha / rank, like a learning rate: alpha is the rank or less in practice
     Option("alpha", "float", None, "LoRA alpha (default: the rank).", minimum=0, exclusive_minimum=True,
            maximum=4 * MAX_RANK),
-    Option("targets", "choice", "attention", "Modules that get LoRA layers: attention, + feed-forward, + convs.",
-           choices=tuple(TARGETS)),
+    Option("targets", "choice", None, "Modules that get LoRA layers: attention, + feed-forward, + convs (UNets) or "
+           "+ every linear layer (transformers) (default: attention on a UNet; attention-ff on Flux/SD3, as "
+           "diffusers' Flux script).", choices=tuple(TARGETS)),
+    Option("lora_layers", "str", "", "Comma-separated module names that get LoRA layers instead of --targets, "
+           "matched as name suffixes (diffusers' --lora_layers: attn.to_q,attn.to_k,proj_mlp)."),
     Option("batch_size", "int", 1, "Images per step.", minimum=1, maximum=MAX_BATCH),
     Option("gradient_accumulation", "int", 1, "Micro-batches per optimizer step.", minimum=1, maximum=MAX_BATCH),
     Option("mixed_precision", "choice", "no", "fp16/bf16 compute (LoRA weights stay fp32).",
@@ -76,6 +86,25 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     # an offset of 1 is noise as strong as the noise itself; 0.05–0.1 is usual
     Option("noise_offset", "float", 0.0, "Noise offset (0.05–0.1 helps very dark/bright images).", minimum=0,
            maximum=1),
+    Option("timestep_sampling", "choice", "auto", "Flow matching (Flux/SD3): how sigma is drawn: uniform, "
+           "sigmoid (logit-normal), shift (logit-normal shifted by --discrete-flow-shift), flux_shift (shifted by "
+           "the image size as FLUX.1's scheduler); auto: uniform on Flux, shift on SD3.",
+           choices=("auto", *FLOW_SAMPLERS)),
+    Option("logit_mean", "float", 0.0, "Flow matching: mean of the logit-normal (kohya: 0).", minimum=-10, maximum=10),
+    # kohya's --sigmoid_scale; past 10 the logit-normal is two spikes at sigma 0 and 1
+    Option("logit_std", "float", 1.0, "Flow matching: std of the logit-normal (kohya's --sigmoid-scale).",
+           minimum=0, exclusive_minimum=True, maximum=10),
+    Option("discrete_flow_shift", "float", None, "Flow matching: the shift sampler's shift (default: the "
+           "scheduler's, 3.0; kohya recommends 3.1582 for FLUX.1 dev).", minimum=0, exclusive_minimum=True,
+           maximum=100),
+    Option("loss_weighting", "choice", "none", "Flow matching: the SD3 paper's loss weighting by sigma.",
+           choices=LOSS_WEIGHTINGS),
+    # FLUX.1 dev is guidance-distilled: it trains at guidance 1 (kohya's advice), samples at its 3.5
+    Option("guidance_scale", "float", 1.0, "Flux dev: the guidance input while training (schnell has none).",
+           minimum=0, maximum=100),
+    Option("max_sequence_length", "int", None, "T5 tokens per caption (default: 512 on FLUX.1 dev, 256 on "
+           "schnell, 77 on SD3, as the published trainers; at most the tokenizer's).", minimum=1,
+           maximum=MAX_T5_LENGTH),
     Option("prediction_type", "choice", "auto", "Training target: the scheduler's, epsilon or v_prediction.",
            choices=("auto", "epsilon", "v_prediction")),
     # no maximum: any finite clipping norm is valid, and a large one only stops clipping
@@ -156,12 +185,18 @@ def engine_and_trainer_options(trainer_options: Sequence[Option]) -> tuple[Optio
 
 
 def resolve(
-    trainer_options: Sequence[Option], given: Mapping[str, Any], trainer: str, *, base_resolution: int | None = None
+    trainer_options: Sequence[Option],
+    given: Mapping[str, Any],
+    trainer: str,
+    *,
+    base_resolution: int | None = None,
+    family: str | None = None,
 ) -> TrainingOptions:
     """The engine's and the trainer's options together, checked, as a frozen typed object.
 
     Defaults are filled in (``resolution``: ``base_resolution``, the base's own, else 512; ``device``: the best one
-    present; ``alpha``: the rank) and the rules between options applied.
+    present; ``alpha``: the rank; ``targets``: attention on a UNet, attention-ff on a transformer) and the rules
+    between options applied, those of the base's objective too when ``family`` (the base's) is known.
     """
     options = engine_and_trainer_options(trainer_options)
     resolved = resolve_options(options, given, f"trainer {trainer!r}")
@@ -191,7 +226,20 @@ def resolve(
         raise PluginOptionError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
     if resolved["alpha"] is None:
         resolved["alpha"] = float(resolved["rank"])
-    return typed_options(options, resolved, trainer)
+    from lorastack.adapters.families import FAMILY_TABLE
+
+    known = FAMILY_TABLE.get(family or "")
+    if resolved["targets"] is None:
+        resolved["targets"] = "attention-ff" if known is not None and known.transformer else "attention"
+    typed = typed_options(options, resolved, trainer)
+    if known is not None:
+        from .flow import check_flow_options
+
+        try:
+            check_flow_options(typed, known.name, known.objective == "flow", {str(k).replace("-", "_") for k in given})
+        except TrainingError as e:
+            raise PluginOptionError(str(e)) from None
+    return typed
 
 
 def _check_device(device: str) -> None:

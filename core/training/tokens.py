@@ -36,15 +36,28 @@ class _Extended(torch.nn.Module):
 
 
 class NewTokens:
-    """``token`` as ``vectors`` new embedding vectors in every text encoder, initialised from ``init_word``."""
+    """``token`` as ``vectors`` new embedding vectors in every CLIP text encoder, initialised from ``init_word``.
+
+    T5 (FLUX.1's second encoder, SD3's third) reads the token as the plain word: adapter files bundle CLIP
+    embeddings only (kohya's ``clip_l``/``clip_g``), as diffusers' advanced Flux script does without
+    ``--enable_t5_ti``. A pipeline without diffusers' textual-inversion support (SD3.x) is refused: it could not
+    use the trained tokens.
+    """
 
     def __init__(self, pipe, token: str, vectors: int, init_word: str, seed: int, learning_rate: float,
                  ti_steps: int):  # fmt: skip
         self.pipe, self.token, self.learning_rate, self.ti_steps = pipe, token, learning_rate, ti_steps
         self.names = token_names(token, vectors)
         self.parts: dict[str, tuple] = {}  # component → (encoder, original module, wrapper)
+        if not hasattr(pipe, "load_textual_inversion"):
+            raise TrainingError(f"pivotal tuning needs a pipeline that loads textual inversions, and "
+                                f"{type(pipe).__name__} does not, so the new tokens could not be used; train lora "
+                                "or dreambooth on this base")  # fmt: skip
+        from .lora import text_components
+
         g = torch.Generator().manual_seed(seed)
-        for component, (tok_attr, enc_attr) in PAIRS.items():
+        for component in text_components(pipe):
+            tok_attr, enc_attr = PAIRS[component]
             tokenizer, encoder = getattr(pipe, tok_attr, None), getattr(pipe, enc_attr, None)
             if encoder is None:
                 continue
