@@ -135,9 +135,7 @@ def join(source: Source, pieces: dict[int, Layer]) -> Layer:
     sizes = _sizes(source, pieces)
     first = next(iter(pieces.values()))
     shared = all(
-        torch.equal(p.down, first.down)
-        and p.alpha == first.alpha
-        and (p.dora_scale is None) == (first.dora_scale is None)
+        _same(p.down, first.down) and p.alpha == first.alpha and (p.dora_scale is None) == (first.dora_scale is None)
         for p in pieces.values()
     )
     doras = [p.dora_scale for p in pieces.values() if p.dora_scale is not None]
@@ -153,6 +151,14 @@ def join(source: Source, pieces: dict[int, Layer]) -> Layer:
             magnitude = magnitude.reshape(-1)
         return LoRALayer(first.down, torch.cat(ups), alpha=first.alpha, dora_scale=magnitude)
     return _block_diagonal(pieces, sizes)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a is b:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or a.is_meta or b.is_meta:  # shapes-only tensors: only identity
+        return False
+    return torch.equal(a, b.to(a.device))
 
 
 def _block_diagonal(pieces: dict[int, Layer], sizes: list[int]) -> LoRALayer:

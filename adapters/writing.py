@@ -71,16 +71,6 @@ def write_adapter(
         raise UnknownFormatError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
     declare = True if family else None
     family = family or adapter.family
-    transformer = any(name.startswith("transformer.") for name in adapter.layers)
-    if format != "diffusers" and family not in TRANSFORMER_FAMILIES and (transformer or format == "bfl"):
-        if family in FAMILIES:
-            raise UnsupportedAdapterError(
-                f"the {format} layout names FLUX.1 and SD 3.x modules, and this adapter is for {family}; "
-                "write it with --format diffusers or kohya"
-            )
-        raise UnsupportedAdapterError(
-            f"cannot tell whether this adapter is for FLUX.1 or SD 3.x ({family}); pass --family flux or --family sd3"
-        )
     if format == "diffusers":
         tensors, header = diffusers_state_dict(adapter, family, dtype, declare=declare)
     else:
@@ -131,6 +121,21 @@ def kohya_state_dict(
 
     Flux and SD3 adapters are written in the original layout (``layout``: ``"kohya"`` names or ``"bfl"`` keys),
     their fused projections joined (:mod:`~lorastack.adapters.transformer_writing`)."""
+    transformer = any(name.startswith("transformer.") for name in adapter.layers)
+    if family not in TRANSFORMER_FAMILIES and (transformer or layout == "bfl"):
+        if family in FAMILIES and not transformer:
+            raise UnsupportedAdapterError(
+                f"the bfl layout names FLUX.1 and SD 3.x modules, and this adapter is for {family}; "
+                "write it with --format diffusers or kohya"
+            )
+        if family in FAMILIES:
+            raise UnsupportedAdapterError(
+                f"this adapter has transformer layers, which a {family} base does not have; "
+                "pass --family flux or --family sd3"
+            )
+        raise UnsupportedAdapterError(
+            f"cannot tell whether this adapter is for FLUX.1 or SD 3.x ({family}); pass --family flux or --family sd3"
+        )
     sdxl = family == "sdxl"
     tensors: dict[str, torch.Tensor] = {}
     if family in TRANSFORMER_FAMILIES:
