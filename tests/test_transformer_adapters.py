@@ -105,7 +105,7 @@ def test_peft_dialects_read_alike_and_diffusers_agrees(family, flux, sd35, tmp_p
     path = save_diffusers_lora(pipe, tmp_path / "peft.safetensors", parts)
     adapter = read_adapter(path)
     assert adapter.family == ("flux" if family == "flux" else "sd3") and adapter.alpha_source == "metadata"
-    config, state = parts["transformer"]
+    _, state = parts["transformer"]
     # un-prefixed peft save (alpha = rank: scale 1 without metadata), and OneTrainer's flattened names with alphas
     bare = parse_state_dict(state)
     onetrainer = {}
@@ -167,7 +167,7 @@ def test_kohya_to_diffusers_loads_every_key(flux, tmp_path):
     assert all(k.startswith("transformer.") for k in tensors)
     assert json.loads(header["lora_adapter_metadata"])["transformer.r"] == 4
     written = write_adapter(adapter, tmp_path / "d.safetensors", format="diffusers")
-    state, alphas = type(flux).lora_state_dict(str(written), return_alphas=True)
+    state = type(flux).lora_state_dict(str(written))
     flux.load_lora_weights(str(written), adapter_name="all")
     loaded = {n for n, _ in flux.transformer.named_parameters() if ".lora_A.all" in n}
     flux.unload_lora_weights()
@@ -223,9 +223,10 @@ def test_text_encoders_in_kohya_names():
     assert set(kohya_state_dict(flux, "flux")[0]) == set(sd) | {
         k.replace("lora_down.weight", "alpha") for k in sd if "down" in k
     }
-    sd3 = parse_state_dict({**sd, "lora_unet_joint_blocks_0_x_block_attn_proj.lora_down.weight": torch.randn(2, 16),
-                            "lora_unet_joint_blocks_0_x_block_attn_proj.lora_up.weight": torch.randn(16, 2)})  # fmt: skip
-    assert "text_encoder_3.encoder.block.0.layer.1.DenseReluDense.wi_0" in sd3.layers and sd3.family == "sd3"
+    proj = "lora_unet_joint_blocks_0_x_block_attn_proj"
+    joint = {f"{proj}.lora_down.weight": torch.randn(2, 16), f"{proj}.lora_up.weight": torch.randn(16, 2)}
+    sd3 = parse_state_dict({**sd, **joint})
+    assert sd3.family == "sd3" and "text_encoder_3.encoder.block.0.layer.1.DenseReluDense.wi_0" in sd3.layers
 
 
 @pytest.mark.parametrize(
