@@ -207,8 +207,12 @@ def test_flux_converter_values_match_diffusers_at_full_width():
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-@pytest.mark.parametrize("name, component", [("flux1-dev", "text_encoder_2"), ("sd3.5-large", "text_encoder_2")])
-def test_full_size_text_encoders_pass_the_header_checks(name, component):
+@pytest.mark.parametrize(
+    "name, component, width",
+    [("flux1-dev", "text_encoder", 768), ("flux1-dev", "text_encoder_2", 4096), ("flux1-dev", "vae", None),
+     ("sd3.5-large", "text_encoder_2", 1280), ("sd3-medium", "vae", None)],
+)  # fmt: skip
+def test_full_size_parts_pass_the_header_checks(name, component, width):
     from lorastack.core.checkpoint_parts import Part, classify
     from lorastack.testing.transformer_files import component_state
 
@@ -216,5 +220,5 @@ def test_full_size_text_encoders_pass_the_header_checks(name, component):
     state = component_state(type("P", (), {component: model})(), component)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     part = Part(None, *classify(shapes)[:1], "", shapes, {})
-    assert part.width == (4096 if name.startswith("flux") else 1280)
-    transformer_bases._check_keys(component, part, model, {})
+    assert part.width == width
+    transformer_bases._check_keys(component, part, model, dict(model.config) if component == "vae" else {})
