@@ -12,6 +12,7 @@ import torch
 
 from lorastack import __version__
 from lorastack.adapters import AdapterError
+from lorastack.adapters.families import ALL_COMPONENTS, FAMILY_TABLE
 
 from .base import BaseInfo, base_info
 from .errors import GenerationError, UnknownAdapterError
@@ -96,7 +97,7 @@ def _check(options: GenerateOptions, pipe) -> tuple[str, int, int]:
         if value % multiple:
             raise GenerationError(
                 f"{label} {value} is not a multiple of {multiple}, which this base's latents need; "
-                f"try {max(multiple, value // multiple * multiple)}"
+                f"try {_nearest(value, multiple)}"
             )
     mode = "inpaint" if options.mask is not None else "img2img" if options.init_image is not None else "txt2img"
     return mode, width, height
@@ -112,6 +113,17 @@ def side_multiple(pipe) -> int:
     if family == "sd3":
         return vae * int(pipe.transformer.config.get("patch_size", 2))
     return 8
+
+
+def _takes(pipe, argument: str) -> bool:
+    import inspect
+
+    return argument in inspect.signature(type(pipe).__call__).parameters
+
+
+def _nearest(value: int, multiple: int) -> str:
+    low = max(multiple, value // multiple * multiple)
+    return f"{low} or {low + multiple}" if low < value else str(low)
 
 
 def family_kwargs(pipe, options: GenerateOptions) -> dict[str, Any]:
@@ -249,7 +261,7 @@ class Generator:
             rows.append(row)
         # from what the recipe records (the base column's prompt has no trigger words): reproduce draws the same
         caption = f"{prompts[0]}  |  steps {options.steps}, guidance {options.guidance:g}"
-        labels = ["base"] + [f"{name} @ {_scale_text(scale)}" for name, scale in stack.items()]
+        labels = ["base"] + [f"{name} @ {_scale_text(scale, self.info.family)}" for name, scale in stack.items()]
         if len(stack) > 1:
             labels.append("all: " + ", ".join(labels[1:]))
         rows_labels = [f"seed {seed + i}" for i in range(options.num_images)]
@@ -296,6 +308,8 @@ class Generator:
         )
         if mode == "img2img":
             kwargs["strength"] = options.strength
+            if _takes(pipe, "width"):  # Flux img2img draws at its default 1024 px unless told the size
+                kwargs.update(width=width, height=height)
         else:
             kwargs.update(width=width, height=height)
             if mode == "inpaint":
@@ -361,13 +375,22 @@ class Generator:
         }
 
 
-def _scale_text(scale: Any) -> str:
-    """A scale as a grid label shows it: ``0.8``, or a dict's component values (``unet 1, text_encoder 0.5``)."""
+def _scale_text(scale: Any, family: str | None = None) -> str:
+    """A scale as a grid label shows it: ``0.8``, or a dict's values (``unet 1, text_encoder 0.5``). With
+    ``family``, components the base lacks are left out and text encoders at one strength read ``te``."""
     if isinstance(scale, (int, float)):
         return f"{scale:g}"
-    if isinstance(scale, dict):
-        return ", ".join(f"{k} {_scale_text(v)}" if not isinstance(v, str) else f"{k} {v}" for k, v in scale.items())
-    return str(scale)
+    if not isinstance(scale, dict):
+        return str(scale)
+    items = dict(scale)
+    if family in FAMILY_TABLE:
+        own = FAMILY_TABLE[family].components
+        items = {k: v for k, v in items.items() if k in own or k not in ALL_COMPONENTS}
+        te = [items[c] for c in FAMILY_TABLE[family].text_encoders if c in items]
+        if len(te) > 1 and all(v == te[0] for v in te):
+            items = {k: v for k, v in items.items() if k not in FAMILY_TABLE[family].text_encoders}
+            items["te"] = te[0]
+    return ", ".join(f"{k} {v}" if isinstance(v, str) else f"{k} {_scale_text(v)}" for k, v in items.items())
 
 
 def options_from_recipe(recipe: dict[str, Any], **overrides) -> GenerateOptions:

@@ -132,8 +132,8 @@ def check_options(options: GenerateOptions, family: str | None = None) -> None:
         _check_scheduler_family(options.scheduler, family)
     if family == "flux" and options.negative_prompt:
         raise GenerationError(
-            "FLUX.1 is guidance-distilled and takes no negative prompt; leave --negative-prompt out "
-            "(guidance is its distilled guidance)"
+            "FLUX.1 is guidance-distilled and takes no negative prompt; leave --negative out "
+            "(--guidance sets its distilled guidance)"
         )
     if not isinstance(options.adapters, Mapping):
         raise GenerationError(f"adapters must map names to scales, got {brief(options.adapters)}")

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from lorastack import __version__
 from lorastack.adapters.errors import AdapterError
+from lorastack.adapters.families import FAMILY_TABLE
 from lorastack.adapters.files import file_sha256
 from lorastack.adapters.outputs import atomic_write_bytes
 
@@ -327,7 +328,7 @@ def _schema() -> _Object:
                     "config?": _text(MAX_PATH_CHARS, pattern=no_nul, null=True),
                     "kind?": _text(20, ("folder", "single_file", "hub", "pipeline")),
                     "location": path,
-                    "family": _text(20, ("sd1", "sd2", "sdxl")),
+                    "family": _text(20, tuple(FAMILY_TABLE)),
                     "revision?": _text(MAX_LABEL_CHARS, null=True),
                     "dtype": _text(20, DTYPE_NAMES),
                     "digest": label,

@@ -153,7 +153,7 @@ BAD = [
     ("base.location", ..., "missing"),
     ("base.dtype", "fp8", "fp32, fp16, bf16"),
     ("base.kind", "zip", "folder, single_file, hub"),
-    ("base.family", "sd3", "sd1, sd2, sdxl"),
+    ("base.family", "sd4", "sd1, sd2, sdxl, flux, sd3"),
     ("base.digest", None, "a string"),
     ("base.location", "/tmp/a\x00b", "a path"),
     ("version", 1.0, "this lorastack reads 1"),
