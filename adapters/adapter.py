@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .families import FAMILY_TABLE, transformer_block
 from .layers import Layer
 from .metadata import AdapterMetadata
 from .naming import COMPONENTS, split_component
@@ -54,6 +55,21 @@ class Adapter:
         """Number of layers per component, in canonical component order."""
         counts = Counter(split_component(name)[0] for name in self.layers)
         return {c: counts[c] for c in COMPONENTS if counts[c]}
+
+    def blocks(self) -> list[str]:
+        """The transformer blocks touched, in the names users type (``double.0``, ``single.3``, ``joint.2``), in
+        the family's block order; empty for the UNet families and an unknown family."""
+        family = FAMILY_TABLE.get(self.family)
+        if family is None or not family.blocks:
+            return []
+        order = {g.name: n for n, g in enumerate(family.blocks)}
+        touched = set()
+        for name in self.layers:
+            component, path = split_component(name)
+            block = transformer_block(family.name, path) if component == "transformer" else None
+            if block is not None:
+                touched.add(block)
+        return [f"{g}.{i}" for g, i in sorted(touched, key=lambda b: (order[b[0]], b[1]))]
 
     def kinds(self) -> dict[str, int]:
         return dict(sorted(Counter(layer.kind_label for layer in self.layers.values()).items()))
@@ -135,6 +151,7 @@ class Adapter:
             "alphas": self.alphas(),
             "alpha_source": self.alpha_source,
             "modules": self.components(),
+            "blocks": self.blocks(),
             "layers": len(self.layers),
             "embeddings": {t: {c: int(v.shape[0]) for c, v in e.items()} for t, e in self.embeddings.items()},
             "parameters": sum(t.numel() for t in self.unique_tensors()),

@@ -55,6 +55,7 @@ def format_inspect(info: dict) -> str:
         alpha = "not stored (diffusers assumes alpha = rank)"
     row("alpha", alpha)
     row("modules", ", ".join(f"{c} {n}" for c, n in info["modules"].items()))
+    row("blocks", _blocks(info.get("blocks", [])))
     row("parameters", f"{info['parameters']:,}")
     row("sha256", f"{info['sha256']}  (AutoV2 {info['autov2']})")
     row("tensor sha256", f"{info['tensor_sha256']}  (AutoV3 {info['autov3']})")
@@ -71,6 +72,24 @@ def format_inspect(info: dict) -> str:
         n = len(info["unrecognized_keys"])
         row("ignored keys", f"{n} not understood, e.g. {info['unrecognized_keys'][0]}")
     return "\n".join(lines)
+
+
+def _blocks(blocks: list[str]) -> str:
+    """``["double.0", "double.1", "double.2", "single.5"]`` → ``double.0-2, single.5``."""
+    groups: dict[str, list[int]] = {}
+    for block in blocks:
+        group, _, index = block.partition(".")
+        groups.setdefault(group, []).append(int(index))
+    parts = []
+    for group, indices in groups.items():
+        runs: list[list[int]] = []
+        for i in indices:
+            if runs and i == runs[-1][1] + 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        parts.append(f"{group}." + ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs))
+    return ", ".join(parts)
 
 
 def _size(n: int) -> str:
