@@ -15,8 +15,20 @@ import shlex
 from .records import Version
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-CARD_TAGS = ("lora", "text-to-image", "diffusers", "stable-diffusion", "lorastack")
+CARD_TAGS = ("lora", "text-to-image", "diffusers", "lorastack")
+#: The Hub's tags for each family (what its filters and the base model's "adapters" tab go by).
+FAMILY_TAGS = {
+    "sd1": ("stable-diffusion",),
+    "sd2": ("stable-diffusion",),
+    "sdxl": ("stable-diffusion", "stable-diffusion-xl"),
+    "flux": ("flux", "flux-diffusers"),
+    "sd3": ("sd3", "sd3-diffusers", "stable-diffusion"),
+}
+#: Licenses of the families' base models. FLUX.1 dev and SD3.x use their makers' own ("other" with a name);
+#: FLUX.1 schnell is Apache 2.0, but the family alone cannot tell it from dev, so no default is claimed for flux.
 DEFAULT_LICENSES = {"sd1": "creativeml-openrail-m", "sd2": "openrail++", "sdxl": "openrail++"}
+FAMILY_WORDS = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL", "flux": "FLUX.1",
+                "sd3": "Stable Diffusion 3.x"}  # fmt: skip
 #: The shape of the Hub's license ids (``openrail++``, ``apache-2.0``, ``cc-by-nc-4.0``, ``other``).
 LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
@@ -48,7 +60,7 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
 
     prompt = ", ".join(version.trigger_words)
     base = hub_id(version.base_model)
-    tags = list(CARD_TAGS) + (["stable-diffusion-xl"] if version.family == "sdxl" else [])
+    tags = [*CARD_TAGS, *FAMILY_TAGS.get(version.family or "", ("stable-diffusion",))]
     chosen = license or version.metadata.get("modelspec.license") or DEFAULT_LICENSES.get(version.family or "")
     data = ModelCardData(
         base_model=base,
@@ -69,7 +81,7 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
         "",
         prose(version.description)
         if version.description
-        else f"A LoRA adapter for {version.family or 'Stable Diffusion'}.",
+        else f"A LoRA adapter for {FAMILY_WORDS.get(version.family or '', 'Stable Diffusion')}.",
         "",
         f"Trigger words: {prose(prompt)}" if prompt else "",
         "",
