@@ -134,7 +134,8 @@ class _Stop(Exception):
 
 
 def test_a_resumed_flux_run_ends_bit_equal(tiny_flux_dir, data, tmp_path, lorastack_home):
-    options = {**FAST, "steps": 4, "checkpoint_every": 1, "timestep_sampling": "flux_shift", "text_encoder_lr": 1e-3}
+    options = {**FAST, "steps": 4, "checkpoint_every": 1, "timestep_sampling": "flux_shift", "text_encoder_lr": 1e-3,
+               "validation_images": 1}  # fmt: skip
     whole = train("lora", tiny_flux_dir, data, output=tmp_path / "whole", progress=False, options=options)
 
     def stop(step, loss):
@@ -146,6 +147,8 @@ def test_a_resumed_flux_run_ends_bit_equal(tiny_flux_dir, data, tmp_path, lorast
     assert not (tmp_path / "cut" / "adapter.safetensors").exists()
     resumed = train("lora", tiny_flux_dir, data, output=tmp_path / "cut", resume=True, progress=False, options=options)
     assert resumed.losses == whole.losses
+    # validation at fixed σ and noise: the same numbers in both runs, at every checkpoint
+    assert resumed.validation_losses == whole.validation_losses and set(whole.validation_losses) == {1, 2, 3, 4}
     a, b = read_adapter(whole.adapter_path), read_adapter(resumed.adapter_path)
     assert a.layers.keys() == b.layers.keys()
     assert all(torch.equal(a.layers[k].down, b.layers[k].down) and torch.equal(a.layers[k].up, b.layers[k].up)

@@ -241,3 +241,18 @@ def test_latents_are_cached_shifted_and_scaled(tiny_flux_pipe, tmp_path):
     again = LatentCache(tmp_path, vae)
     again.latents([example], torch.Generator().manual_seed(5))
     assert (cache.encodes, again.encodes, again.hits) == (1, 0, 1)  # reused: no second VAE call
+
+
+def test_t5_and_clip_outputs_are_cached_per_caption(tiny_flux_pipe, tmp_path):
+    from lorastack.core.training.conditioning import TextCache, encode_captions
+
+    cache = TextCache(tmp_path, tiny_flux_pipe, max_sequence_length=16)
+    hidden, pooled = cache.encode(["a square", "a circle"], "cpu")
+    with torch.no_grad():
+        direct = encode_captions(tiny_flux_pipe, ["a square", "a circle"], "cpu", max_sequence_length=16)
+    assert torch.equal(hidden, direct[0]) and torch.equal(pooled, direct[1]) and hidden.shape[1] == 16
+    again = TextCache(tmp_path, tiny_flux_pipe, max_sequence_length=16)
+    assert torch.equal(again.encode(["a circle", "a square"], "cpu")[0], hidden.flip(0))
+    assert (cache.encodes, again.encodes) == (1, 0)  # read from disk, the text encoders not called
+    longer = TextCache(tmp_path, tiny_flux_pipe, max_sequence_length=32)  # another T5 length is another entry
+    assert longer.identity != cache.identity and longer.encode(["a square"], "cpu")[0].shape[1] == 32

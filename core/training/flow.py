@@ -161,8 +161,8 @@ def check_flow_options(options, family: str, flow: bool, given: set[str] | None 
                                 f"(8x VAE, 2x2 patches); try {max(16, options.resolution // 16 * 16)}")  # fmt: skip
         return
     for name in sorted(set(given or ()) & set(FLOW_ONLY_OPTIONS)):
-        raise TrainingError(f"--{name.replace('_', '-')} is for flow-matching bases (Flux, SD3); a {family} base "
-                            "trains with the DDPM objective")  # fmt: skip
+        raise TrainingError(f"--{name.replace('_', '-')} is for flow-matching bases (Flux, SD3); this base "
+                            f"({family}) trains with the DDPM objective")  # fmt: skip
 
 
 def make_objective(pipe, options) -> FlowObjective | DiffusionObjective:
