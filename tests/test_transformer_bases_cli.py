@@ -65,3 +65,23 @@ def test_train_passes_the_parts_to_load_base(flux_files, tmp_path, monkeypatch, 
     )  # fmt: skip
     assert code == 1 and "stop here" in err, err
     assert seen["vae"].name == "ae.safetensors" and "text_encoder" not in seen
+
+
+def test_single_file_never_touches_the_network(flux_files, tiny_flux_dir, tmp_path):
+    """Online mode, but the Hub endpoint is a closed port and the cache empty: any download would fail the load."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        from lorastack.core.base import load_base
+        pipe = load_base({flux_files["transformer"]!r}, config={str(tiny_flux_dir)!r},
+                         text_encoder={flux_files["text_encoder"]!r}, text_encoder_2={flux_files["text_encoder_2"]!r},
+                         vae={flux_files["vae"]!r})
+        print(type(pipe).__name__)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "FluxPipeline"
