@@ -69,6 +69,6 @@ def test_convert_refuses_what_a_format_cannot_hold(tmp_path):
 
 def test_bad_option_values_list_the_choices(kohya_file, tmp_path):
     code, _, err = run_cli("convert", kohya_file, "--format", "ckpt", "-o", tmp_path / "x")
-    assert code == 2 and "'diffusers', 'kohya'" in err
-    code, _, err = run_cli("convert", kohya_file, "--format", "kohya", "-o", tmp_path / "x", "--family", "sd3")
-    assert code == 2 and "'sd1', 'sd2', 'sdxl'" in err
+    assert code == 2 and "'diffusers', 'kohya', 'bfl'" in err
+    code, _, err = run_cli("convert", kohya_file, "--format", "kohya", "-o", tmp_path / "x", "--family", "sd4")
+    assert code == 2 and "'sd1', 'sd2', 'sdxl', 'flux', 'sd3'" in err
