@@ -101,5 +101,28 @@ def random_adapter(base: Path, out: Path, fmt: str, rank: int, alpha: float, see
     click.echo(f"saved random {fmt} LoRA (rank {rank}, alpha {alpha:g}) to {out}")
 
 
+@main.command("single-file")
+@click.argument("base", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--bundle", is_flag=True, help="One ComfyUI-style checkpoint with every part, not a file per part.")
+@click.option("--fp8", is_flag=True, help="Store the weights as float8_e4m3fn.")
+def single_file(base: Path, out: Path, bundle: bool, fp8: bool) -> None:
+    """Write the FLUX.1 / SD3 pipeline in BASE as the single files people download (original key layouts) into OUT:
+    transformer.safetensors, clip_l / clip_g / t5xxl / ae (or vae) .safetensors, or one checkpoint.safetensors."""
+    from .models import load_pipeline
+    from .transformer_files import save_bundled_checkpoint, save_transformer_files
+
+    pipe = load_pipeline(base)
+    if not hasattr(pipe, "transformer"):
+        raise click.ClickException(f"{base} holds a {type(pipe).__name__}; single-file here writes FLUX.1 and SD3")
+    if bundle:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"checkpoint": save_bundled_checkpoint(pipe, out / "checkpoint.safetensors", fp8=fp8)}
+    else:
+        paths = save_transformer_files(pipe, out, fp8=fp8)
+    for part, path in paths.items():
+        click.echo(f"{part}: {path}")
+
+
 if __name__ == "__main__":
     main()
