@@ -168,13 +168,12 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
             raise TrainingError(f"class image {bare[0]} has no caption: give it one, or give --class so it "
                                 "takes the class prompt")  # fmt: skip
         return [DatasetItem(i.image, i.caption or prompt, i.source, key=i.key) for i in items]
-    from lorastack.core.training.conditioning import pipeline_kwargs
     from lorastack.plugins.api import atomic_path, data_home, guidance_kwargs, image_key, model_digest
 
     size = options.resolution
     digest = model_digest(context.pipe)
     guidance = guidance_kwargs(context.pipe)
-    extra = pipeline_kwargs(context.pipe, options.get("max_sequence_length"))  # Flux's and SD3's T5 length
+    extra = context.sample_kwargs()  # Flux's and SD3's T5 length
     key = hashlib.sha256(
         json.dumps([digest, prompt, size, options.seed, *guidance.values(), *extra.values()]).encode()
     )

@@ -44,6 +44,13 @@ class TrainingContext:
         """A bar on a terminal, a line every few seconds elsewhere: ``update()`` per item, then ``close()``."""
         return Progress(total, label=label, enabled=self.progress)
 
+    def sample_kwargs(self) -> dict[str, Any]:
+        """What a call of the base pipeline needs besides prompt, size, steps and guidance: the T5 length of Flux
+        and SD3 (``max_sequence_length``), nothing for the UNet families."""
+        from .conditioning import pipeline_kwargs
+
+        return pipeline_kwargs(self.pipe, self.options.get("max_sequence_length"))
+
     def engine(self, items, **kwargs):
         """An ``Engine`` over ``items`` (``DatasetItem``s) with this run's options; ``.train()`` runs it."""
         from .engine import Engine
