@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its notes about torchvision help no one building a model
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 @click.group()
