@@ -87,6 +87,9 @@ def _check_trained(family, trainer, folder, result, caplog) -> None:
         header = f.metadata()
     assert header["lorastack.trainer"] == trainer
     assert header["modelspec.architecture"].startswith(("flux-1-", "stable-diffusion-v3"))
+    from lorastack.core import AdapterStack, load_base
+
+    assert not AdapterStack(load_base(folder)).load("trained", result.adapter_path).unmatched  # lorastack's runtime
     pipe, before, after = _load_in_diffusers(folder, result.adapter_path, caplog)
     assert type(pipe).__name__ == PIPELINES[family]
     assert (after - before).abs().max() > 1e-3  # the adapter changes the pictures

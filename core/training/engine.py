@@ -1,4 +1,5 @@
-"""The training loop every trainer runs, on ``accelerate``.
+"""The training loop every trainer runs, on ``accelerate``, for every family: the family's objective (``flow``:
+DDPM or flow matching) on its denoiser (``denoisers``: a UNet, FLUX.1's or SD3's transformer).
 
 Every random choice of a step (which images, caption dropout, noise, timesteps) comes from a generator seeded by
 ``(seed, micro-batch number)``, never from a global RNG that would have to be saved, so a run resumed from a
