@@ -97,13 +97,23 @@ class RowSliceLayer(Layer):
             return flat[a:b]
         return flat.index_select(0, self._index(flat.device))
 
-    def delta(self, weight: torch.Tensor | None = None, shape: Shape | None = None) -> torch.Tensor:
-        target = tuple(weight.shape) if weight is not None else (tuple(shape) if shape is not None else None)
+    def parent_delta(self) -> torch.Tensor:
+        """The whole fused delta at strength 1, float32 (what :meth:`rows_of` slices; the projections of one fused
+        module can share it)."""
         parent = self.parent
         d = parent._delta_unscaled().float() * parent.scale
         if d.numel() != parent.out_features * parent.in_numel:
             raise InvalidAdapterError(f"{parent.kind} layer of shape {tuple(d.shape)} does not fit its fused module")
-        d = self._parent_rows(d)
+        return d
+
+    def rows_of(self, parent_delta: torch.Tensor) -> torch.Tensor:
+        """This projection's rows of :meth:`parent_delta`, as an ``out × in…`` matrix."""
+        return self._parent_rows(parent_delta)
+
+    def delta(self, weight: torch.Tensor | None = None, shape: Shape | None = None) -> torch.Tensor:
+        target = tuple(weight.shape) if weight is not None else (tuple(shape) if shape is not None else None)
+        parent = self.parent
+        d = self._parent_rows(self.parent_delta())
         if target is None:
             target = self.natural_shape or tuple(d.shape)
         if d.numel() != math.prod(target):

@@ -14,6 +14,7 @@ touches only the modules whose contributions change. The pipeline stays an ordin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ from lorastack.adapters.constants import FAMILY_NAMES, UNKNOWN
 from lorastack.adapters.errors import shown
 from lorastack.adapters.families import FAMILY_TABLE, block_summary, transformer_block
 from lorastack.adapters.files import file_and_tensor_sha256
+from lorastack.adapters.slices import RowSliceLayer
 
 from .embeddings import add_embeddings, remove_embeddings
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
@@ -125,6 +127,7 @@ class AdapterStack:
         self._applied: dict[str, Contribution] = {}  # what each patched module's weight holds now
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._absmax: dict[str, float] = {}  # max |W0| per patched module, for the finiteness bound
+        self._parent_deltas: dict[int, torch.Tensor] = {}  # fused layers' deltas while one activation runs
         #: How many module weights the last activation rewrote (switching cost is proportional to it).
         self.last_changed = 0
 
@@ -201,7 +204,7 @@ class AdapterStack:
             logger.warning(report.summary())
         device = self._device()
         # LoRA factors are small: keep them in float32 on the device, ready for the patching GEMM
-        layers = {m: layer.to(device, torch.float32) for m, layer in matched.items()}
+        layers = _moved(matched, device)
         tokens = add_embeddings(self.pipe, name, adapter.embeddings) if adapter.embeddings else []
         words = list(trigger_words) if trigger_words is not None else None
         self._adapters[name] = LoadedAdapter(
@@ -342,7 +345,19 @@ class AdapterStack:
             for module_name in done:  # put back what this call changed, the failed module included
                 self._write(module_name, self._applied.get(module_name, ()))
             raise
+        finally:
+            self._parent_deltas.clear()
         self._applied = {m: c for m, c in desired.items() if c}
+
+    def _slice_delta(self, layer: RowSliceLayer, shape: tuple[int, ...]) -> torch.Tensor:
+        """A fused layer's slice (a LoKr on Flux's ``qkv``): the fused delta is computed once for its projections,
+        which the sorted module order writes one after another, and only the last two are kept."""
+        key = id(layer.parent)
+        if key not in self._parent_deltas:
+            if len(self._parent_deltas) >= 2:
+                self._parent_deltas.pop(next(iter(self._parent_deltas)))
+            self._parent_deltas[key] = layer.parent_delta()
+        return layer.rows_of(self._parent_deltas[key]).reshape(shape)
 
     @torch.no_grad()
     def _write(self, module_name: str, contributions: Contribution) -> None:
@@ -386,7 +401,12 @@ class AdapterStack:
         )
         for _, s, layer in other:
             w0f = w0.float()
-            delta = layer.delta(w0f.to(_layer_device(layer))) if layer.is_dora else layer.delta(shape=tuple(w0.shape))
+            if layer.is_dora:
+                delta = layer.delta(w0f.to(_layer_device(layer)))
+            elif isinstance(layer, RowSliceLayer):
+                delta = self._slice_delta(layer, tuple(w0.shape))
+            else:
+                delta = layer.delta(shape=tuple(w0.shape))
             new_weight.add_(delta.to(new_weight.device), alpha=s)
             bias_delta = layer.bias_delta()
             if bias_delta is not None and new_bias is not None:
@@ -402,6 +422,28 @@ class AdapterStack:
             bias.copy_(new_bias.to(bias.dtype))
         elif b0 is not None and bias is not None and not torch.equal(bias, b0):
             bias.copy_(b0)
+
+
+def _moved(layers: dict[str, Layer], device: torch.device) -> dict[str, Layer]:
+    """The layers in float32 on ``device``, keeping what they share shared: the pieces of a fused LoRA hold one
+    down matrix, and the slices of a fused LoKr one parent (``Layer.to`` would copy them once per projection)."""
+    tensors: dict[int, torch.Tensor] = {}
+    parents: dict[int, Layer] = {}
+
+    def move(layer: Layer) -> Layer:
+        if isinstance(layer, RowSliceLayer):
+            key = id(layer.parent)
+            if key not in parents:
+                parents[key] = move(layer.parent)
+            return RowSliceLayer(parents[key], layer.rows, layer.source, alpha=layer.alpha)
+        changes = {}
+        for name, t in layer.tensors().items():
+            if id(t) not in tensors:
+                tensors[id(t)] = t.to(device, torch.float32)
+            changes[name] = tensors[id(t)]
+        return dataclasses.replace(layer, **changes)
+
+    return {m: move(layer) for m, layer in layers.items()}
 
 
 def _label(family: str) -> str:

@@ -166,3 +166,31 @@ def test_other_families_are_refused_before_any_weight_changes(tiny_flux_pipe, ti
             AdapterStack(pipe).load("wrong", wrong)
         after = module_weights(pipe)
         assert all(torch.equal(before[m], after[m]) for m in before)
+
+
+@pytest.mark.parametrize("kind", ["lora", "lokr"])
+def test_fused_kohya_layers_patch_each_projection_with_its_rows(tiny_flux_pipe, kind):
+    from lorastack.adapters import parse_state_dict
+    from lorastack.adapters.slices import RowSliceLayer
+    from lorastack.core.modules import ModuleIndex
+    from lorastack.testing.transformer_adapters import make_original_lora, original_deltas, original_state_dict
+
+    layers = make_original_lora(tiny_flux_pipe, "flux", kind=kind, seed=5)
+    adapter = parse_state_dict(original_state_dict(layers, "kohya"))
+    want = original_deltas(layers)  # computed from the fused matrices, without lorastack's reader
+    base = module_weights(tiny_flux_pipe)
+    stack = AdapterStack(tiny_flux_pipe)
+    stack.load("fused", adapter)
+    loaded = stack.get("fused").layers
+    q, k = (loaded[f"transformer.single_transformer_blocks.0.attn.to_{p}"] for p in "qk")
+    if kind == "lokr":  # the projections' slices keep one fused parent on the device, not a copy each
+        assert isinstance(q, RowSliceLayer) and q.parent is k.parent
+    else:
+        assert q.down is k.down
+    stack.activate({"fused": 0.5})
+    index = ModuleIndex(tiny_flux_pipe)
+    for name, delta in want.items():
+        patched = index.get(name).weight.detach()
+        assert torch.allclose(patched, base[name] + 0.5 * delta.reshape(patched.shape), atol=1e-6), name
+    stack.deactivate()
+    assert all(torch.equal(index.get(m).weight, base[m]) for m in base)
