@@ -363,6 +363,8 @@ class Generator:
                 "revision": info.revision,
                 "dtype": info.dtype,
                 "digest": self.digest,
+                **({"components": info.extra["components"]} if info.extra.get("components") else {}),
+                **({"t5_tokenizer": info.extra["t5_tokenizer"]} if info.extra.get("t5_tokenizer") else {}),
             },
             "adapters": adapters,
             "device": str(self.stack._device()),

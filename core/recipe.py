@@ -109,13 +109,25 @@ def base_digest(info: BaseInfo) -> str:
     """A digest that changes whenever the base's weights do.
 
     Hub repos: ``repo@commit``. Single files: the file's sha256 (its first 10 hex digits are A1111's "Model
-    hash"). Folders: sha256 over the sorted (relative path, sha256) of every file in the folder.
+    hash"); with parts given as files (a FLUX.1 transformer with its text encoders and VAE, a T5 tokenizer folder),
+    sha256 over each part's name and sha256. Folders: sha256 over the sorted (relative path, sha256) of every file in
+    the folder.
     """
     if info.kind == "hub":
         return f"hub:{info.location}@{info.revision}"
     path = Path(info.location)
     if info.kind == "single_file":
-        return "sha256:" + cached_sha256(path)
+        parts = info.extra.get("components") or {}
+        tokenizer = info.extra.get("t5_tokenizer")
+        if not parts and not tokenizer:
+            return "sha256:" + cached_sha256(path)
+        # a transformer file with its parts given as files: each of them decides the pixels too
+        files = [("base", path), *((slot, Path(parts[slot]["path"])) for slot in sorted(parts))]
+        if tokenizer:
+            folder = Path(tokenizer)
+            files += [(f"t5_tokenizer/{f.relative_to(folder).as_posix()}", f) for f in sorted(folder.rglob("*"))
+                      if f.is_file() and not f.name.startswith(".")]  # fmt: skip
+        return _digest_lines(files)
     lines = []
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
         lines.append(f"{file.relative_to(path).as_posix()} {cached_sha256(file)}\n")
@@ -295,6 +307,36 @@ def _walk(rule, value, where: str) -> None:
             raise _Bad(where, f"must be {problem}, got {brief(value)}")
 
 
+#: The parts a FLUX.1 / SD3 single-file base may be given as files (``load_base``'s keyword arguments).
+COMPONENT_SLOTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+
+
+def _components(path: Rule) -> Rule:
+    """``{"text_encoder": {"path": …, "size": N}, …}``: only the known slots (they become ``load_base`` arguments)."""
+    what = f"an object of {', '.join(COMPONENT_SLOTS)}, each {{path, size}}, or null"
+
+    def rule(value):
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not set(value) <= set(COMPONENT_SLOTS):
+            return what
+        for entry in value.values():
+            if not isinstance(entry, dict) or set(entry) != {"path", "size"} or path(entry["path"]) is not None:
+                return what
+            size = entry["size"]
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 50:
+                return what
+        return None
+
+    return rule
+
+
+def _digest_lines(files: list[tuple[str, Path]]) -> str:
+    return (
+        "sha256:" + hashlib.sha256("".join(f"{name} {cached_sha256(p)}\n" for name, p in files).encode()).hexdigest()
+    )
+
+
 @functools.cache
 def _schema() -> _Object:
     from .generate import GUIDANCE, MAX_ADAPTERS, MAX_PROMPT_CHARS, MODES, NUM_IMAGES, SEED, SIDE, STEPS, STRENGTH
@@ -332,6 +374,8 @@ def _schema() -> _Object:
                     "revision?": _text(MAX_LABEL_CHARS, null=True),
                     "dtype": _text(20, DTYPE_NAMES),
                     "digest": label,
+                    "components?": _components(path),
+                    "t5_tokenizer?": _text(MAX_PATH_CHARS, pattern=no_nul, null=True),
                 }
             ),
             "adapters": _List(
