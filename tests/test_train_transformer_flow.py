@@ -120,7 +120,7 @@ def _resolve(family, **given):
         ("flux", {"loss_weighting": "snr"}, "is not one of: none, sigma_sqrt, cosmap"),
         ("flux", {"prediction_type": "epsilon"}, "flow-matching velocity target: leave it at auto"),
         ("sd3", {"min_snr_gamma": 5.0}, "use --loss-weighting sigma_sqrt or cosmap"),
-        ("flux", {"resolution": 72}, "--resolution 72 must be a multiple of 16 on a flux base"),
+        ("flux", {"resolution": 72}, "--resolution 72 must be a multiple of 16 on this base (flux: 8x VAE"),
         ("sd1", {"timestep_sampling": "shift"}, "--timestep-sampling is for flow-matching bases (Flux, SD3)"),
         ("sdxl", {"guidance_scale": 3.5}, "--guidance-scale is for flow-matching bases"),
         ("flux", {"logit_std": 0}, "--logit-std"),
@@ -256,3 +256,14 @@ def test_t5_and_clip_outputs_are_cached_per_caption(tiny_flux_pipe, tmp_path):
     assert (cache.encodes, again.encodes) == (1, 0)  # read from disk, the text encoders not called
     longer = TextCache(tmp_path, tiny_flux_pipe, max_sequence_length=32)  # another T5 length is another entry
     assert longer.identity != cache.identity and longer.encode(["a square"], "cpu")[0].shape[1] == 32
+
+
+def test_the_loaded_base_decides_when_the_files_guessed_another_family(tiny_flux_pipe):
+    from lorastack.core.training.api import _check_objective
+    from lorastack.core.training.options import TrainingError
+
+    given = {"prediction_type": "epsilon"}
+    guessed = _resolve("sd1", **given)  # an uncached Hub id named like no family reads as SD1 before loading
+    with pytest.raises(TrainingError, match="is for DDPM bases; this base \\(flux\\)"):
+        _check_objective(tiny_flux_pipe, guessed, given, "sd1")
+    _check_objective(tiny_flux_pipe, _resolve("flux"), {}, "sd1")  # nothing the flux base refuses

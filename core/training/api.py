@@ -148,6 +148,7 @@ def train(
         from lorastack.core.base import load_base
 
         pipe = load_base(base, **dict(base_components or {}))
+    _check_objective(pipe, resolved, given, settings.family)
     header = {
         "modelspec.title": name or trainer,
         "ss_output_name": name or trainer,
@@ -195,6 +196,20 @@ def train(
         result.registered = imported.version.ref
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_objective(pipe, options, given, guessed: str) -> None:
+    """The objective's rules again with the loaded base's family, when the files read before loading guessed
+    another (a Hub id neither cached nor named like its family)."""
+    from lorastack.adapters.families import FAMILY_TABLE
+    from lorastack.core.modules import pipeline_family
+
+    from .flow import check_flow_options
+
+    family = pipeline_family(pipe)
+    if family != guessed:
+        keys = {str(k).replace("-", "_") for k in given}
+        check_flow_options(options, family, FAMILY_TABLE[family].objective == "flow", keys)
 
 
 def base_architecture(pipe) -> tuple[str, str]:

@@ -151,14 +151,16 @@ def check_flow_options(options, family: str, flow: bool, given: set[str] | None 
     options (when ``given`` says the user set them) on a DDPM base."""
     if flow:
         if options.prediction_type != "auto":
-            raise TrainingError(f"--prediction-type {options.prediction_type} is for DDPM bases; a {family} base "
-                                "trains with the flow-matching velocity target: leave it at auto")  # fmt: skip
+            raise TrainingError(f"--prediction-type {options.prediction_type} is for DDPM bases; this base "
+                                f"({family}) trains with the flow-matching velocity target: leave it at "
+                                "auto")  # fmt: skip
         if options.min_snr_gamma:
-            raise TrainingError(f"--min-snr-gamma is DDPM's loss weighting; a {family} base trains with flow "
-                                f"matching: use --loss-weighting {' or '.join(LOSS_WEIGHTINGS[1:])}")  # fmt: skip
+            raise TrainingError(f"--min-snr-gamma is DDPM's loss weighting; this base ({family}) trains with "
+                                f"flow matching: use --loss-weighting {' or '.join(LOSS_WEIGHTINGS[1:])}")  # fmt: skip
         if options.resolution % 16:
-            raise TrainingError(f"--resolution {options.resolution} must be a multiple of 16 on a {family} base "
-                                f"(8x VAE, 2x2 patches); try {max(16, options.resolution // 16 * 16)}")  # fmt: skip
+            fit = max(16, options.resolution // 16 * 16)
+            raise TrainingError(f"--resolution {options.resolution} must be a multiple of 16 on this base "
+                                f"({family}: 8x VAE, 2x2 patches); try {fit}")  # fmt: skip
         return
     for name in sorted(set(given or ()) & set(FLOW_ONLY_OPTIONS)):
         raise TrainingError(f"--{name.replace('_', '-')} is for flow-matching bases (Flux, SD3); this base "
