@@ -85,7 +85,8 @@ def _with(options):
     "--guidance",
     type=float,
     default=None,
-    help="Classifier-free guidance scale (default: the base's own, from its lorastack.json or its family).",
+    help="Guidance scale: classifier-free, or FLUX.1 dev's distilled guidance (default: the base's own, from its "
+    "lorastack.json or its family).",
 )
 @click.option("--seed", type=int, default=None, help="Random when left out.")
 @click.option("--size", default=None, metavar="WxH", help="Image size (default: the base's own, 64 for the toy).")

@@ -175,9 +175,14 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, tokenizer_dir: str |
 
 
 def save_tiny_pipeline(folder: str | Path, family: str = "sd1", seed: int = 0) -> Path:
-    """Build a tiny pipeline and save it as a diffusers folder; returns the folder."""
+    """Build a tiny pipeline and save it as a diffusers folder; returns the folder.
+
+    A tiny FLUX.1 carries a ``lorastack.json`` recommending 64 px: its transformer has no sample size to tell it
+    from the real one (1024 px), as SD3's and the UNets' have."""
     folder = Path(folder)
     build_tiny_pipeline(family, seed).save_pretrained(folder)
+    if family.startswith("flux"):
+        (folder / "lorastack.json").write_text(json.dumps({"recommended": {"resolution": 64}}) + "\n")
     return folder
 
 
