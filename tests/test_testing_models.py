@@ -73,3 +73,47 @@ def test_full_size_pipeline_runs_one_step():
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a photo", num_inference_steps=1, height=256, width=256, output_type="latent").images
     assert out.shape == (1, 4, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", ["flux", "flux-schnell", "sd3", "sd3.5"])
+def test_tiny_transformer_pipelines_have_the_real_structure(family):
+    a, b, c = (build_tiny_pipeline(family, seed=s) for s in (0, 0, 1))
+    sa, sb, sc = (p.transformer.state_dict() for p in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+    config = a.transformer.config
+    names = {n for n, _ in a.transformer.named_modules()}
+    if family.startswith("flux"):
+        assert (config.num_layers, config.num_single_layers) == (2, 3) and config.in_channels == 64
+        assert config.guidance_embeds == (family == "flux")
+        assert ("time_text_embed.guidance_embedder.linear_1" in names) == (family == "flux")
+        assert "single_transformer_blocks.2.proj_mlp" in names and "transformer_blocks.1.attn.add_q_proj" in names
+        assert type(a.text_encoder_2).__name__ == "T5EncoderModel"
+    else:
+        assert config.num_layers == 3 and "transformer_blocks.2.attn.add_q_proj" in names
+        assert ("transformer_blocks.0.attn2.to_q" in names) == (family == "sd3.5")
+        assert type(a.text_encoder_3).__name__ == "T5EncoderModel"
+    assert a.vae.config.latent_channels == 16  # as the real FLUX.1 and SD3 VAEs
+
+
+def test_tiny_t5_tokenizer(tmp_path):
+    from lorastack.testing.transformer_models import tiny_t5_tokenizer
+
+    tok = tiny_t5_tokenizer(tmp_path)
+    ids = tok("a photo of a cat").input_ids
+    assert len(ids) == 6 and ids[-1] == tok.eos_token_id  # one token per listed word, then </s>
+    rare = tok("aawxbc", add_special_tokens=False).input_ids
+    assert tok.unk_token_id not in rare and tok.decode(rare) == "aawxbc"  # unknown words fall back to characters
+
+
+def test_tiny_base_command_writes_a_loadable_flux_folder(tmp_path):
+    from click.testing import CliRunner
+    from diffusers import FluxPipeline
+
+    from lorastack.core.base_settings import folder_settings
+    from lorastack.testing.__main__ import main
+
+    result = CliRunner().invoke(main, ["tiny-base", str(tmp_path / "flux"), "--family", "flux"])
+    assert result.exit_code == 0, result.output
+    assert type(load_pipeline(tmp_path / "flux")) is FluxPipeline
+    settings = folder_settings(tmp_path / "flux")
+    assert (settings.family, settings.resolution, settings.guidance) == ("flux", 64, 3.5)
