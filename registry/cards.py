@@ -24,9 +24,15 @@ FAMILY_TAGS = {
     "flux": ("flux", "flux-diffusers"),
     "sd3": ("sd3", "sd3-diffusers", "stable-diffusion"),
 }
-#: Licenses of the families' base models. FLUX.1 dev and SD3.x use their makers' own ("other" with a name);
-#: FLUX.1 schnell is Apache 2.0, but the family alone cannot tell it from dev, so no default is claimed for flux.
+#: Licenses of the families' base models (an adapter inherits its base's terms unless it says otherwise).
 DEFAULT_LICENSES = {"sd1": "creativeml-openrail-m", "sd2": "openrail++", "sdxl": "openrail++"}
+#: Bases under their makers' own licenses: the Hub's "other" with the license's name, by ModelSpec architecture
+#: (what lorastack's trainer writes and most Flux trainers do); FLUX.1 schnell is Apache 2.0.
+ARCHITECTURE_LICENSES = {
+    "flux-1-dev": ("other", "flux-1-dev-non-commercial-license"),
+    "flux-1-schnell": ("apache-2.0", None),
+    "stable-diffusion-v3": ("other", "stabilityai-ai-community"),
+}
 FAMILY_WORDS = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL", "flux": "FLUX.1",
                 "sd3": "Stable Diffusion 3.x"}  # fmt: skip
 #: The shape of the Hub's license ids (``openrail++``, ``apache-2.0``, ``cc-by-nc-4.0``, ``other``).
@@ -61,10 +67,18 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
     prompt = ", ".join(version.trigger_words)
     base = hub_id(version.base_model)
     tags = [*CARD_TAGS, *FAMILY_TAGS.get(version.family or "", ("stable-diffusion",))]
+    license_name = None
     chosen = license or version.metadata.get("modelspec.license") or DEFAULT_LICENSES.get(version.family or "")
+    if not chosen:
+        architecture = str(version.metadata.get("modelspec.architecture", ""))
+        for prefix, (known, name) in ARCHITECTURE_LICENSES.items():
+            if architecture.startswith(prefix):
+                chosen, license_name = known, name
+                break
     data = ModelCardData(
         base_model=base,
         license=chosen if chosen and LICENSE_ID.fullmatch(chosen) else ("other" if chosen else None),
+        **({"license_name": license_name} if license_name else {}),
         library_name="diffusers",
         tags=tags,
         instance_prompt=prompt or None,

@@ -7,10 +7,10 @@ from lorastack.registry.cards import model_card
 from lorastack.registry.records import Version
 
 
-def _version(family, base_model):
+def _version(family, base_model, metadata=None):
     return Version(name="me/style", number=1, created_at=0.0, format="diffusers", family=family, kind="lora", rank=4,
                    alpha=4.0, trigger_words=["aawxbc"], base_model=base_model, description=None, provenance={},
-                   metadata={})  # fmt: skip
+                   metadata=metadata or {})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -26,5 +26,22 @@ def test_family_tags_and_base_model(family, base, tags, absent, words):
     data = yaml.safe_load(card.split("---")[1])
     assert data["base_model"] == base and tags <= set(data["tags"]) and absent not in data["tags"]
     assert words in card and "pipe.load_lora_weights(" in card
-    if family == "flux":  # FLUX.1 dev's license is its maker's own; the family cannot tell dev from schnell
+    if family == "flux":  # the family alone cannot tell dev (non-commercial) from schnell (Apache 2.0)
         assert "license" not in data
+
+
+@pytest.mark.parametrize(
+    "architecture, license, name",
+    [
+        ("flux-1-dev/lora", "other", "flux-1-dev-non-commercial-license"),
+        ("flux-1-schnell/lora", "apache-2.0", None),
+        ("stable-diffusion-v3-medium/lora", "other", "stabilityai-ai-community"),
+    ],
+)
+def test_the_bases_license_follows_the_files_architecture(architecture, license, name):
+    family = "sd3" if "v3" in architecture else "flux"
+    version = _version(family, None, {"modelspec.architecture": architecture})
+    data = yaml.safe_load(model_card(version, "me/style", ["pytorch_lora_weights.safetensors"]).split("---")[1])
+    assert data["license"] == license and data.get("license_name") == name
+    given = _version(family, None, {"modelspec.architecture": architecture, "modelspec.license": "mit"})
+    assert "license: mit" in model_card(given, "me/style", ["x.safetensors"])  # the file's own word wins
