@@ -7,6 +7,8 @@ Flux and SD3 training scripts target by default):
 (a) the time to load the N-th adapter, N = 1..10 (diffusers ``load_lora_weights`` vs ``AdapterStack.load``);
 (b) switching from one 3-adapter stack to another (``set_adapters`` vs ``AdapterStack.activate``), alone and with
     one transformer forward at a small latent;
+(c) one transformer forward with 3 active adapters, as a ratio to the bare base (diffusers' unfused peft layers vs
+    lorastack's patched weights): what every denoising step of a generation pays.
 
 Variants are interleaved and repeated; medians are printed, with ratios. Run:
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -196,6 +199,25 @@ def main(argv=None):
         results["switch_plus_step"] = {"lorastack": runs["ours"][1], "diffusers": runs["theirs"][1]}
         report_pair("(b) switch 3-adapter stack", runs["ours"][0], runs["theirs"][0])
         report_pair(f"    switch + 1 forward ({args.latent}x{args.latent} latent)", runs["ours"][1], runs["theirs"][1])
+        # (c) one forward: the base, lorastack's patched weights, diffusers' peft layers; the order rotates
+        theirs_pipe.set_adapters(a_names, adapter_weights=weights)
+        timings = {"base": [], "lorastack_3_active": [], "diffusers_3_active": []}
+        variants = [
+            ("base", stack.deactivate, ours_step),
+            ("lorastack_3_active", partial(stack.activate, dict(zip(a_names, weights))), ours_step),
+            ("diffusers_3_active", lambda: None, theirs_step),
+        ]
+        for r in range(args.repeats * 2):
+            for key, before, fn in variants[r % 3 :] + variants[: r % 3]:
+                before()
+                timings[key].append(timed(fn, args.device))
+        results["step"] = timings
+        base = statistics.median(timings["base"])
+        print(
+            f"(c) one forward ({args.latent}x{args.latent} latent), median of {len(timings['base'])}, ratio to base:"
+        )
+        for key, values in timings.items():
+            print(f"    {key:<20} {statistics.median(values):.3f} s  {statistics.median(values) / base:.3f}x")
         stack.deactivate()
     sync(args.device)
     if args.json:

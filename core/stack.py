@@ -386,23 +386,25 @@ class AdapterStack:
             up = torch.cat([(layer.up.reshape(out_features, -1) * (s * layer.scale)) for _, s, layer in plain], 1)
             down = torch.cat([layer.down.reshape(layer.rank, -1) for _, _, layer in plain], 0)
             up, down = up.to(w0.device, torch.float32), down.to(w0.device, torch.float32)
+            # |W0 + up @ down| ≤ max|W0| + max row-sum|up| · max|down|: usually proves the result finite
+            bound = float(up.abs().sum(1).max()) * float(down.abs().max()) + self._absmax[module_name]
             if direct:
                 torch.addmm(w0.view(out_features, -1), up, down, out=weight.view(out_features, -1))
                 new_weight = None
-                bound = float(up.abs().sum(1).max()) * float(down.abs().max()) + self._absmax[module_name]
             else:
                 new_weight = torch.addmm(w0.float().view(out_features, -1), up, down).view(w0.shape)
         else:
             new_weight = w0.float().clone()
+        if other:
+            bound = float("inf")  # LyCORIS, DoRA and full layers: no cheap bound, every value is looked at
         new_bias = (
             b0.float().clone()
             if b0 is not None and any(layer.bias_delta() is not None for *_, layer in other)
             else None
         )
         for _, s, layer in other:
-            w0f = w0.float()
             if layer.is_dora:
-                delta = layer.delta(w0f.to(_layer_device(layer)))
+                delta = layer.delta(w0.float().to(_layer_device(layer)))
             elif isinstance(layer, RowSliceLayer):
                 delta = self._slice_delta(layer, tuple(w0.shape))
             else:
@@ -413,7 +415,6 @@ class AdapterStack:
                 new_bias.add_(bias_delta.to(new_bias.device), alpha=s)
         if new_weight is not None:
             weight.copy_(new_weight)
-            bound = float("inf")
         # Finiteness: a bound from the factors usually proves it; otherwise look at every value.
         if bound > torch.finfo(weight.dtype).max / 2 and not torch.isfinite(weight).all():
             names = ", ".join(n for n, _ in contributions)

@@ -27,4 +27,5 @@ def test_bench_transformer_quick_runs(tmp_path):
     results = bench_transformer.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert len(results["load"]["lorastack"]) == len(results["load"]["diffusers"]) == 6
     assert len(results["switch_only"]["lorastack"]) == len(results["switch_plus_step"]["diffusers"]) == 4
+    assert set(results["step"]) == {"base", "lorastack_3_active", "diffusers_3_active"}
     assert (tmp_path / "r.json").exists()
