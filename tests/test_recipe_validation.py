@@ -312,7 +312,7 @@ def mutated(draw):
 @given(mutated())
 def test_any_mutation_is_a_valid_recipe_or_the_typed_error(recipe):
     from lorastack.core.generate import check_options, options_from_recipe
-    from lorastack.core.recipe import validate_recipe
+    from lorastack.core.recipe_schema import validate_recipe
 
     try:
         checked = validate_recipe(recipe, "mutated.png")
