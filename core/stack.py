@@ -128,6 +128,7 @@ class AdapterStack:
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._absmax: dict[str, float] = {}  # max |W0| per patched module, for the finiteness bound
         self._parent_deltas: dict[int, torch.Tensor] = {}  # fused layers' deltas while one activation runs
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()
         #: How many module weights the last activation rewrote (switching cost is proportional to it).
         self.last_changed = 0
 
@@ -325,7 +326,8 @@ class AdapterStack:
         touched = self._adapters[name].blocks(self.family)
         groups = {g for g, _ in touched}
         missing = sorted(k for k in asked if (k not in groups if "." not in k else tuple_block(k) not in touched))
-        if missing:
+        if missing and (name, tuple(missing)) not in self._warned:
+            self._warned.add((name, tuple(missing)))  # once per adapter and blocks, not at every activation
             have = ", ".join(sorted(groups)) or "no block"
             logger.warning(
                 f"adapter '{name}': scale for {', '.join(missing)} changes nothing (the adapter touches {have} blocks "
