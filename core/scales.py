@@ -53,7 +53,7 @@ SCALE_TEXT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinit
 SPEC_KEYS = ("scale", *COMPONENTS, "lbw")
 BLOCK_KEYS = ("down", "mid", "up")
 TEXT_COMPONENTS = tuple(c for c in COMPONENTS if c.startswith("text_encoder"))
-_GROUP_KEY = re.compile(r"^([a-z]+)(?:\.(\d+))?$")
+_GROUP_KEY = re.compile(r"^([a-z]{1,20})(?:\.(\d{1,6}))?$")  # bounded: an index past int()'s digit limit crashes
 
 _IN_OUT_SD = [f"IN{i:02d}" for i in (1, 2, 4, 5, 7, 8)] + ["MID"] + [f"OUT{i:02d}" for i in range(3, 12)]
 _IN_OUT_XL = [f"IN{i:02d}" for i in (4, 5, 7, 8)] + ["MID"] + [f"OUT{i:02d}" for i in range(6)]
