@@ -126,6 +126,9 @@ def _register_commands() -> None:
     dataset.register(cli)
     train.register(cli)
     demo.register(cli)
+    from . import duplicates
+
+    duplicates.register(cli)
 
 
 _register_commands()
