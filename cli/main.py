@@ -126,9 +126,10 @@ def _register_commands() -> None:
     dataset.register(cli)
     train.register(cli)
     demo.register(cli)
-    from . import duplicates
+    from . import duplicates, link
 
     duplicates.register(cli)
+    link.register(cli)
 
 
 _register_commands()
