@@ -130,6 +130,12 @@ def _register_commands() -> None:
 
     duplicates.register(cli)
     link.register(cli)
+    from . import recipe
+
+    recipe.register(cli)
+    from . import library
+
+    library.register(cli)
 
 
 _register_commands()

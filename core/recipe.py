@@ -14,7 +14,6 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lorastack import __version__
 from lorastack.adapters.errors import AdapterError
 from lorastack.adapters.files import file_sha256
 from lorastack.adapters.outputs import atomic_write_bytes
@@ -165,26 +164,10 @@ def short_hash(digest: str) -> str:
 
 
 def a1111_parameters(recipe: dict[str, Any]) -> str:
-    """The recipe in A1111's infotext form."""
-    settings = [
-        f"Steps: {recipe['steps']}",
-        f"Sampler: {recipe['scheduler']}",
-        f"CFG scale: {recipe['guidance']:g}",
-        f"Seed: {recipe['seed']}",
-        f"Size: {recipe['width']}x{recipe['height']}",
-        f"Model hash: {short_hash(recipe['base']['digest'])}",
-        f"Model: {Path(recipe['base']['source']).stem}",
-    ]
-    if recipe.get("strength") is not None:
-        settings.append(f"Denoising strength: {recipe['strength']:g}")
-    if recipe["adapters"]:
-        hashes = ", ".join(f"{a['name']}: {(a['tensor_sha256'] or '')[:12]}" for a in recipe["adapters"])
-        settings.append(f'Lora hashes: "{hashes}"')
-    settings.append(f"Version: lorastack {__version__}")
-    text = recipe["prompt"]
-    if recipe.get("negative_prompt"):
-        text += f"\nNegative prompt: {recipe['negative_prompt']}"
-    return text + "\n" + ", ".join(settings)
+    """The recipe in A1111's infotext form (:mod:`lorastack.core.infotext`)."""
+    from .infotext import write_infotext
+
+    return write_infotext(recipe, short_hash(recipe["base"]["digest"]))
 
 
 def save_png(image, path: str | Path, recipe: dict[str, Any]) -> Path:
