@@ -71,6 +71,18 @@ MIGRATIONS = [
         PRIMARY KEY (name, number)
     );
     """,
+    # Files kept in place (lorastack scan): location 'inplace' names a user's file (location_path, absolute) instead
+    # of a blob, with the (device, inode, size, mtime) it had when hashed, so a rescan re-reads only changed files;
+    # missing_since is set when a rescan finds it gone (the version is kept, and listed as missing).
+    """
+    ALTER TABLE files ADD COLUMN location TEXT NOT NULL DEFAULT 'blob';
+    ALTER TABLE files ADD COLUMN location_path TEXT;
+    ALTER TABLE files ADD COLUMN st_dev INTEGER;
+    ALTER TABLE files ADD COLUMN st_ino INTEGER;
+    ALTER TABLE files ADD COLUMN mtime_ns INTEGER;
+    ALTER TABLE files ADD COLUMN missing_since REAL;
+    CREATE INDEX files_by_location ON files (location_path) WHERE location_path IS NOT NULL;
+    """,
 ]
 
 

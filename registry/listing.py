@@ -9,8 +9,14 @@ import sqlite3
 from .errors import CorruptIndexError
 
 
-def list_rows(db: sqlite3.Connection, family: str | None, search: str | None, all_versions: bool) -> list[dict]:
+def list_rows(
+    db: sqlite3.Connection, family: str | None, search: str | None, all_versions: bool, missing: bool = False
+) -> list[dict]:
     where, args = [], []
+    # an index opened read-only before the in-place migration has no location columns: all its files are blobs
+    located = any(c[1] == "missing_since" for c in db.execute("PRAGMA table_info(files)"))
+    if missing:
+        where.append("f.missing_since IS NOT NULL" if located else "0")
     if not all_versions:
         where.append(
             "v.id = COALESCE((SELECT t.version_id FROM tags t WHERE t.adapter_id = a.id AND t.tag = 'latest'), "
@@ -26,10 +32,15 @@ def list_rows(db: sqlite3.Connection, family: str | None, search: str | None, al
             "OR ls_contains(v.base_model, ?))"
         )
         args += [search] * 4
+    columns = (
+        "f.location, f.location_path, f.missing_since"
+        if located
+        else "NULL AS location, NULL AS location_path, NULL AS missing_since"
+    )
     sql = (
         "SELECT a.name, v.number, v.family, v.kind, v.rank, v.created_at, v.trigger_words, f.size, f.sha256, "
         "(SELECT COUNT(*) FROM versions c WHERE c.adapter_id = a.id) AS versions, "
-        "(SELECT GROUP_CONCAT(t.tag, ',') FROM tags t WHERE t.version_id = v.id) AS tags "
+        f"(SELECT GROUP_CONCAT(t.tag, ',') FROM tags t WHERE t.version_id = v.id) AS tags, {columns} "
         "FROM versions v JOIN adapters a ON a.id = v.adapter_id "
         "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
         + (f"WHERE {' AND '.join(where)} " if where else "")
@@ -73,4 +84,7 @@ def _row(db, r) -> dict:
         "sha256": r["sha256"],
         "trigger_words": words,
         "created_at": float(created),
+        "location": r["location"] or "blob",
+        "path": r["location_path"],  # an in-place file's path (lorastack scan); None for blobs
+        "missing": r["missing_since"] is not None,
     }

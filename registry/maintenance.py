@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lorastack.faults import crash_point
 
+from . import inplace
 from .blobs import age_seconds
 from .errors import CorruptIndexError, IntegrityError
 from .records import GcReport, VerifyReport
@@ -34,14 +35,16 @@ def verify(registry, ref: str | None = None) -> VerifyReport:
             report.index = [str(p) for p in problems]
         else:
             report.index = _damaged_records(registry, db)
-    if ref is not None:
-        records = [(f.sha256, f.size) for f in registry.resolve(ref).files]
-    else:
-        try:
-            records = [(r[0], r[1]) for r in db.execute("SELECT DISTINCT sha256, size FROM files")]
-        except sqlite3.DatabaseError as e:  # the integrity check said why; keep reporting, not crashing
-            report.index = report.index or [str(e)]
-            return report
+    try:  # in-place files (lorastack scan) are re-hashed where they are; the rest are blobs
+        records, placed = inplace.verify_records(db, registry.resolve(ref).files if ref is not None else None)
+    except sqlite3.DatabaseError as e:  # the integrity check said why; keep reporting, not crashing
+        report.index = report.index or [str(e)]
+        return report
+    for record in placed:
+        report.checked += 1
+        found = inplace.problem(record)
+        if found is not None:
+            (report.missing if found == "missing" else report.corrupt).append(record["sha256"])
     for sha256, size in records:
         report.checked += 1
         try:

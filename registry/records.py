@@ -79,6 +79,14 @@ class FileRecord:
     size: int
     sha256: str
     tensor_sha256: str | None
+    #: "blob" (under blobs/, by sha256) or "inplace" (a user's file at ``location_path``, see registry/inplace.py)
+    location: str = "blob"
+    location_path: str | None = None
+    missing_since: float | None = None  # when a rescan last found an in-place file gone
+
+    @property
+    def missing(self) -> bool:
+        return self.missing_since is not None
 
 
 @dataclass

@@ -31,7 +31,7 @@ from lorastack.adapters.outputs import atomic_write_bytes, check_output_file
 from lorastack.faults import crash_point
 from lorastack.paths import data_home
 
-from . import maintenance
+from . import inplace, maintenance
 from .blobs import BlobStore
 from .db import connect, current, transaction
 from .errors import (
@@ -292,7 +292,7 @@ class Registry:
             (version_id,),
         ).fetchone()
         files = [
-            FileRecord(f["path"], f["role"], f["size"], f["sha256"], f["tensor_sha256"])
+            FileRecord(f["path"], f["role"], f["size"], f["sha256"], f["tensor_sha256"], *inplace.record_fields(f))
             for f in db.execute("SELECT * FROM files WHERE version_id = ? ORDER BY path", (version_id,))
         ]
         tags = [t[0] for t in db.execute("SELECT tag FROM tags WHERE version_id = ? ORDER BY tag", (version_id,))]
@@ -346,20 +346,25 @@ class Registry:
         return [self._version(db, row[0]) for row in ids.fetchall()]
 
     @guarded
-    def list(self, family: str | None = None, search: str | None = None, all_versions: bool = False) -> list[dict]:
-        """One row per adapter (its latest version), or per version with ``all_versions``; filtered."""
+    def list(
+        self, family: str | None = None, search: str | None = None, all_versions: bool = False, missing: bool = False
+    ) -> list[dict]:
+        """One row per adapter (its latest version), or per version with ``all_versions``; filtered (``missing``:
+        only versions whose in-place file a rescan found gone)."""
         if search is not None and (not isinstance(search, str) or clean_text(search) != search or len(search) > 1000):
             raise InvalidValueError("--search text must be UTF-8 text of at most 1000 characters")
         db = self._db()
         if db is None:
             return []
-        return list_rows(db, family, search, all_versions)
+        return list_rows(db, family, search, all_versions, missing)
 
     @guarded
     def adapter_path(self, ref: str | Ref, verify: bool = True) -> tuple[Version, Path]:
         """The version and the path of its adapter file, re-hashed unless ``verify=False`` (corrupt ones refused)."""
         version = self.resolve(ref)
         record = version.adapter_file
+        if record.location == inplace.INPLACE:  # a user's file, found by lorastack scan: never a blob
+            return version, inplace.checked_path(version, record, verify)
         if verify:
             try:
                 return version, self.blobs.check(record.sha256, record.size)
