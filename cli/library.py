@@ -45,6 +45,7 @@ def scan_cmd(folders, copy, namespace, as_json):
     _lines(report.moved, lambda r: f"moved {r['ref']}: {printable(r['from'])} → {printable(r['to'])}")
     _lines(report.skipped, lambda r: f"skipped {printable(r['path'])}: {printable(r['reason'])}")
     _lines(report.errors, lambda r: f"error {printable(r['path'])}: {printable(r['error'])}")
+    _lines(report.sidecar_problems, lambda r: f"sidecar {printable(r['path'])}: {printable(r['reason'])}")
     mb = report.bytes_hashed / 1e6
     rate = f", {report.hashed / report.seconds:.0f} files/s, {mb / report.seconds:.1f} MB/s" if report.hashed else ""
     click.echo(

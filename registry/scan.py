@@ -58,6 +58,7 @@ class ScanReport:
     missing: list[dict] = field(default_factory=list)  # {"ref", "path"}: newly found gone
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: not adapters
     errors: list[dict] = field(default_factory=list)  # {"path", "error"}: unreadable, broken links, loops
+    sidecar_problems: list[dict] = field(default_factory=list)  # {"path", "reason"}: sidecars skipped
     unchanged: int = 0
     sidecars: int = 0
     hashed: int = 0  # files read and hashed in full
@@ -170,7 +171,7 @@ def _classify(f: Found, stems: set, report: ScanReport) -> None:
     name, parent = f.path.name.lower(), str(f.path.parent)
     parts = name.split(".")
     if what == "sidecar" and any((parent, ".".join(parts[:i])) in stems for i in range(1, len(parts))):
-        report.sidecars += 1  # read by registry/sidecars.py (see _Writer._sidecars)
+        report.sidecars += 1  # read by registry/sidecars.py (see _Writer.apply_sidecars)
         return
     report.skipped.append({"path": str(f.path), "reason": f"not an adapter file ({f.path.suffix or 'no suffix'})"})
 
@@ -185,6 +186,7 @@ class _Writer:
         for record in gone:
             self.gone_by_sha.setdefault(record.sha256, []).append(record)
         self.batch: list[tuple[Found, object]] = []
+        self.sidecar_queue: list[tuple[str, Path]] = []
         self.opened = time.perf_counter()
 
     def add(self, f: Found, result) -> None:
@@ -201,12 +203,13 @@ class _Writer:
         if self.copy:
             for f, result in batch:
                 self._copied(f, result)
-            return
-        with transaction(self.db):
-            for f, result in batch:
-                self._in_place(f, result)
-            crash_point("registry.scan.batch.before-commit")
-        crash_point("registry.scan.batch.after-commit")
+        else:
+            with transaction(self.db):
+                for f, result in batch:
+                    self._in_place(f, result)
+                crash_point("registry.scan.batch.before-commit")
+            crash_point("registry.scan.batch.after-commit")
+        self.apply_sidecars()
 
     def _refused(self, f: Found, result) -> bool:
         if isinstance(result, ReadFile):
@@ -258,11 +261,14 @@ class _Writer:
             return
         path = str(f.path)
         record = self.known.by_path.get(path)
-        name = (
-            scan_records.name_of(self.db, record.adapter_id)
-            if record is not None
-            else unique_name(base_name(f.path, f.root, self.namespace, result.sha256), self._taken)
-        )
+        if record is not None:
+            name = scan_records.name_of(self.db, record.adapter_id)
+        else:  # a name taken by this very file's copy (a scan killed before it noted the source) is this file's
+            real = os.path.realpath(f.path)
+            name = unique_name(
+                base_name(f.path, f.root, self.namespace, result.sha256),
+                lambda n: self._taken(n) and not scan_records.copied_from(self.db, n, real),
+            )
         imported = self.registry.import_file(f.path, name, provenance={"scan_root": str(f.root)})
         with transaction(self.db):
             stored = scan_records.note_source(self.db, imported.version, path, result.stat)
@@ -289,12 +295,24 @@ class _Writer:
         return self.db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone() is not None
 
     def _sidecars(self, ref: str, path: Path) -> None:
-        """The one place a scan hands an adapter's sidecar files (NAME.json, NAME.civitai.info, previews…) to
-        registry/sidecars.py, when that module is there; a scan without it records the adapters alone."""
+        """Queue a new version's sidecars (NAME.json, NAME.civitai.info, NAME.metadata.json, previews), read by
+        registry/sidecars.py once its batch is committed (the version must exist to hold them)."""
+        self.sidecar_queue.append((ref, path))
+
+    def apply_sidecars(self) -> None:
+        """Record the queued sidecars. Their own transactions, after the batch's: a scan killed in between keeps
+        its versions, and those sidecars are read again when the file changes (or by lorastack edit/enrich)."""
+        queue, self.sidecar_queue = self.sidecar_queue, []
         try:
-            from . import sidecars  # noqa: F401
-        except ImportError:
+            from .sidecars import apply_sidecars, read_sidecars
+        except ImportError:  # a build without sidecar support records the adapters alone
             return
+        for ref, path in queue:
+            # header=False: the version already holds the header (versions.metadata); only the files beside it
+            found = read_sidecars(path, header=False)
+            if found.values or found.previews or found.problems:
+                applied = apply_sidecars(self.registry, ref, found)
+                self.report.sidecar_problems.extend(applied["problems"])
 
 
 def _os_reason(e: OSError) -> str:

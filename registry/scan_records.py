@@ -151,3 +151,13 @@ def note_source(db, version, path: str, stat: FileStat) -> Record:
         (path, stat.dev, stat.ino, stat.mtime_ns, row[0]),
     )
     return Record(row[0], row[1], row[2], path, stat, row[3], None, "blob", ref=version.ref)
+
+
+def copied_from(db, name: str, path: str) -> bool:
+    """Whether a version of ``name`` was imported from the file ``path`` (its provenance says so)."""
+    row = db.execute(
+        "SELECT 1 FROM versions v JOIN adapters a ON a.id = v.adapter_id WHERE a.name = ? "
+        "AND json_extract(v.provenance, '$.file') = ? LIMIT 1",
+        (name, path),
+    ).fetchone()
+    return row is not None

@@ -185,3 +185,16 @@ def test_cli_scan_json_and_summary(lorastack_home, library):
     code, out, err = run_cli("scan", library, "--namespace", "a/b")
     assert code == 1 and err.startswith("Error: --namespace") and len(err.strip().splitlines()) == 1
     assert file_sha256(library / "detail.safetensors") == Registry().resolve("detail").files[0].sha256
+
+
+def test_sidecars_beside_a_new_file_are_recorded(registry, library):
+    pytest.importorskip("lorastack.registry.sidecars")
+    from lorastack.registry.metadata import get_metadata
+
+    (library / "detail.json").write_text(json.dumps({"activation text": "dtl, sharp", "preferred weight": 0.7}))
+    (library / "Style One.json").write_bytes(b"\xff\xfe not utf-8")
+    report = scan(registry, [library])
+    values = get_metadata(registry, "detail")
+    assert values["weight"].value == 0.7 and values["weight"].source == "sidecar"
+    problems = sorted(p["path"] for p in report.sidecar_problems)  # reported and skipped, the scan goes on
+    assert problems == [str(library / "Style One.json"), str(library / "chars" / "anime girl (v2).preview.png")]
