@@ -83,6 +83,34 @@ MIGRATIONS = [
     ALTER TABLE files ADD COLUMN missing_since REAL;
     CREATE INDEX files_by_location ON files (location_path) WHERE location_path IS NOT NULL;
     """,
+    # Metadata per version (registry/metadata.py): one value per field, JSON, with the source it came from (header,
+    # sidecar, user, civitai, hub) and its text flattened for list filters. Previews are files of the version (role
+    # 'preview' / 'thumbnail', so verify, gc and rm treat them as any blob); this table says where each came from.
+    """
+    CREATE TABLE version_meta (
+        version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+        field TEXT NOT NULL,
+        value TEXT NOT NULL,
+        source TEXT NOT NULL,
+        search_text TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (version_id, field)
+    );
+    CREATE INDEX version_meta_by_field ON version_meta (field, search_text);
+    CREATE TABLE previews (
+        version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        thumbnail_sha256 TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        url TEXT,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (version_id, sha256)
+    );
+    CREATE INDEX previews_by_sha256 ON previews (sha256);
+    """,
 ]
 
 
