@@ -78,6 +78,10 @@ def _with(options):
     metavar="[NAME=]SOURCE[:SCALE]",
     help="Adapter to stack (repeat): a file, a registry reference (me/style:v1) or a built-in (toy-style).",
 )
+@click.option(
+    "--stack", "stacks", multiple=True, metavar="NAME",
+    help="A named stack (lorastack stack save): its adapters and prompt text are added (repeat).",
+)  # fmt: skip
 @click.option("--negative", default="", help="Negative prompt.")
 # Ranges are checked by lorastack.core.limits.check_options (the bounds live there, for Python callers too).
 @click.option("--steps", type=int, default=25, show_default=True)
@@ -106,8 +110,8 @@ def _with(options):
     help="Output folder (made if missing); images are numbered past what it holds, never overwritten.",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the images' paths and seeds.")
-def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num_images, scheduler, init_image, mask,
-                 strength, compare, trigger, allow_pickle, device, dtype, config_dir, prediction_type,
+def generate_cmd(prompt, base, loras, stacks, negative, steps, guidance, seed, size, num_images, scheduler, init_image,
+                 mask, strength, compare, trigger, allow_pickle, device, dtype, config_dir, prediction_type,
                  attention_slicing, vae_tiling, cpu_offload, out_dir, as_json, base_components):  # fmt: skip
     """Generate images for PROMPT with adapters stacked on a base model.
 
@@ -137,7 +141,7 @@ def generate_cmd(prompt, base, loras, negative, steps, guidance, seed, size, num
     )  # fmt: skip
     run = generate_to_folder(
         options, out_dir, base=choice, loras=loras, compare=compare, progress=_progress(),
-        warn=lambda line: click.echo(f"Warning: {line}", err=True),
+        warn=lambda line: click.echo(f"Warning: {line}", err=True), stacks=stacks,
     )  # fmt: skip
     if as_json:
         _print_json(run.to_json())

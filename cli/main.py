@@ -130,9 +130,10 @@ def _register_commands() -> None:
 
     duplicates.register(cli)
     link.register(cli)
-    from . import recipe
+    from . import recipe, stack
 
     recipe.register(cli)
+    stack.register(cli)
     from . import library
 
     library.register(cli)

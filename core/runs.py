@@ -72,12 +72,14 @@ def generate_to_folder(
     compare: bool = False,
     progress: bool = False,
     warn: Callable[[str], None] | None = None,
+    stacks: Sequence[str] = (),
 ) -> GenerateRun:
     """Generate what ``options`` asks for with ``loras`` (``[NAME=]SOURCE[:SCALE]`` each) and save the PNGs in
     ``output`` (made if missing), each named ``NNNNN-SEED.png`` (``NNNNN-SEED-compare.png`` for a grid), numbered
     past what the folder holds.
 
     ``options.adapters`` is filled from ``loras``. ``warn`` receives one line per adapter that only partly matched.
+    ``stacks``: named stacks (``lorastack stack save``) whose adapters come first and whose prompt text is added.
     """
     from lorastack.adapters.errors import AdapterError
     from lorastack.adapters.outputs import check_output_dir
@@ -95,7 +97,7 @@ def generate_to_folder(
         raise GenerationError("no base: give --base (a folder, checkpoint, Hub id or alias) or set default_base")
     # everything is checked before any model loads: the home (registry, caches), numbers, tags, inputs, the output
     data_home()
-    requests = unique_names([parse_lora_option(v) for v in loras])
+    requests = unique_names([*_stack_requests(stacks, options), *(parse_lora_option(v) for v in loras)])
     options.adapters = {**options.adapters, **{r.name: r.scale for r in requests}}
     for path, what in ((options.init_image, "init image"), (options.mask, "mask")):
         if path is not None:
@@ -140,6 +142,26 @@ def generate_to_folder(
         path = save_png(result.image, next_free(output, f"{seed}-compare" if compare else str(seed)), result.recipe)
         run.images.append(SavedImage(path, seed, result.recipe["compare"]["columns"] if compare else None))
     return run
+
+
+def _stack_requests(stacks: Sequence[str], options: GenerateOptions) -> list:
+    """The adapters of the named stacks, as saved (``name@N``); their prompt text joins ``options``' own."""
+    if not stacks:
+        return []
+    from lorastack.registry import Registry
+    from lorastack.registry.stacks import get_stack
+
+    from .sources import AdapterRequest
+
+    registry, requests = Registry(), []
+    for name in stacks:
+        stack = get_stack(registry, name)
+        requests += [AdapterRequest(a.name, a.ref, a.scale) for a in stack.adapters]
+        if stack.prompt:
+            options.prompt = ", ".join(p for p in (options.prompt, stack.prompt) if p)
+        if stack.negative_prompt:
+            options.negative_prompt = ", ".join(p for p in (options.negative_prompt, stack.negative_prompt) if p)
+    return requests
 
 
 @dataclass

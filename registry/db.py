@@ -111,6 +111,32 @@ MIGRATIONS = [
     );
     CREATE INDEX previews_by_sha256 ON previews (sha256);
     """,
+    # Named stacks (registry/stacks.py): adapters at scales, with prompt text, saved under a name. Each adapter is
+    # kept as the immutable version it resolved to when saved (adapter_name, number) and the reference the user
+    # gave (a tag may move later; the stack keeps what it was saved with). No foreign key to versions: removing a
+    # version must not silently shrink a stack; using the stack then names the missing version. Also the tensor
+    # hash index that lookups by A1111's short hash (registry/by_hash.py) read.
+    """
+    CREATE TABLE stacks (
+        name TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+        prompt TEXT NOT NULL DEFAULT '',
+        negative_prompt TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE stack_adapters (
+        stack_name TEXT NOT NULL REFERENCES stacks(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        position INTEGER NOT NULL,
+        load_name TEXT NOT NULL,
+        adapter_name TEXT NOT NULL COLLATE NOCASE,
+        number INTEGER NOT NULL,
+        given TEXT NOT NULL,
+        tag TEXT,
+        scale TEXT NOT NULL,
+        PRIMARY KEY (stack_name, position)
+    );
+    CREATE INDEX files_by_tensor_sha256 ON files (tensor_sha256);
+    """,
 ]
 
 
