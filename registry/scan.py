@@ -64,6 +64,7 @@ class ScanReport:
     hashed: int = 0  # files read and hashed in full
     bytes_hashed: int = 0
     seconds: float = 0.0
+    sidecar_seconds: float = 0.0  # of ``seconds``, spent recording sidecars and previews
     copy: bool = False
 
     def as_dict(self) -> dict:
@@ -303,6 +304,7 @@ class _Writer:
         """Record the queued sidecars. Their own transactions, after the batch's: a scan killed in between keeps
         its versions, and those sidecars are read again when the file changes (or by lorastack edit/enrich)."""
         queue, self.sidecar_queue = self.sidecar_queue, []
+        started = time.perf_counter()
         try:
             from .sidecars import apply_sidecars, read_sidecars
         except ImportError:  # a build without sidecar support records the adapters alone
@@ -313,6 +315,7 @@ class _Writer:
             if found.values or found.previews or found.problems:
                 applied = apply_sidecars(self.registry, ref, found)
                 self.report.sidecar_problems.extend(applied["problems"])
+        self.report.sidecar_seconds += time.perf_counter() - started
 
 
 def _os_reason(e: OSError) -> str:

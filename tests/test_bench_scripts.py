@@ -29,3 +29,19 @@ def test_bench_transformer_quick_runs(tmp_path):
     assert len(results["switch_only"]["lorastack"]) == len(results["switch_plus_step"]["diffusers"]) == 4
     assert set(results["step"]) == {"base", "lorastack_3_active", "diffusers_3_active"}
     assert (tmp_path / "r.json").exists()
+
+
+def test_bench_library_quick_runs(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_library
+    finally:
+        sys.path.remove(str(BENCH))
+    results = bench_library.main(["--quick", "--json", str(tmp_path / "r.json")])
+    library, first = results["library"], results["first_scan"]
+    assert first["added"] == library["adapters"] + library["duplicates"] and first["errors"] == 0
+    assert first["skipped"] == library["others"] and first["sidecars"] == library["sidecars"]
+    assert results["rescan_unchanged"]["hashed"] == 0
+    changes = results["rescan_after_changes"]
+    assert changes["hashed"] == changes["changed"] == changes["new_versions"] == 10  # exactly the changed files
+    assert results["list"]["rows"] == first["added"] and (tmp_path / "r.json").exists()
