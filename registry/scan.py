@@ -31,7 +31,7 @@ from lorastack.faults import crash_point
 from . import scan_records
 from .db import index_error, transaction
 from .folder import os_error
-from .inplace import FileStat, ReadFile, read_once
+from .inplace import INPLACE, FileStat, ReadFile, read_once
 from .scan_names import base_name, check_namespace, unique_name
 from .scan_walk import Found, kind, walk
 
@@ -284,10 +284,16 @@ class _Writer:
             self._sidecars(imported.version.ref, f.path)
 
     def _take_gone(self, sha256: str):
+        """A record of these bytes whose file is gone: under a scanned root and not found by the walk, missing
+        already, or outside the roots and no longer there (a file moved in from a folder not scanned this time)."""
         candidates = self.gone_by_sha.get(sha256) or []
         while candidates:
             record = candidates.pop(0)
             if not record.moved:
+                record.moved = True
+                return record
+        for record in self.known.by_sha().get(sha256, ()):
+            if record.location == INPLACE and not record.moved and not os.path.lexists(record.path):
                 record.moved = True
                 return record
         return None

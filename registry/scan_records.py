@@ -40,8 +40,17 @@ class Known:
     def __init__(self, records: list[Record]):
         self.records = records
         self.by_path: dict[str, Record] = {}
+        self._by_sha: dict[str, list[Record]] | None = None
         for r in sorted(records, key=lambda r: (r.missing_since is None, r.version_id)):
             self.by_path[r.path] = r  # the current record wins over missing ones
+
+    def by_sha(self) -> dict[str, list[Record]]:
+        """The records by sha256 (built on first use: only a file that is neither known nor moved needs it)."""
+        if self._by_sha is None:
+            self._by_sha = {}
+            for r in self.records:
+                self._by_sha.setdefault(r.sha256, []).append(r)
+        return self._by_sha
 
     def gone(self, roots: list[Path], seen: set[str]) -> list[Record]:
         """In-place records a moved file may be: those under ``roots`` whose path the walk did not find, and those

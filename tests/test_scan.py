@@ -198,3 +198,14 @@ def test_sidecars_beside_a_new_file_are_recorded(registry, library):
     assert values["weight"].value == 0.7 and values["weight"].source == "sidecar"
     problems = sorted(p["path"] for p in report.sidecar_problems)  # reported and skipped, the scan goes on
     assert problems == [str(library / "Style One.json"), str(library / "chars" / "anime girl (v2).preview.png")]
+
+
+def test_a_file_moved_in_from_a_folder_not_scanned_again_is_found(registry, tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    path = small_adapter(tmp_path / "old" / "style.safetensors", seed=30)
+    scan(registry, [tmp_path / "old"])
+    path.rename(tmp_path / "new" / "style.safetensors")
+    report = scan(registry, [tmp_path / "new"])  # only the new folder
+    assert [m["ref"] for m in report.moved] == ["style@1"] and not report.added
+    assert registry.adapter_path("style")[1] == tmp_path / "new" / "style.safetensors"
