@@ -137,6 +137,9 @@ def _register_commands() -> None:
     from . import library
 
     library.register(cli)
+    from . import library_meta
+
+    library_meta.register(cli)
 
 
 _register_commands()

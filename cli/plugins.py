@@ -6,7 +6,8 @@ import json
 
 import click
 
-LABELS = {"trainers": "trainers", "captioners": "captioners", "dataset_sources": "dataset sources"}
+LABELS = {"trainers": "trainers", "captioners": "captioners", "dataset_sources": "dataset sources",
+          "metadata_sources": "metadata sources"}  # fmt: skip
 
 
 @click.command("plugins")

@@ -51,26 +51,44 @@ def import_cmd(file, name_tag, trigger, base_model, description, allow_pickle, a
         allow_pickle=allow_pickle,
     )
     version = result.version
+    sidecars = _sidecars(file, version.ref)
     if as_json:
-        echo_json({**version.as_dict(), "created": result.created})
+        echo_json({**version.as_dict(), "created": result.created, "sidecars": sidecars})
         return
     verb = "imported" if result.created else "already stored as"
     click.echo(f"{verb} {version.ref} (tags: {', '.join(version.tags) or 'none'})")
+    for problem in sidecars["problems"]:
+        click.echo(f"skipped {printable(problem['path'])}: {printable(problem['reason'])}", err=True)
+
+
+def _sidecars(file: Path, ref: str) -> dict:
+    """The metadata of the files beside ``file`` (A1111, Civitai Helper, ComfyUI-Lora-Manager, previews) recorded
+    for ``ref``; problems are reported, never fatal."""
+    from lorastack.registry.sidecars import apply_sidecars, read_sidecars
+
+    return apply_sidecars(_registry(), ref, read_sidecars(file))
 
 
 @click.command("list")
 @click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), default=None)
-@click.option("--search", default=None, help="Match names, trigger words, descriptions and base models.")
+@click.option("--search", default=None,
+              help="Match names, trigger words, descriptions, base models and every metadata value.")  # fmt: skip
+@click.option("--lineage", default=None, help="Only this base-model lineage (Pony, Illustrious, FLUX.1-dev, …).")
+@click.option("--tag", default=None, help="Only versions with this tag (a registry tag or a metadata keyword).")
 @click.option("-a", "--all-versions", is_flag=True, help="One row per version instead of per adapter.")
 @json_option("the rows")
-def list_cmd(family, search, all_versions, as_json):
+def list_cmd(family, search, lineage, tag, all_versions, as_json):
     """List the adapters in the registry (their latest versions)."""
-    rows = _registry().list(family=family, search=search, all_versions=all_versions)
+    for flag, value in (("--lineage", lineage), ("--tag", tag)):
+        if value is not None and (not value.strip() or len(value) > 1000):
+            raise click.BadParameter(f"{value[:40]!r} must be 1–1000 characters", param_hint=flag)
+    rows = _registry().list(family=family, search=search, all_versions=all_versions, lineage=lineage, tag=tag)
     if as_json:
         echo_json(rows)
         return
     if not rows:
-        click.echo("no adapters" + (" match" if family or search else " in the registry yet (lorastack import)"))
+        filtered = family or search or lineage or tag
+        click.echo("no adapters" + (" match" if filtered else " in the registry yet (lorastack import)"))
         return
     header = ("NAME", "VERSION", "TAGS", "FAMILY", "KIND", "RANK", "SIZE", "CREATED")
     table = [
@@ -89,9 +107,15 @@ def list_cmd(family, search, all_versions, as_json):
 @json_option("the version")
 def show_cmd(ref, as_json):
     """Show one version: REF is NAME, NAME:TAG or NAME@N."""
-    version = _registry().resolve(ref)
+    from lorastack.registry.metadata import get_metadata
+    from lorastack.registry.previews import list_previews
+
+    registry = _registry()
+    version = registry.resolve(ref)
+    meta, previews = get_metadata(registry, version.ref), list_previews(registry, version.ref)
     if as_json:
-        echo_json(version.as_dict())
+        echo_json({**version.as_dict(), "meta": {k: v.as_dict() for k, v in meta.items()},
+                   "previews": [p.as_dict() for p in previews]})  # fmt: skip
         return
     lines = [
         ("ref", version.ref),
@@ -111,6 +135,15 @@ def show_cmd(ref, as_json):
             lines.append(("", f"tensor sha256 {f.tensor_sha256}"))
     for key, value in sorted(version.provenance.items()):
         lines.append((f"source {key}", value))
+    for name, item in meta.items():
+        value = item.value
+        if name == "trigger_groups":
+            value = " | ".join(", ".join(group) for group in value)
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        lines.append((name.replace("_", " "), f"{value}  [{item.source}]"))
+    for p in previews:
+        lines.append(("preview", f"{p.path}  {p.width}×{p.height}  [{p.source}]" + (f"  {p.url}" if p.url else "")))
     for label, value in lines:
         if value not in (None, ""):
             click.echo(f"{label:<16}{printable(value)}")

@@ -10,9 +10,12 @@ What is here, by what it is for:
 * marking hooks: ``hookimpl``;
 * declaring what a plugin object accepts: ``Option``, and ``resolve_options`` / ``parse_option_pairs`` for a plugin
   that checks the options of another object it drives (the ``sidecar`` captioner's fill captioner);
-* the protocols its objects implement: ``DatasetSource``, ``Captioner``, ``Trainer``;
+* the protocols its objects implement: ``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``;
 * data: ``DatasetItem`` (one training example), ``Skipped`` (a file a source could not use), ``TrainingContext``
-  (what a trainer gets) and ``TrainResult`` (what its engine run returns);
+  (what a trainer gets) and ``TrainResult`` (what its engine run returns); ``LookupItem`` and ``LookupAnswer`` (what
+  a metadata source is asked and answers);
+* reading metadata the way the built-in sidecar reader does: ``civitai_version_values`` (a Civitai model-version
+  record as metadata values and preview URLs), ``lineage_label`` (``ponyDiffusionV6XL`` → ``Pony``);
 * reading files and images the way the built-ins do: ``read_file`` (regular files only, bounded), ``open_image``
   (RGB, EXIF orientation applied, one-line ``ImageError``), ``image_key`` (the bytes' sha256, for caches),
   ``jsonl_rows``, ``one_line`` and ``format_size`` (values in messages), ``IMAGE_SUFFIXES``, ``CAPTION_SUFFIXES``,
@@ -65,9 +68,11 @@ from lorastack.core.interfaces import (
 from lorastack.core.training.api import TrainingContext
 from lorastack.core.training.options import MAX_LEARNING_RATE, MAX_STEPS, TrainingError
 from lorastack.paths import data_home
+from lorastack.registry.sidecars import civitai_version_values, lineage_label
 
 from .hookspecs import hookimpl
 from .manager import PluginError, UnknownNameError, get_captioner
+from .metadata_sources import LookupAnswer, LookupItem, MetadataSource
 
 if TYPE_CHECKING:
     from lorastack.core.base import base_info, guidance_kwargs
@@ -96,7 +101,10 @@ __all__ = [
     "DatasetItem",
     "DatasetSource",
     "ImageError",
+    "LookupAnswer",
+    "LookupItem",
     "LorastackError",
+    "MetadataSource",
     "NewTokens",
     "Option",
     "PluginError",
@@ -109,6 +117,7 @@ __all__ = [
     "UnknownNameError",
     "atomic_path",
     "base_info",
+    "civitai_version_values",
     "data_home",
     "format_size",
     "get_captioner",
@@ -116,6 +125,7 @@ __all__ = [
     "hookimpl",
     "image_key",
     "jsonl_rows",
+    "lineage_label",
     "model_digest",
     "one_line",
     "open_dataset",

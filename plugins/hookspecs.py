@@ -4,7 +4,7 @@ A plugin is a module (or any object) with functions marked ``@hookimpl`` whose n
 calls each hook once, when the plugins load, with a ``register`` callback; the plugin calls it once per object it
 provides. Names must be unique across all plugins: a second plugin registering a taken name is an error naming both.
 An implementation may take fewer arguments than its specification (pluggy passes only those it names). The objects'
-protocols (``DatasetSource``, ``Captioner``, ``Trainer``) and everything else a plugin uses are in
+protocols (``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``) and everything else a plugin uses are in
 ``lorastack.plugins.api``.
 """
 
@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pluggy
 
 from lorastack.core.interfaces import Captioner, DatasetSource, Trainer
+
+from .metadata_sources import MetadataSource
 
 hookspec = pluggy.HookspecMarker("lorastack")
 hookimpl = pluggy.HookimplMarker("lorastack")
@@ -50,4 +52,16 @@ def register_trainers(register: Callable[[Trainer], None]) -> None:
     (``lorastack train --trainer NAME``). A trainer implements ``lorastack.core.interfaces.Trainer``.
 
     :param register: records ``trainer`` under ``trainer.name``; raises ``PluginError`` if another plugin has it
+    """
+
+
+@hookspec
+def register_metadata_sources(register: Callable[[MetadataSource], None]) -> None:
+    """Register metadata sources: where ``lorastack enrich`` looks adapter files up by hash (Civitai, the Hub).
+
+    Called once when plugins load. Call ``register(source)`` for each source; ``source.name`` is what users type
+    (``lorastack enrich --source NAME``) and the source recorded with every value it gives. A source implements
+    ``lorastack.plugins.api.MetadataSource``.
+
+    :param register: records ``source`` under ``source.name``; raises ``PluginError`` if another plugin has it
     """

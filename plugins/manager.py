@@ -38,6 +38,7 @@ from lorastack.core.interfaces import (
 )
 
 from . import hookspecs
+from .metadata_sources import MetadataSource
 
 log = logging.getLogger("lorastack.plugins")
 
@@ -55,6 +56,7 @@ KINDS: dict[str, Kind] = {
     "dataset_sources": Kind("register_dataset_sources", "dataset source", DatasetSource),
     "captioners": Kind("register_captioners", "captioner", Captioner),
     "trainers": Kind("register_trainers", "trainer", Trainer),
+    "metadata_sources": Kind("register_metadata_sources", "metadata source", MetadataSource),
 }
 HOOKS = tuple(kind.hook for kind in KINDS.values())
 NAME_RULE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -238,7 +240,7 @@ class PluginManager:
             raise PluginError(f"plugin {plugin!r}: {spec.label} {name!r} has a description that is not text")
         if not all(isinstance(o, Option) for o in obj.options):
             raise PluginError(f"plugin {plugin!r}: {spec.label} {name!r} has options that are not Option objects")
-        for member, default in OPTIONAL_MEMBERS[spec.protocol].items():
+        for member, default in OPTIONAL_MEMBERS.get(spec.protocol, {}).items():
             value = optional_member(obj, spec.protocol, member)
             if value is default:
                 continue
@@ -347,3 +349,4 @@ def _getter(kind: str) -> Callable[[str], Any]:
 get_dataset_source = _getter("dataset_sources")
 get_captioner = _getter("captioners")
 get_trainer = _getter("trainers")
+get_metadata_source = _getter("metadata_sources")

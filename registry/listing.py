@@ -10,9 +10,33 @@ from .errors import CorruptIndexError
 
 
 def list_rows(
-    db: sqlite3.Connection, family: str | None, search: str | None, all_versions: bool, missing: bool = False
+    db: sqlite3.Connection,
+    family: str | None,
+    search: str | None,
+    all_versions: bool,
+    missing: bool = False,
+    lineage: str | None = None,
+    tag: str | None = None,
 ) -> list[dict]:
+    """Rows filtered by family, text (names, trigger words, descriptions, base models and every metadata value),
+    in-place files gone missing, lineage label (exact, ASCII case folded) and tag (a registry tag, or a keyword tag
+    of the metadata)."""
     where, args = [], []
+    # an index opened read-only before the metadata migration has no metadata: no version matches a metadata filter
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'version_meta'").fetchone()
+    meta = "EXISTS (SELECT 1 FROM version_meta m WHERE m.version_id = v.id AND {})" if has_meta else "0"
+    if lineage:
+        where.append(meta.format("m.field = 'lineage' AND m.search_text = ? COLLATE NOCASE"))
+        args += [lineage] if has_meta else []
+    if tag:
+        # metadata tags are stored one per line: match a whole line
+        where.append(
+            "(EXISTS (SELECT 1 FROM tags t WHERE t.version_id = v.id AND t.tag = ?) OR "
+            + meta.format("m.field = 'tags' AND instr(lower(char(10) || m.search_text || char(10)), "
+                          "lower(char(10) || ? || char(10))) > 0")
+            + ")"
+        )  # fmt: skip
+        args += [tag, tag] if has_meta else [tag]
     # an index opened read-only before the in-place migration has no location columns: all its files are blobs
     located = any(c[1] == "missing_since" for c in db.execute("PRAGMA table_info(files)"))
     if missing:
@@ -29,9 +53,9 @@ def list_rows(
         # substring, case-insensitive in every script; no LIKE (its _ and % are wildcards, and it folds ASCII only)
         where.append(
             "(ls_contains(a.name, ?) OR ls_words_contain(v.trigger_words, ?) OR ls_contains(v.description, ?) "
-            "OR ls_contains(v.base_model, ?))"
+            "OR ls_contains(v.base_model, ?) OR " + meta.format("ls_contains(m.search_text, ?)") + ")"
         )
-        args += [search] * 4
+        args += [search] * (5 if has_meta else 4)
     columns = (
         "f.location, f.location_path, f.missing_since"
         if located

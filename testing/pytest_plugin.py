@@ -8,7 +8,9 @@ Installed with lorastack (entry point ``pytest11``), so any test suite in the sa
   test, so a test may patch it freely;
 * ``tiny_pipe_dir`` — a factory ``tiny_pipe_dir("sd1" | "sdxl" | "flux" | "flux-schnell" | "sd3" | "sd3.5")``;
 * ``tiny_flux_dir`` / ``tiny_sd3_dir`` and ``tiny_flux_pipe`` / ``tiny_sd3_pipe`` — the same for FLUX.1 dev and
-  SD3.5 Medium style pipelines.
+  SD3.5 Medium style pipelines;
+* ``civitai_server`` — a fake Civitai API on 127.0.0.1 that ``LORASTACK_CIVITAI_ENDPOINT`` points at, for testing
+  metadata sources.
 
 Heavy imports happen inside the fixtures, so merely having lorastack installed costs other test suites nothing.
 """
@@ -157,3 +159,17 @@ def tiny_blip_dir(tmp_path_factory):
     from lorastack.testing.blip import make_tiny_blip
 
     return make_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))
+
+
+@pytest.fixture
+def civitai_server(monkeypatch):
+    """A fake Civitai API on 127.0.0.1 (:class:`lorastack.testing.civitai_server.FakeCivitai`), with
+    ``LORASTACK_CIVITAI_ENDPOINT`` pointed at it, ``CIVITAI_API_TOKEN`` unset and a short time budget."""
+    from lorastack.testing.civitai_server import FakeCivitai
+
+    server = FakeCivitai().start()
+    monkeypatch.setenv("LORASTACK_CIVITAI_ENDPOINT", server.url)
+    monkeypatch.delenv("CIVITAI_API_TOKEN", raising=False)
+    monkeypatch.setenv("LORASTACK_CIVITAI_TIMEOUT", "10")
+    yield server
+    server.stop()

@@ -57,7 +57,7 @@ BUILTINS = builtin_plugin_modules()
 def test_the_builtin_plugin_modules_are_found():
     assert set(BUILTINS) == {
         "lorastack.plugins.captioners", "lorastack.plugins.sources", "lorastack.plugins.trainers",
-        "lorastack.plugins._filetree",
+        "lorastack.plugins._filetree", "lorastack.plugins.civitai", "lorastack.plugins.hubcard",
     }  # fmt: skip
 
 

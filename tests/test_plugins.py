@@ -327,3 +327,39 @@ def test_every_hook_is_documented_in_its_hookspec():
     for name in ("register_trainers", "register_captioners", "register_dataset_sources"):
         doc = getattr(hookspecs, name).__doc__
         assert doc and ":param register:" in doc and "Called once" in doc
+
+
+def test_hook_register_metadata_sources(plugin_manager, registry, tmp_path):
+    from lorastack.plugins.api import LookupAnswer, MetadataSource
+    from lorastack.plugins.enrich import enrich
+    from lorastack.registry.metadata import get_metadata
+    from lorastack.testing.registry import small_adapter
+
+    class Notes:
+        name, description, options = "notes", "Notes from a list.", ()
+
+        def lookup(self, items, options):
+            for item in items:
+                yield LookupAnswer(item.ref, "found", {"notes": f"seen {item.sha256[:8]}", "lineage": "Pony"})
+
+        def fetch_preview(self, url, limit):
+            raise AssertionError("no previews were offered")
+
+    class Plugin:
+        @hookimpl
+        def register_metadata_sources(self, register):
+            register(Notes())
+
+    plugin_manager.register(Plugin(), "notes-plugin")
+    assert plugin_manager.registered["metadata_sources"]["notes"].plugin == "notes-plugin"
+    assert {"civitai", "hub", "notes"} <= set(plugin_manager.names("metadata_sources"))
+    assert all(isinstance(plugin_manager.get("metadata_sources", n), MetadataSource) for n in ("civitai", "hub"))
+    version = registry.import_file(small_adapter(tmp_path / "a.safetensors"), "me/a").version
+    report = enrich(registry, sources=["notes"])
+    assert report.versions == {version.ref: {"notes": ["notes", "lineage"]}}
+    values = get_metadata(registry, version.ref)
+    assert (values["notes"].value, values["notes"].source) == (f"seen {version.adapter_file.sha256[:8]}", "notes")
+    code, out, _ = run_cli("plugins")
+    assert code == 0 and "metadata sources: notes" in out
+    with pytest.raises(UnknownNameError, match="unknown metadata source 'nope'; available: civitai, hub, notes"):
+        enrich(registry, sources=["nope"])
