@@ -26,6 +26,8 @@ from pathlib import Path
 from lorastack.adapters.outputs import atomic_write_bytes
 
 from .errors import InvalidValueError, RegistryError
+from .metadata import get_metadata
+from .previews import list_previews
 
 LAYOUTS = ("a1111", "comfyui")
 MANIFEST = ".lorastack-link.json"
@@ -72,8 +74,15 @@ def link_library(registry, folder: str | Path, layout: str, *, search: str | Non
             continue
         stem = version.name + (f"@{version.number}" if all_versions else "")
         wanted[f"{stem}.safetensors"] = {"kind": "link", "target": str(Path(path).resolve())}
-        sidecar, content = _sidecar(layout, stem, version)
+        values = {k: v.value for k, v in get_metadata(registry, version.ref).items()}
+        sidecar, content = _sidecar(layout, stem, version, values)
         wanted[sidecar] = {"kind": "sidecar", "content": content}
+        previews = list_previews(registry, version.ref)
+        if previews:  # the first preview, where both UIs look for it
+            suffix = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}.get(previews[0].media_type)
+            if suffix:
+                target = str(registry.blobs.path(previews[0].sha256).resolve())
+                wanted[f"{stem}.preview{suffix}"] = {"kind": "link", "target": target}
     made: dict[str, dict] = {}
     for rel, want in wanted.items():
         entry = _place(folder, rel, want, before.get(rel), report)
@@ -86,16 +95,21 @@ def link_library(registry, folder: str | Path, layout: str, *, search: str | Non
     return report
 
 
-def _sidecar(layout: str, stem: str, version) -> tuple[str, bytes]:
-    words = list(version.trigger_words)
-    weight = None  # no preferred weight is recorded per version yet: A1111 reads 0 as "not set"
+def _sidecar(layout: str, stem: str, version, values: dict) -> tuple[str, bytes]:
+    """The UI's sidecar from the version and its metadata (:mod:`lorastack.registry.metadata`)."""
+    groups = values.get("trigger_groups") or ([list(version.trigger_words)] if version.trigger_words else [])
+    words = [w for group in groups for w in group]
+    weight = values.get("weight")  # A1111 reads 0 as "not set"
+    description = values.get("description") or version.description or ""
+    notes = "\n".join(filter(None, [values.get("notes"), f"lorastack {version.ref}"]))
     if layout == "a1111":
         data = {
-            "description": version.description or "",
-            "sd version": A1111_VERSIONS.get(version.family or "", "Unknown"),
+            "description": description,
+            "sd version": values.get("sd_version") or A1111_VERSIONS.get(version.family or "", "Unknown"),
             "activation text": ", ".join(words),
             "preferred weight": weight or 0,
-            "notes": f"lorastack {version.ref}",
+            "negative text": values.get("negative") or "",
+            "notes": notes,
         }
         return f"{stem}.json", json.dumps(data, indent=4, ensure_ascii=False).encode()
     data = {
@@ -103,8 +117,8 @@ def _sidecar(layout: str, stem: str, version) -> tuple[str, bytes]:
         "model_name": version.name,
         "sha256": version.adapter_file.sha256,
         "size": version.adapter_file.size,
-        "base_model": LINEAGE.get(version.family or "", "Unknown"),
-        "notes": version.description or "",
+        "base_model": values.get("lineage") or LINEAGE.get(version.family or "", "Unknown"),
+        "notes": notes,
         "tags": list(version.tags),
         "civitai": {"trainedWords": words},
         "usage_tips": json.dumps({"strength": weight} if weight else {}),

@@ -91,3 +91,38 @@ def test_the_command(stocked, tmp_path, lorastack_home):
     assert sorted(json.loads(out)["created"]) == ["me/style.json", "me/style.safetensors"]
     code, out, _ = run_cli("link", tmp_path / "loras", "--layout", "a1111", "--filter", "word0")
     assert "0 created, 0 updated, 0 removed, 2 unchanged" in out
+
+
+def test_metadata_and_previews_reach_the_ui_and_scan_reads_the_folder_back(stocked, tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from lorastack.registry import Registry
+    from lorastack.registry.metadata import get_metadata, set_metadata
+    from lorastack.registry.previews import add_preview
+    from lorastack.registry.scan import scan
+
+    set_metadata(stocked, "me/style", {"weight": 0.8, "negative": "blurry", "notes": "my favourite"}, "user")
+    png = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(png, "PNG")
+    add_preview(stocked, "me/style", png.getvalue(), "user")
+    out = tmp_path / "loras"
+    link_library(stocked, out, "a1111")
+    sidecar = json.loads((out / "me" / "style.json").read_text())
+    assert sidecar["preferred weight"] == 0.8 and sidecar["negative text"] == "blurry"
+    assert sidecar["notes"].startswith("my favourite")
+    preview = out / "me" / "style.preview.png"
+    assert preview.is_symlink() and Image.open(preview).size == (32, 24)
+    # what A1111 would see, scanned by lorastack into another home: the same files, the sidecar's values
+    monkeypatch.setenv("LORASTACK_HOME", str(tmp_path / "elsewhere"))
+    other = Registry()
+    report = scan(other, [out])
+    found = {row["name"]: row for row in other.list()}
+    assert len(found) == 3, report
+    style = next(name for name in found if name.endswith("style"))
+    assert other.resolve(style).adapter_file.sha256 == stocked.resolve("me/style").adapter_file.sha256
+    values = get_metadata(other, style)
+    assert values["weight"].value == 0.8 and values["weight"].source == "sidecar"
+    assert other.resolve(style).trigger_words == ["word0"] or values["trigger_groups"].value == [["word0"]]
+    other.close()
