@@ -166,7 +166,11 @@ def generate_cmd(prompt, base, loras, stacks, negative, steps, guidance, seed, s
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the output, the verdict, the seed.")
 def reproduce_cmd(image: Path, base: str | None, device: str | None, output: Path | None, check: bool, force: bool,
                   as_json: bool) -> None:  # fmt: skip
-    """Make IMAGE again from the recipe lorastack stored in it, and compare the pixels."""
+    """Make IMAGE again from the recipe lorastack stored in it, and compare the pixels.
+
+    An image another tool made (A1111 infotext, a ComfyUI workflow) is made again from what it records; it needs
+    --base unless lorastack has hashed a file with its model hash, and its adapters in the registry.
+    """
     from lorastack.core.runs import reproduce_to_file
 
     from .main import quiet_libraries

@@ -141,7 +141,7 @@ def import_recipe(path: str | Path, registry=None) -> ImportedRecipe:
         imported = from_comfyui(chunks, path)
     else:
         raise RecipeError(
-            f"{path}: holds no recipe (no lorastack, A1111 'parameters' or ComfyUI 'prompt'/'workflow' text chunk)"
+            f"{path}: has no lorastack recipe, nor an A1111 'parameters' or ComfyUI 'prompt'/'workflow' text chunk"
         )
     resolve(imported, registry)
     return imported

@@ -201,15 +201,20 @@ def reproduce_to_file(
     from lorastack.paths import data_home
 
     from .recipe import read_recipe, save_png
-    from .reproduce import reproduce
+    from .recipe_import import read_chunks
+    from .reproduce import reproduce, reproduce_foreign
 
     image = Path(image)
     data_home()  # the registry and caches: checked before any work
     output = Path(output) if output is not None else image.with_name(image.stem + "-reproduced.png")
     check_output_file(output, overwrite=overwrite)
+    own = "lorastack" in read_chunks(image)  # else another tool's (A1111, ComfyUI): reproduce_foreign
     if device is None:
-        device = _recorded_device(read_recipe(image).get("device"))
-    result = reproduce(image, base=base, device=device, progress=progress)
+        device = _recorded_device(read_recipe(image).get("device") if own else None)
+    if own:
+        result = reproduce(image, base=base, device=device, progress=progress)
+    else:
+        result = reproduce_foreign(image, base=base, device=device, progress=progress)
     save_png(result.result.image, output, result.result.recipe)
     return ReproduceRun(
         output, result.identical, result.max_difference, result.recipe["seed"], device, result.result.recipe

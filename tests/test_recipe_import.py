@@ -157,7 +157,7 @@ def test_cyclic_and_hostile_graphs_end_in_one_line(registry, tmp_path):
     code, _, err = run_cli("recipe", "import", png(tmp_path / "deep.png", prompt=deep))
     one_line_error(code, err, "not valid JSON")
     code, _, err = run_cli("recipe", "import", png(tmp_path / "none.png", Title="x"))
-    one_line_error(code, err, "holds no recipe")
+    one_line_error(code, err, "has no lorastack recipe, nor an A1111")
     (tmp_path / "junk.png").write_bytes(b"not a png")
     code, _, err = run_cli("recipe", "import", tmp_path / "junk.png")
     one_line_error(code, err, "not a readable image")
@@ -190,3 +190,36 @@ def test_lorastack_image_round_trips_through_its_infotext(registry, tiny_sd1_dir
     foreign = import_recipe(png(tmp_path / "only-infotext.png", parameters=parameters), registry)
     assert foreign.made_by == "a1111" and foreign.prompt == "a cat" and foreign.seed == 3
     assert [(a.ref, a.scale, a.matched_by) for a in foreign.adapters] == [("me/style@1", 0.6, "hash")]
+
+
+def test_reproduce_a_foreign_image(registry, tiny_sd1_dir, tmp_path):
+    """An image with only A1111 infotext: --base is asked for in one line, then it is made again with lorastack."""
+    from adapter_cases import make_case
+
+    from lorastack.core.recipe import read_recipe
+    from lorastack.testing.models import load_pipeline
+
+    style = make_case(load_pipeline(tiny_sd1_dir), "kohya", tmp_path / "style.safetensors", seed=1)
+    registry.import_file(style, "me/style", "v1")
+    code, out, err = run_cli("generate", "a cat", "--base", tiny_sd1_dir, "--lora", "me/style:0.6", "--steps", "2",
+                             "--seed", "3", "--scheduler", "euler", "-o", tmp_path / "out", "--json")  # fmt: skip
+    assert code == 0, err
+    original = json.loads(out)["images"][0]["path"]
+    with Image.open(original) as image:
+        parameters, pixels = image.info["parameters"], image.copy()
+    foreign = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    pixels.save(foreign, pnginfo=info)
+    code, _, err = run_cli("reproduce", foreign)
+    one_line_error(code, err, "a1111", "model hash", "pass --base")
+    code, out, err = run_cli("reproduce", foreign, "--base", tiny_sd1_dir, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["identical"] is True  # the same sampler, seed and adapters: lorastack makes the same pixels
+    remade = read_recipe(result["output"])
+    assert (remade["seed"], remade["steps"], remade["scheduler"]) == (3, 2, "euler")
+    assert [(a["source"], a["scale"]) for a in remade["adapters"]] == [("me/style@1", 0.6)]
+    missing = png(tmp_path / "missing.png", parameters=parameters.replace("me/style: ", "me/style: 00"))
+    code, _, err = run_cli("reproduce", missing, "--base", tiny_sd1_dir)
+    one_line_error(code, err, "not in the registry", "me/style (hash 00")
