@@ -120,8 +120,9 @@ def test_a_user_value_is_kept_unless_asked(registry, three, civitai_server):
     assert get_metadata(registry, ref)["trigger_groups"].value == [["theirs"]]
 
 
-def test_the_token_is_sent_to_civitai_only_and_never_kept_logged_or_printed(registry, three, civitai_server,
-                                                                           monkeypatch, caplog, lorastack_home):  # fmt: skip
+def test_the_token_is_sent_to_civitai_only_and_never_kept_logged_or_printed(
+    registry, three, civitai_server, monkeypatch, caplog, lorastack_home
+):
     civitai_server.token = TOKEN
     monkeypatch.setenv("CIVITAI_API_TOKEN", TOKEN)
     monkeypatch.setenv("LORASTACK_CIVITAI_TIMEOUT", "2")
