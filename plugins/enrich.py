@@ -22,7 +22,7 @@ from typing import Any
 from lorastack.core.errors import LorastackError
 from lorastack.core.interfaces import resolve_options
 from lorastack.registry.errors import InvalidValueError
-from lorastack.registry.metadata import get_metadata, set_metadata, validate_value
+from lorastack.registry.metadata import set_metadata, validate_value, versions_without
 from lorastack.registry.previews import MAX_PREVIEW_BYTES, add_preview, list_previews
 
 from .manager import get_manager
@@ -60,14 +60,13 @@ class EnrichReport:
 
 
 def _items(registry, refs: Sequence[str] | None, source: str) -> list[LookupItem]:
-    if refs:
-        versions = [registry.resolve(ref) for ref in refs]
-    else:
-        versions = [registry.resolve(row["ref"]) for row in registry.list(all_versions=True)]
-        # without names: only versions this source has told nothing yet
-        versions = [v for v in versions if all(m.source != source for m in get_metadata(registry, v.ref).values())]
+    if not refs:  # without names: only versions this source has told nothing yet, in one query
+        return [
+            LookupItem(r["ref"], r["sha256"], r["tensor_sha256"], r["provenance"])
+            for r in versions_without(registry, source)
+        ]
     seen, items = set(), []
-    for version in versions:
+    for version in (registry.resolve(ref) for ref in refs):
         if version.ref not in seen:
             seen.add(version.ref)
             record = version.adapter_file

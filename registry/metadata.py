@@ -261,3 +261,30 @@ def set_metadata(registry, ref: str, values: dict[str, Any], source: str, overwr
 def missing_fields(values: dict[str, MetaValue], wanted: tuple[str, ...]) -> list[str]:
     """Which of ``wanted`` have no value (what ``enrich`` looks for)."""
     return [name for name in wanted if name not in values]
+
+
+@guarded
+def versions_without(registry, source: str) -> list[dict[str, Any]]:
+    """Every version no value of ``source`` is stored for, with what a lookup needs, in one query (``enrich`` over
+    a large library): ``ref``, ``sha256``, ``tensor_sha256``, ``provenance``."""
+    db = registry._db()
+    if db is None:
+        return []
+    rows = db.execute(
+        "SELECT a.name, v.number, v.provenance, f.sha256, f.tensor_sha256 FROM versions v "
+        "JOIN adapters a ON a.id = v.adapter_id JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
+        "WHERE NOT EXISTS (SELECT 1 FROM version_meta m WHERE m.version_id = v.id AND m.source = ?) "
+        "ORDER BY a.name COLLATE NOCASE, v.number",
+        (check_source(source),),
+    )
+    out = []
+    for row in rows:
+        try:
+            provenance = json.loads(row["provenance"])
+        except (TypeError, ValueError, RecursionError):
+            provenance = {}
+        out.append({
+            "ref": f"{row['name']}@{row['number']}", "sha256": row["sha256"], "tensor_sha256": row["tensor_sha256"],
+            "provenance": provenance if isinstance(provenance, dict) else {},
+        })  # fmt: skip
+    return out
