@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from lorastack.adapters.constants import FAMILIES
 from lorastack.registry import Registry, parse_name_tag
 
 from .adapters import _size
@@ -70,29 +71,32 @@ def _sidecars(file: Path, ref: str) -> dict:
 
 
 @click.command("list")
-@click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), default=None)
+@click.option("--family", type=click.Choice([*FAMILIES, "unknown"]), default=None)
 @click.option("--search", default=None,
               help="Match names, trigger words, descriptions, base models and every metadata value.")  # fmt: skip
 @click.option("--lineage", default=None, help="Only this base-model lineage (Pony, Illustrious, FLUX.1-dev, …).")
 @click.option("--tag", default=None, help="Only versions with this tag (a registry tag or a metadata keyword).")
 @click.option("-a", "--all-versions", is_flag=True, help="One row per version instead of per adapter.")
+@click.option("--missing", is_flag=True, help="Only versions whose scanned file a rescan found gone.")
 @json_option("the rows")
-def list_cmd(family, search, lineage, tag, all_versions, as_json):
+def list_cmd(family, search, lineage, tag, all_versions, missing, as_json):
     """List the adapters in the registry (their latest versions)."""
     for flag, value in (("--lineage", lineage), ("--tag", tag)):
         if value is not None and (not value.strip() or len(value) > 1000):
             raise click.BadParameter(f"{value[:40]!r} must be 1–1000 characters", param_hint=flag)
-    rows = _registry().list(family=family, search=search, all_versions=all_versions, lineage=lineage, tag=tag)
+    rows = _registry().list(family=family, search=search, all_versions=all_versions, lineage=lineage, tag=tag,
+                            missing=missing)  # fmt: skip
     if as_json:
         echo_json(rows)
         return
     if not rows:
-        filtered = family or search or lineage or tag
+        filtered = family or search or lineage or tag or missing
         click.echo("no adapters" + (" match" if filtered else " in the registry yet (lorastack import)"))
         return
     header = ("NAME", "VERSION", "TAGS", "FAMILY", "KIND", "RANK", "SIZE", "CREATED")
     table = [
-        (r["name"], f"@{r['version']}" + ("" if all_versions else f"/{r['versions']}"), ",".join(r["tags"]),
+        (r["name"], f"@{r['version']}" + ("" if all_versions else f"/{r['versions']}")
+         + (" missing" if r.get("missing") else ""), ",".join(r["tags"]),
          r["family"] or "", r["kind"] or "", str(r["rank"] or ""), _size(r["size"]), _when(r["created_at"]))
         for r in rows
     ]  # fmt: skip
@@ -130,7 +134,9 @@ def show_cmd(ref, as_json):
         ("description", version.description),
     ]
     for f in version.files:
-        lines.append(("file", f"{f.path}  {_size(f.size)}  sha256 {f.sha256}"))
+        lines.append(("file", f"{f.location_path or f.path}  {_size(f.size)}  sha256 {f.sha256}"))
+        if f.missing:
+            lines.append(("", f"MISSING since {_when(f.missing_since)}: not found by the last scan"))
         if f.tensor_sha256:
             lines.append(("", f"tensor sha256 {f.tensor_sha256}"))
     for key, value in sorted(version.provenance.items()):

@@ -209,3 +209,16 @@ def test_a_file_moved_in_from_a_folder_not_scanned_again_is_found(registry, tmp_
     report = scan(registry, [tmp_path / "new"])  # only the new folder
     assert [m["ref"] for m in report.moved] == ["style@1"] and not report.added
     assert registry.adapter_path("style")[1] == tmp_path / "new" / "style.safetensors"
+
+
+def test_list_and_show_say_a_scanned_file_is_missing(lorastack_home, library):
+    assert run_cli("scan", library)[0] == 0
+    (library / "detail.safetensors").unlink()
+    assert run_cli("scan", library)[0] == 0
+    code, out, _ = run_cli("list", "--missing")
+    assert code == 0 and out.splitlines()[1].split()[:2] == ["detail", "@1/1"] and " missing" in out
+    assert len(out.splitlines()) == 2  # the header and the one missing adapter
+    code, out, _ = run_cli("show", "detail")
+    assert str(library / "detail.safetensors") in out and "MISSING since" in out
+    code, out, _ = run_cli("list", "--missing", "--json")
+    assert [row["name"] for row in json.loads(out)] == ["detail"]
