@@ -67,6 +67,7 @@ def test_train_passes_the_parts_to_load_base(flux_files, tmp_path, monkeypatch, 
     assert seen["vae"].name == "ae.safetensors" and "text_encoder" not in seen
 
 
+@pytest.mark.slow  # a subprocess with the network cut off (test_base.py runs the same check for SD by default)
 def test_single_file_never_touches_the_network(flux_files, tiny_flux_dir, tmp_path):
     """Online mode, but the Hub endpoint is a closed port and the cache empty: any download would fail the load."""
     import os

@@ -70,7 +70,7 @@ def _random_scale(rng, family):
     )
 
 
-@pytest.mark.parametrize("operations", [pytest.param(1000, marks=pytest.mark.slow), 150])
+@pytest.mark.parametrize("operations", [pytest.param(1000, marks=pytest.mark.slow), 100])
 def test_base_is_restored_exactly_after_random_operations(setup, operations):
     family, folder, pipe, style, subject = setup
     sources = {"style": style, "subject": subject}
