@@ -31,7 +31,7 @@ from lorastack.adapters.outputs import atomic_write_bytes, check_output_file
 from lorastack.faults import crash_point
 from lorastack.paths import data_home
 
-from . import inplace, maintenance
+from . import inplace, maintenance, version_rows
 from .blobs import BlobStore
 from .db import connect, current, transaction
 from .errors import (
@@ -44,7 +44,7 @@ from .errors import (
 from .folder import check_root, check_writable, ensure_reserve, guarded, with_space, writable
 from .listing import list_rows
 from .maintenance import DEFAULT_GRACE_SECONDS
-from .names import LATEST, MAX_VERSION, Ref, parse_ref, validate_name, validate_tag, validate_version
+from .names import LATEST, Ref, parse_ref, validate_name, validate_tag, validate_version
 from .records import (
     FileRecord,
     GcReport,
@@ -236,54 +236,12 @@ class Registry:
         self._follow_newest(db, adapter_id)
         return ImportResult(self._version(db, version_id, stored_name), created)
 
-    @staticmethod
-    def _new_number(db, adapter_id: int, name: str, wanted: int | None) -> int:
-        """``wanted`` if ``name`` never had that version, else one more than every number it ever had."""
-        taken = db.execute(
-            "SELECT 1 FROM versions WHERE adapter_id = ? AND number = ? UNION ALL "
-            "SELECT 1 FROM retired_versions WHERE name = ? AND number = ?",
-            (adapter_id, wanted, name, wanted),
-        ).fetchone()
-        if wanted is not None and taken is None:
-            return wanted
-        (highest,) = db.execute(
-            "SELECT MAX(n) FROM (SELECT MAX(number) AS n FROM versions WHERE adapter_id = ? "
-            "UNION ALL SELECT MAX(number) FROM retired_versions WHERE name = ?)",
-            (adapter_id, name),
-        ).fetchone()
-        number = (highest or 0) + 1
-        if number > MAX_VERSION:
-            raise ConflictError(f"'{name}' has used every version number up to {MAX_VERSION}")
-        return number
-
-    def _follow_newest(self, db, adapter_id: int) -> None:
-        """Unless ``latest`` is pinned, point it at the highest-numbered version."""
-        pinned = db.execute("SELECT latest_pinned FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
-        newest = db.execute(
-            "SELECT id FROM versions WHERE adapter_id = ? ORDER BY number DESC LIMIT 1", (adapter_id,)
-        ).fetchone()
-        if newest is not None and (not pinned[0] or not self._has_tag(db, adapter_id, LATEST)):
-            self._set_tag(db, adapter_id, LATEST, newest[0])
-
-    @staticmethod
-    def _has_tag(db, adapter_id: int, tag: str) -> bool:
-        return (
-            db.execute("SELECT 1 FROM tags WHERE adapter_id = ? AND tag = ?", (adapter_id, tag)).fetchone() is not None
-        )
-
-    @staticmethod
-    def _merge_provenance(db, version_id: int, updates: dict[str, Any]) -> None:
-        (raw,) = db.execute("SELECT provenance FROM versions WHERE id = ?", (version_id,)).fetchone()
-        merged = {**json.loads(raw), **updates}
-        db.execute("UPDATE versions SET provenance = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id))
-
-    @staticmethod
-    def _set_tag(db, adapter_id: int, tag: str, version_id: int) -> None:
-        db.execute(
-            "INSERT INTO tags (adapter_id, tag, version_id) VALUES (?, ?, ?) "
-            "ON CONFLICT (adapter_id, tag) DO UPDATE SET version_id = excluded.version_id",
-            (adapter_id, tag, version_id),
-        )
+    # the index rows every writer shares (scan and removal call them through the registry too)
+    _new_number = staticmethod(version_rows.new_number)
+    _follow_newest = staticmethod(version_rows.follow_newest)
+    _has_tag = staticmethod(version_rows.has_tag)
+    _merge_provenance = staticmethod(version_rows.merge_provenance)
+    _set_tag = staticmethod(version_rows.set_tag)
 
     # --- reading ---------------------------------------------------------------------------------------------
     def _version(self, db, version_id: int, name: str | None = None) -> Version:
