@@ -14,11 +14,9 @@ touches only the modules whose contributions change. The pipeline stays an ordin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +25,14 @@ import torch
 from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer, read_adapter
 from lorastack.adapters.constants import FAMILY_NAMES, UNKNOWN
 from lorastack.adapters.errors import shown
-from lorastack.adapters.families import FAMILY_TABLE, block_summary, transformer_block
-from lorastack.adapters.files import file_and_tensor_sha256
+from lorastack.adapters.families import FAMILY_TABLE, block_summary
 from lorastack.adapters.slices import RowSliceLayer
 
 from .embeddings import add_embeddings, remove_embeddings
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
 from .modules import ModuleIndex, block_counts, denoiser, pipeline_family
 from .scales import asked_blocks, compile_scale
+from .stack_records import LoadedAdapter, LoadReport, _moved
 
 logger = logging.getLogger(__name__)
 
@@ -44,65 +42,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+:-]{0,199}$")
 NAME_RULE = "use letters, digits and . _ - / @ + :, starting with a letter or digit, at most 200 characters"
 
 Contribution = tuple[tuple[str, float], ...]
-
-
-@dataclass
-class LoadReport:
-    """How an adapter's layers matched the base's modules."""
-
-    name: str
-    source: str
-    family: str
-    matched: list[str]
-    unmatched: dict[str, str]
-    unrecognized_keys: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.unmatched and not self.unrecognized_keys
-
-    def summary(self) -> str:
-        total = len(self.matched) + len(self.unmatched)
-        text = f"adapter '{self.name}' ({self.source}): {len(self.matched)} of {total} layers matched the base"
-        if self.unmatched:
-            first, reason = next(iter(self.unmatched.items()))
-            text += f"; {len(self.unmatched)} did not (e.g. {first}: {reason})"
-        if self.unrecognized_keys:
-            text += f"; {len(self.unrecognized_keys)} keys were not understood (e.g. {self.unrecognized_keys[0]})"
-        return text
-
-
-@dataclass
-class LoadedAdapter:
-    """An adapter ready on the device: its matched layers, metadata and provenance."""
-
-    name: str
-    adapter: Adapter
-    layers: dict[str, Layer]
-    report: LoadReport
-    source: str
-    _hashes: tuple[str, str] | None = None
-    tokens: list = field(default_factory=list)  # (component, token names) added to the pipeline
-    #: The trigger words its source gave (a registry version's, set at ``import --trigger``); ``None``: the file's.
-    given_trigger_words: list[str] | None = None
-
-    @property
-    def trigger_words(self) -> list[str]:
-        if self.given_trigger_words is not None:
-            return list(self.given_trigger_words)
-        return list(self.adapter.metadata.trigger_words)
-
-    def blocks(self, family: str) -> set[tuple[str, int]]:
-        """The transformer blocks (``("double", 3)``) the adapter's matched layers are in."""
-        found = (transformer_block(family, m.partition(".")[2]) for m in self.layers if m.startswith("transformer."))
-        return {b for b in found if b is not None}
-
-    @property
-    def tensor_sha256(self) -> str | None:
-        """sha256 of the file's tensor data (``None`` for adapters given as objects)."""
-        if self._hashes is None and self.adapter.path is not None:
-            self._hashes = file_and_tensor_sha256(self.adapter.path)
-        return self._hashes[1] if self._hashes else None
 
 
 class AdapterStack:
@@ -425,28 +364,6 @@ class AdapterStack:
             bias.copy_(new_bias.to(bias.dtype))
         elif b0 is not None and bias is not None and not torch.equal(bias, b0):
             bias.copy_(b0)
-
-
-def _moved(layers: dict[str, Layer], device: torch.device) -> dict[str, Layer]:
-    """The layers in float32 on ``device``, keeping what they share shared: the pieces of a fused LoRA hold one
-    down matrix, and the slices of a fused LoKr one parent (``Layer.to`` would copy them once per projection)."""
-    tensors: dict[int, torch.Tensor] = {}
-    parents: dict[int, Layer] = {}
-
-    def move(layer: Layer) -> Layer:
-        if isinstance(layer, RowSliceLayer):
-            key = id(layer.parent)
-            if key not in parents:
-                parents[key] = move(layer.parent)
-            return RowSliceLayer(parents[key], layer.rows, layer.source, alpha=layer.alpha)
-        changes = {}
-        for name, t in layer.tensors().items():
-            if id(t) not in tensors:
-                tensors[id(t)] = t.to(device, torch.float32)
-            changes[name] = tensors[id(t)]
-        return dataclasses.replace(layer, **changes)
-
-    return {m: move(layer) for m, layer in layers.items()}
 
 
 def _label(family: str) -> str:
