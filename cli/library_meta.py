@@ -70,7 +70,7 @@ def enrich_cmd(refs, sources, overwrite, no_previews, as_json):
     """Look versions up by hash in metadata sources and fill what is missing (REFS: these versions; default: every
     version a source has told nothing yet). Each value records where it came from; a source that fails or times out
     is reported and never stops local use."""
-    from lorastack.plugins.enrich import enrich
+    from lorastack.core.enrich import enrich
     from lorastack.registry import Registry
 
     report = enrich(Registry(), list(refs) or None, list(sources) or None, overwrite=overwrite,

@@ -65,6 +65,7 @@ from lorastack.core.interfaces import (
     parse_option_pairs,
     resolve_options,
 )
+from lorastack.core.metadata_sources import LookupAnswer, LookupItem, MetadataSource
 from lorastack.core.training.api import TrainingContext
 from lorastack.core.training.options import MAX_LEARNING_RATE, MAX_STEPS, TrainingError
 from lorastack.paths import data_home
@@ -72,7 +73,6 @@ from lorastack.registry.sidecars import civitai_version_values, lineage_label
 
 from .hookspecs import hookimpl
 from .manager import PluginError, UnknownNameError, get_captioner
-from .metadata_sources import LookupAnswer, LookupItem, MetadataSource
 
 if TYPE_CHECKING:
     from lorastack.core.base import base_info, guidance_kwargs

@@ -15,8 +15,7 @@ from collections.abc import Callable
 import pluggy
 
 from lorastack.core.interfaces import Captioner, DatasetSource, Trainer
-
-from .metadata_sources import MetadataSource
+from lorastack.core.metadata_sources import MetadataSource
 
 hookspec = pluggy.HookspecMarker("lorastack")
 hookimpl = pluggy.HookimplMarker("lorastack")

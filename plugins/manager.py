@@ -36,9 +36,9 @@ from lorastack.core.interfaces import (
     optional_member,
     protocol_members,
 )
+from lorastack.core.metadata_sources import MetadataSource
 
 from . import hookspecs
-from .metadata_sources import MetadataSource
 
 log = logging.getLogger("lorastack.plugins")
 

@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import run_cli
 from PIL import Image
 
-from lorastack.plugins.enrich import enrich
+from lorastack.core.enrich import enrich
 from lorastack.registry.metadata import get_metadata, set_metadata
 from lorastack.registry.previews import list_previews
 from lorastack.testing.registry import small_adapter

@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from lorastack.plugins.enrich import enrich
+from lorastack.core.enrich import enrich
 from lorastack.registry import Registry
 from lorastack.registry.hub import pull, push
 from lorastack.registry.metadata import get_metadata

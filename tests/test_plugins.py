@@ -330,8 +330,8 @@ def test_every_hook_is_documented_in_its_hookspec():
 
 
 def test_hook_register_metadata_sources(plugin_manager, registry, tmp_path):
+    from lorastack.core.enrich import enrich
     from lorastack.plugins.api import LookupAnswer, MetadataSource
-    from lorastack.plugins.enrich import enrich
     from lorastack.registry.metadata import get_metadata
     from lorastack.testing.registry import small_adapter
 

@@ -2,7 +2,7 @@
 
 A metadata source looks adapter files up by hash somewhere outside (Civitai, the Hub repo a version was pulled from)
 and answers with metadata values: trigger-word groups, base model and lineage, description, license, links and the
-URLs of preview images. ``lorastack enrich`` (``lorastack.plugins.enrich``) asks it, checks every value it returns
+URLs of preview images. ``lorastack enrich`` (``lorastack.core.enrich``) asks it, checks every value it returns
 (:func:`lorastack.registry.metadata.validate_value`), stores the ones that fill a gap with the source's name as their
 source, and downloads previews through :meth:`MetadataSource.fetch_preview`.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from lorastack.core.interfaces import Option
+from .interfaces import Option
 
 
 @dataclass(frozen=True)

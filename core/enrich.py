@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorastack.core.errors import LorastackError
-from lorastack.core.interfaces import resolve_options
+from lorastack.plugins.manager import get_manager
 from lorastack.registry.errors import InvalidValueError
 from lorastack.registry.metadata import set_metadata, validate_value, versions_without
 from lorastack.registry.previews import MAX_PREVIEW_BYTES, add_preview, list_previews
 
-from .manager import get_manager
+from .errors import LorastackError
+from .interfaces import resolve_options
 from .metadata_sources import LookupAnswer, LookupItem
 
 SOURCE_DEADLINE = 300.0
