@@ -74,8 +74,10 @@ def list_rows(
 
 
 def _row(db, r) -> dict:
+    raw = r["trigger_words"]
     try:
-        words = json.loads(r["trigger_words"])
+        # most versions have no trigger words: skip the parser for them (list reads every row of a large library)
+        words = [] if raw == "[]" else json.loads(raw)
     except (TypeError, ValueError, RecursionError):
         words = None
     created, number = r["created_at"], r["number"]
