@@ -229,32 +229,52 @@ def set_metadata(registry, ref: str, values: dict[str, Any], source: str, overwr
     only, or with ``overwrite``). What a more trusted source wrote is kept and reported (see the module docstring).
     One transaction.
     """
+    return set_metadata_many(registry, [(ref, values)], source, overwrite)[0]
+
+
+@guarded
+def set_metadata_many(
+    registry, items: list[tuple[str, dict[str, Any]]], source: str, overwrite: bool = False
+) -> list[SetReport]:
+    """:func:`set_metadata` for several versions in one transaction (a scan records a batch's sidecars at once:
+    one commit, one fsync, instead of one per file). Every value of every item is checked before anything is
+    stored."""
     check_source(source)
-    checked = {name: None if value is None else validate_value(name, value) for name, value in values.items()}
-    version = registry.resolve(ref)
-    report = SetReport(version.ref)
+    checked = [
+        (registry.resolve(ref), {name: None if value is None else validate_value(name, value)
+                                 for name, value in values.items()})
+        for ref, values in items
+    ]  # fmt: skip
+    reports = []
     now = time.time()
     with transaction(registry._db(write=True)) as db:
-        version_id = _stored_version_id(db, version.name, version.number)
-        stored = _stored(db, version_id)
-        for name, value in checked.items():
-            old = stored.get(name)
-            if not _wins(source, old, overwrite) or (value is None and source != "user" and not overwrite):
-                report.kept[name] = old.source if old is not None else source
-                continue
-            if value is None:
-                db.execute("DELETE FROM version_meta WHERE version_id = ? AND field = ?", (version_id, name))
-            elif old is not None and old.value == value and old.source == source:
-                continue  # nothing new: keep the old time, report nothing
-            else:
-                db.execute(
-                    "INSERT INTO version_meta (version_id, field, value, source, search_text, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version_id, field) DO UPDATE SET value = excluded.value, "
-                    "source = excluded.source, search_text = excluded.search_text, updated_at = excluded.updated_at",
-                    (version_id, name, json.dumps(value, sort_keys=True), source, search_text(value), now),
-                )
-            report.changed.append(name)
+        for version, fields in checked:
+            reports.append(_store(db, version, fields, source, overwrite, now))
         crash_point("registry.metadata.before-commit")
+    return reports
+
+
+def _store(db, version, checked: dict[str, Any], source: str, overwrite: bool, now: float) -> SetReport:
+    report = SetReport(version.ref)
+    version_id = _stored_version_id(db, version.name, version.number)
+    stored = _stored(db, version_id)
+    for name, value in checked.items():
+        old = stored.get(name)
+        if not _wins(source, old, overwrite) or (value is None and source != "user" and not overwrite):
+            report.kept[name] = old.source if old is not None else source
+            continue
+        if value is None:
+            db.execute("DELETE FROM version_meta WHERE version_id = ? AND field = ?", (version_id, name))
+        elif old is not None and old.value == value and old.source == source:
+            continue  # nothing new: keep the old time, report nothing
+        else:
+            db.execute(
+                "INSERT INTO version_meta (version_id, field, value, source, search_text, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version_id, field) DO UPDATE SET value = excluded.value, "
+                "source = excluded.source, search_text = excluded.search_text, updated_at = excluded.updated_at",
+                (version_id, name, json.dumps(value, sort_keys=True), source, search_text(value), now),
+            )
+        report.changed.append(name)
     return report
 
 

@@ -312,14 +312,17 @@ class _Writer:
         queue, self.sidecar_queue = self.sidecar_queue, []
         started = time.perf_counter()
         try:
-            from .sidecars import apply_sidecars, read_sidecars
+            from .sidecars import apply_sidecars_many, read_sidecars
         except ImportError:  # a build without sidecar support records the adapters alone
             return
+        items = []
         for ref, path in queue:
             # header=False: the version already holds the header (versions.metadata); only the files beside it
             found = read_sidecars(path, header=False)
             if found.values or found.previews or found.problems:
-                applied = apply_sidecars(self.registry, ref, found)
+                items.append((ref, found))
+        if items:  # the batch's values in one transaction: one commit for the batch, not one per file
+            for applied in apply_sidecars_many(self.registry, items):
                 self.report.sidecar_problems.extend(applied["problems"])
         self.report.sidecar_seconds += time.perf_counter() - started
 

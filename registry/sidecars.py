@@ -302,24 +302,50 @@ def apply_sidecars(registry, ref: str, found: Sidecars) -> dict[str, Any]:
     wrote is never replaced. An image that is not a usable preview is reported, not raised. Running it again changes
     nothing (the same values and images are already there).
     """
-    from .metadata import set_metadata
+    return apply_sidecars_many(registry, [(ref, found)])[0]
+
+
+def apply_sidecars_many(registry, items: list[tuple[str, Sidecars]]) -> list[dict[str, Any]]:
+    """:func:`apply_sidecars` for several versions: their values in one transaction each for sidecar and header
+    values (a scan's batch at once), previews one by one (each image is its own blob)."""
+    from .metadata import set_metadata_many
     from .previews import add_preview, read_preview_file
 
-    report = set_metadata(registry, ref, found.values, "sidecar")
-    header = set_metadata(registry, ref, found.header, "header")
-    problems = list(found.problems)
-    added = 0
-    for path in found.previews:
-        try:
-            add_preview(registry, ref, read_preview_file(path), "sidecar")
-            added += 1
-        except InvalidValueError as e:
-            problems.append(SidecarProblem(str(path), f"{str(e).removeprefix(str(path) + ': ')}; skipped"))
-    return {
-        "ref": report.ref,
-        "changed": report.changed + [n for n in header.changed if n not in report.changed],
-        # a header value under a sidecar's is expected, not news; under the user's it is worth saying
-        "kept": {**{k: v for k, v in header.kept.items() if v == "user"}, **report.kept},
-        "previews": added,
-        "problems": [{"path": p.path, "reason": p.reason} for p in problems],
-    }
+    try:
+        reports = set_metadata_many(registry, [(ref, found.values) for ref, found in items], "sidecar")
+        headers = set_metadata_many(registry, [(ref, found.header) for ref, found in items if found.header], "header")
+    except InvalidValueError:
+        if len(items) == 1:
+            raise
+        # one file's value is refused: record the others one by one, and that one's refusal as its problem
+        out = []
+        for ref, found in items:
+            try:
+                out += apply_sidecars_many(registry, [(ref, found)])
+            except InvalidValueError as e:
+                out.append({"ref": ref, "changed": [], "kept": {}, "previews": 0,
+                            "problems": [{"path": ref, "reason": f"{e}; skipped"}]})  # fmt: skip
+        return out
+    by_ref = {h.ref: h for h in headers}
+    out = []
+    for (ref, found), report in zip(items, reports, strict=True):
+        header = by_ref.get(report.ref)
+        problems = list(found.problems)
+        added = 0
+        for path in found.previews:
+            try:
+                add_preview(registry, ref, read_preview_file(path), "sidecar")
+                added += 1
+            except InvalidValueError as e:
+                problems.append(SidecarProblem(str(path), f"{str(e).removeprefix(str(path) + ': ')}; skipped"))
+        header_changed = header.changed if header is not None else []
+        header_kept = header.kept if header is not None else {}
+        out.append({
+            "ref": report.ref,
+            "changed": report.changed + [n for n in header_changed if n not in report.changed],
+            # a header value under a sidecar's is expected, not news; under the user's it is worth saying
+            "kept": {**{k: v for k, v in header_kept.items() if v == "user"}, **report.kept},
+            "previews": added,
+            "problems": [{"path": p.path, "reason": p.reason} for p in problems],
+        })  # fmt: skip
+    return out

@@ -167,3 +167,22 @@ def test_applying_sidecars_records_each_source_and_keeps_the_users_values(regist
     assert [p.source for p in list_previews(registry, ref)] == ["sidecar"]
     again = apply_sidecars(registry, ref, read_sidecars(adapter))
     assert again["changed"] == [] and len(list_previews(registry, ref)) == 1
+
+
+def test_a_batch_records_every_files_values_and_a_refused_value_costs_only_its_own_file(registry, tmp_path):
+    from pathlib import Path
+
+    from lorastack.registry.metadata import get_metadata
+    from lorastack.registry.sidecars import Sidecars, apply_sidecars_many
+    from lorastack.testing.registry import small_adapter
+
+    for i in range(3):
+        registry.import_file(small_adapter(tmp_path / f"{i}.safetensors", seed=i), f"lib/a{i}")
+    good = [(f"lib/a{i}", Sidecars(Path(f"{i}.safetensors"), values={"weight": 0.5 + i / 10})) for i in range(2)]
+    bad = ("lib/a2", Sidecars(Path("2.safetensors"), values={"weight": 99.0}))  # past MAX_WEIGHT
+    reports = apply_sidecars_many(registry, [good[0], bad, good[1]])
+    assert [r["ref"] for r in reports] == ["lib/a0@1", "lib/a2", "lib/a1@1"]
+    assert reports[1]["problems"] and "99" in reports[1]["problems"][0]["reason"]
+    assert get_metadata(registry, "lib/a0")["weight"].value == 0.5
+    assert get_metadata(registry, "lib/a1")["weight"].value == 0.6
+    assert "weight" not in get_metadata(registry, "lib/a2")
