@@ -16,14 +16,11 @@ check a token went where it should and nowhere else::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 
-from .hub_http import HubError, Logged, Request, Response, handler_for
+from .hub_http import HubError, Logged, LoopbackServer, Request, Response
 
 BY_HASH = "/api/v1/model-versions/by-hash"
 
@@ -37,7 +34,7 @@ class Fault:
     times: int
 
 
-class FakeCivitai:
+class FakeCivitai(LoopbackServer):
     """An in-memory Civitai. ``token``: when set, requests must carry ``Authorization: Bearer <token>`` (401
     otherwise), as a private deployment would."""
 
@@ -49,30 +46,8 @@ class FakeCivitai:
         self.authorizations: list[tuple[str, str | None]] = []  # (route, Authorization header)
         self.faults: list = []  # the shared handler's own faults (drop, hang, corrupt), see hub_http
         self.scripted: list[Fault] = []
-        self.lock = threading.RLock()
-        self.connections: set = set()
-        self.stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(self))
-        self.server.daemon_threads = True
         self._next_id = 1000
-
-    # --- lifecycle ---------------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> FakeCivitai:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-        with self.lock:
-            for connection in list(self.connections):
-                with contextlib.suppress(OSError):
-                    connection.shutdown(2)
+        super().__init__()
 
     # --- test helpers ------------------------------------------------------------------------------------------
     def add(

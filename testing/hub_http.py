@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from lorastack.errors import LorastackError
@@ -151,3 +153,34 @@ def route_name(route: str) -> str:
     """The route with commit hashes and LFS oids replaced by placeholders (stable for contract tests)."""
     route = re.sub(r"/[0-9a-f]{64}\b", "/{oid}", route)
     return re.sub(r"/[0-9a-f]{40}\b", "/{commit}", route)
+
+
+class LoopbackServer:
+    """What every fake server shares: a threaded HTTP server on 127.0.0.1 answering through :func:`handler_for`,
+    its URL, and a stop that also drops the connections clients keep alive (as a real server going away would).
+    Subclasses set their own state before calling ``super().__init__()``."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.connections: set = set()
+        self.stopping = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(self))
+        self.server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+        with self.lock:
+            for connection in list(self.connections):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(2)
+            self.connections.clear()

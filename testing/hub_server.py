@@ -13,17 +13,14 @@ mid-body, answer an error status), so tests can assert what the client did.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
-from .hub_http import HubError, Logged, Request, Response, handler_for
+from .hub_http import HubError, Logged, LoopbackServer, Request, Response
 
 LFS_PATTERNS = (".safetensors", ".bin", ".ckpt", ".pt", ".png", ".jpg", ".jpeg", ".webp")
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
@@ -60,7 +57,7 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """An in-memory Hub. ``token``: when set, writes and private repos need ``Authorization: Bearer <token>``;
     ``read_only_token``: a valid token that may read but not write (writes get 403)."""
 
@@ -70,34 +67,8 @@ class FakeHub:
         self.lfs: dict[str, bytes] = {}
         self.log: list[Logged] = []
         self.faults: list[tuple[re.Pattern, str, int]] = []
-        self.lock = threading.RLock()
         self._counter = 0
-        self.connections: set = set()
-        self.stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(self))
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle ---------------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> FakeHub:
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, and drop the connections clients keep alive (as a Hub going away would)."""
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-        with self.lock:
-            for connection in list(self.connections):
-                with contextlib.suppress(OSError):
-                    connection.shutdown(2)
-            self.connections.clear()
+        super().__init__()
 
     # --- test helpers ------------------------------------------------------------------------------------------
     def inject(self, route_regex: str, fault: str, times: int = 1) -> None:
