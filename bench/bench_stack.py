@@ -194,17 +194,10 @@ def main(argv=None):
 
         # (a) loading the N-th adapter, interleaved: ours N, theirs N, ours N+1, ...
         stack = AdapterStack(ours_pipe)
-        index_time = timed(lambda: stack.index, args.device)
-        ours_load, theirs_load = [], []
-        for i, path in enumerate(paths if "a" in args.parts else paths[:6]):
-            name = f"adapter{i:02d}"
-            ours_load.append(timed(partial(stack.load, name, path), args.device))
-            theirs_load.append(
-                timed(partial(theirs_pipe.load_lora_weights, str(path), adapter_name=name), args.device)
-            )
-        results["load"] = {"lorastack": ours_load, "diffusers": theirs_load, "lorastack_index_build": index_time}
+        results["load"] = measure_loads(stack, theirs_pipe, paths if "a" in args.parts else paths[:6], args.device)
         if "a" in args.parts:
-            report_load(ours_load, theirs_load, index_time)
+            load = results["load"]
+            report_load(load["lorastack"], load["diffusers"], load["lorastack_index_build"])
 
         # (b) switching between two 3-adapter stacks + one denoising step
         a_names, b_names = [f"adapter{i:02d}" for i in (0, 1, 2)], [f"adapter{i:02d}" for i in (3, 4, 5)]
@@ -276,6 +269,18 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return results
+
+
+def measure_loads(stack, theirs_pipe, paths, device) -> dict:
+    """The time of each load, interleaved (lorastack's N-th, diffusers' N-th, lorastack's N+1-th, …), adapters
+    named ``adapterNN``; and the one-time build of lorastack's module index."""
+    index_time = timed(lambda: stack.index, device)
+    ours, theirs = [], []
+    for i, path in enumerate(paths):
+        name = f"adapter{i:02d}"
+        ours.append(timed(partial(stack.load, name, path), device))
+        theirs.append(timed(partial(theirs_pipe.load_lora_weights, str(path), adapter_name=name), device))
+    return {"lorastack": ours, "diffusers": theirs, "lorastack_index_build": index_time}
 
 
 def report_load(ours, theirs, index_time):

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stack import pin_allocator, report_load, report_pair, stats, sync, timed
+from bench_stack import measure_loads, pin_allocator, report_load, report_pair, stats, sync, timed
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -163,16 +163,8 @@ def main(argv=None):
         )
         # (a) the N-th load, interleaved
         stack = AdapterStack(ours_pipe)
-        index_time = timed(lambda: stack.index, args.device)
-        ours_load, theirs_load = [], []
-        for i, path in enumerate(paths):
-            name = f"adapter{i:02d}"
-            ours_load.append(timed(partial(stack.load, name, path), args.device))
-            theirs_load.append(
-                timed(partial(theirs_pipe.load_lora_weights, str(path), adapter_name=name), args.device)
-            )
-        results["load"] = {"lorastack": ours_load, "diffusers": theirs_load, "lorastack_index_build": index_time}
-        report_load(ours_load, theirs_load, index_time)
+        load = results["load"] = measure_loads(stack, theirs_pipe, paths, args.device)
+        report_load(load["lorastack"], load["diffusers"], load["lorastack_index_build"])
         # (b) switching between two 3-adapter stacks, alone and followed by one forward
         a_names, b_names = [f"adapter{i:02d}" for i in (0, 1, 2)], [f"adapter{i:02d}" for i in (3, 4, 5)]
         weights = [0.8, 0.5, 0.3]
