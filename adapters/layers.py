@@ -137,7 +137,7 @@ class Layer:
         DoRA layers need the base ``weight``: their delta depends on it.
         """
         target = tuple(weight.shape) if weight is not None else (tuple(shape) if shape is not None else None)
-        d = self._delta_unscaled().float() * self.scale
+        d = self._scaled_delta()
         if target is None:
             target = self.natural_shape or tuple(d.shape)
         if d.numel() != math.prod(target):
@@ -145,11 +145,20 @@ class Layer:
                 f"{self.kind} layer of shape {tuple(d.shape)} does not fit a weight of shape {target}"
             )
         d = d.reshape(target)
-        if self.dora_scale is None:
+        magnitude = self._magnitude()
+        if magnitude is None:
             return d
         if weight is None:
             raise ValueError("a DoRA layer's delta depends on the base weight; pass weight=")
-        return _dora(weight.float(), d, self.dora_scale.float()) - weight.float()
+        return _dora(weight.float(), d, magnitude) - weight.float()
+
+    def _scaled_delta(self) -> torch.Tensor:
+        """ΔW at strength 1 in float32, before it is shaped like the weight (a fused layer's slice: its rows)."""
+        return self._delta_unscaled().float() * self.scale
+
+    def _magnitude(self) -> torch.Tensor | None:
+        """The DoRA magnitude applied to this layer's delta, float32 (``None``: not DoRA)."""
+        return None if self.dora_scale is None else self.dora_scale.float()
 
     def bias_delta(self) -> torch.Tensor | None:
         """Δbias at strength 1 (only full-difference layers carry one)."""

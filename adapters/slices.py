@@ -12,13 +12,12 @@ for a q/k/v share, two for a modulation whose shift and scale halves diffusers s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import InvalidAdapterError, UnsupportedAdapterError
-from .layers import Layer, Shape, _dora
+from .layers import Layer, Shape
 
 
 @dataclass(eq=False)
@@ -110,23 +109,12 @@ class RowSliceLayer(Layer):
         """This projection's rows of :meth:`parent_delta`, as an ``out × in…`` matrix."""
         return self._parent_rows(parent_delta)
 
-    def delta(self, weight: torch.Tensor | None = None, shape: Shape | None = None) -> torch.Tensor:
-        target = tuple(weight.shape) if weight is not None else (tuple(shape) if shape is not None else None)
-        parent = self.parent
-        d = self._parent_rows(self.parent_delta())
-        if target is None:
-            target = self.natural_shape or tuple(d.shape)
-        if d.numel() != math.prod(target):
-            raise InvalidAdapterError(
-                f"{self.kind} slice of shape {tuple(d.shape)} does not fit a weight of shape {target}"
-            )
-        d = d.reshape(target)
-        if parent.dora_scale is None:
-            return d
-        if weight is None:
-            raise ValueError("a DoRA layer's delta depends on the base weight; pass weight=")
-        magnitude = self._parent_rows(parent.dora_scale.float().reshape(-1, 1)).reshape(-1)
-        return _dora(weight.float(), d, magnitude) - weight.float()
+    def _scaled_delta(self) -> torch.Tensor:
+        return self._parent_rows(self.parent_delta())
+
+    def _magnitude(self) -> torch.Tensor | None:
+        dora = self.parent.dora_scale
+        return None if dora is None else self._parent_rows(dora.float().reshape(-1, 1)).reshape(-1)
 
     def bias_delta(self) -> torch.Tensor | None:
         b = self.parent.bias_delta()
