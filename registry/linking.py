@@ -11,8 +11,9 @@ registry's files gives them the library without a copy. Layouts:
 Namespaces become subfolders (``me/style`` → ``me/style.safetensors``; the UIs name a LoRA by its file stem). The
 folder's ``.lorastack-link.json`` lists what lorastack made there and the sha256 of each sidecar it wrote: a rerun
 adds, updates and removes only its own files, keeps a sidecar the user edited in the UI since (its hash changed), and
-never replaces a file it did not make. Sidecars and the list are written atomically, the list last, so a run killed
-midway leaves at worst files the next run recognises as its own.
+never replaces a file it did not make. Links are renamed into place and sidecars and the list written atomically,
+the list last: a run killed midway leaves links and sidecars that are exactly what the next run would write, which
+it takes as its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorastack.adapters.outputs import atomic_write_bytes
+from lorastack.faults import crash_point
 
 from .errors import InvalidValueError, RegistryError
 from .metadata import get_metadata
@@ -91,6 +93,7 @@ def link_library(registry, folder: str | Path, layout: str, *, search: str | Non
     for rel, entry in before.items():
         if rel not in wanted:
             _remove(folder, rel, entry, report)
+    crash_point("registry.link.before-list")
     atomic_write_bytes(folder / MANIFEST, json.dumps({"layout": layout, "files": made}, indent=1).encode())
     return report
 
@@ -140,6 +143,7 @@ def _place(folder: Path, rel: str, want: dict, previous: dict | None, report: Li
         if exists and previous is None:
             report.kept[rel] = "exists and was not made by lorastack link"
             return None
+        crash_point("registry.link.before-link")
         tmp = path.with_name(f".{path.name}.lorastack-tmp")
         if os.path.lexists(tmp):
             tmp.unlink()
@@ -150,13 +154,13 @@ def _place(folder: Path, rel: str, want: dict, previous: dict | None, report: Li
     content = want["content"]
     digest = hashlib.sha256(content).hexdigest()
     if exists:
+        current = _hash_of(path)
+        if current == digest:  # what this run would write (also after a run killed before its list was saved)
+            report.unchanged += 1
+            return {"kind": "sidecar", "sha256": digest}
         if previous is None:
             report.kept[rel] = "exists and was not made by lorastack link"
             return None
-        current = _hash_of(path)
-        if current == digest:
-            report.unchanged += 1
-            return {"kind": "sidecar", "sha256": digest}
         if current != previous.get("sha256"):
             report.kept[rel] = "edited since lorastack wrote it (kept; remove it to have it rewritten)"
             return {"kind": "sidecar", "sha256": previous.get("sha256"), "edited": True}

@@ -126,3 +126,31 @@ def test_metadata_and_previews_reach_the_ui_and_scan_reads_the_folder_back(stock
     assert values["weight"].value == 0.8 and values["weight"].source == "sidecar"
     assert other.resolve(style).trigger_words == ["word0"] or values["trigger_groups"].value == [["word0"]]
     other.close()
+
+
+CHILD = """
+import sys
+from lorastack.registry import Registry
+from lorastack.registry.linking import link_library
+link_library(Registry(), sys.argv[1], "a1111")
+"""
+
+
+@pytest.mark.parametrize("point", ["registry.link.before-link#3", "registry.link.before-list"])
+def test_a_killed_link_run_is_finished_by_the_next(stocked, tmp_path, point):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "loras"
+    env = {**os.environ, "LORASTACK_CRASH_AT": point}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(out)], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert not (out / MANIFEST).exists()
+    report = link_library(stocked, out, "a1111")
+    assert not report.kept  # what the killed run made is taken as lorastack's own, nothing is left behind
+    assert len(report.created) + report.unchanged == 6
+    assert not [p for p in out.rglob("*") if "lorastack-tmp" in p.name]
+    again = link_library(stocked, out, "a1111")
+    assert (again.created, again.updated, again.kept, again.unchanged) == ([], [], {}, 6)
