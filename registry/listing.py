@@ -6,7 +6,13 @@ import json
 import math
 import sqlite3
 
-from .errors import CorruptIndexError
+from .errors import CorruptIndexError, InvalidValueError
+
+# ORDER BY clauses of the sorts a listing offers; ties broken by name so that pages never overlap
+SORTS = {
+    "name": "ORDER BY a.name COLLATE NOCASE, a.name, v.number",
+    "date": "ORDER BY v.created_at DESC, a.name COLLATE NOCASE, a.name, v.number",
+}
 
 
 def list_rows(
@@ -17,10 +23,18 @@ def list_rows(
     missing: bool = False,
     lineage: str | None = None,
     tag: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    sort: str = "name",
 ) -> list[dict]:
     """Rows filtered by family, text (names, trigger words, descriptions, base models and every metadata value),
     in-place files gone missing, lineage label (exact, ASCII case folded) and tag (a registry tag, or a keyword tag
-    of the metadata)."""
+    of the metadata). ``sort``: one of ``SORTS`` (``date``: newest first); ``limit``/``offset``: one page of them."""
+    if sort not in SORTS:
+        raise InvalidValueError(f"sort {sort!r} is not one of: {', '.join(SORTS)}")
+    for what, value in (("limit", limit), ("offset", offset)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InvalidValueError(f"{what} {value!r} is not a whole number of 0 or more")
     where, args = [], []
     # an index opened read-only before the metadata migration has no metadata: no version matches a metadata filter
     has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'version_meta'").fetchone()
@@ -68,8 +82,11 @@ def list_rows(
         "FROM versions v JOIN adapters a ON a.id = v.adapter_id "
         "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
         + (f"WHERE {' AND '.join(where)} " if where else "")
-        + "ORDER BY a.name COLLATE NOCASE, v.number"
+        + SORTS[sort]
+        + (" LIMIT ? OFFSET ?" if limit is not None or offset else "")
     )
+    if limit is not None or offset:
+        args += [-1 if limit is None else limit, offset]
     return [_row(db, r) for r in db.execute(sql, args)]
 
 

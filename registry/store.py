@@ -306,16 +306,18 @@ class Registry:
     @guarded
     def list(
         self, family: str | None = None, search: str | None = None, all_versions: bool = False, missing: bool = False,
-        lineage: str | None = None, tag: str | None = None,
+        lineage: str | None = None, tag: str | None = None, limit: int | None = None, offset: int = 0,
+        sort: str = "name",
     ) -> list[dict]:  # fmt: skip
         """One row per adapter (its latest version), or per version with ``all_versions``; filtered (``missing``:
-        only versions whose in-place file a rescan found gone; ``lineage``, ``tag``: see ``listing.list_rows``)."""
+        only versions whose in-place file a rescan found gone; ``lineage``, ``tag``, ``limit``, ``offset``, ``sort``:
+        see ``listing.list_rows``)."""
         if search is not None and (not isinstance(search, str) or clean_text(search) != search or len(search) > 1000):
             raise InvalidValueError("--search text must be UTF-8 text of at most 1000 characters")
         db = self._db()
         if db is None:
             return []
-        return list_rows(db, family, search, all_versions, missing, lineage, tag)
+        return list_rows(db, family, search, all_versions, missing, lineage, tag, limit, offset, sort)
 
     @guarded
     def adapter_path(self, ref: str | Ref, verify: bool = True) -> tuple[Version, Path]:

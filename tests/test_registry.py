@@ -11,6 +11,7 @@ from lorastack.registry import (
     ConflictError,
     IntegrityError,
     InvalidNameError,
+    InvalidValueError,
     NotFoundError,
     ReadOnlyError,
     Registry,
@@ -131,6 +132,13 @@ def test_list_filters(registry, files, tmp_path):
     assert [r["ref"] for r in registry.list(search="tok2")] == ["beta/figurine@1"]
     assert [r["ref"] for r in registry.list(search="watercolor", all_versions=True)] == ["alpha@1"]
     assert len(registry.list(all_versions=True)) == 4
+    # pages of a sort never overlap and together give the whole listing
+    pages = [registry.list(all_versions=True, limit=3, offset=o) for o in (0, 3)]
+    assert [r["ref"] for page in pages for r in page] == [r["ref"] for r in registry.list(all_versions=True)]
+    assert [r["ref"] for r in registry.list(sort="date", limit=1)] == ["gamma@1"]
+    for bad in ({"sort": "size"}, {"limit": -1}, {"offset": "2"}):
+        with pytest.raises(InvalidValueError, match="sort 'size' is not one of: name, date|limit -1|offset '2'"):
+            registry.list(**bad)
 
 
 def small_tensor(*shape):
