@@ -140,6 +140,9 @@ def _register_commands() -> None:
     from . import library_meta
 
     library_meta.register(cli)
+    from . import arith
+
+    arith.register(cli)
 
 
 _register_commands()

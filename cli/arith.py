@@ -1,0 +1,183 @@
+"""``lorastack merge``, ``resize``, ``extract`` and ``bake``: LoRA arithmetic, each with its measured error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .base_options import base_component_options
+from .grammar import Choice, echo_json, force_option, format_option, json_option, output_option
+from .text import printable
+
+_DYNAMIC = ("sv_ratio", "sv_fro", "sv_cumulative")
+
+
+def _check_options(f):
+    for option in reversed(
+        [
+            click.option("--check-prompts", default=None, metavar="'P1|P2'",
+                         help="Generate these prompts with the original and the result (same seeds); report PSNR."),
+            click.option("--check-seed", type=int, default=0, show_default=True, help="First seed of --check-prompts."),
+            click.option("--check-steps", type=click.IntRange(1, 200), default=20, show_default=True,
+                         help="Steps per --check-prompts image."),
+            click.option("--check-size", type=click.IntRange(8, 4096), default=None,
+                         help="Side of the --check-prompts images (default: the base's)."),
+        ]
+    ):  # fmt: skip
+        f = option(f)
+    return f
+
+
+def _name_option(f):
+    return click.option("--name", default=None, help="Also import the result into the registry under NAME.")(f)
+
+
+def _rank_options(f):
+    f = click.option("--target", type=float, default=None, help="The --dynamic criterion's target.")(f)
+    f = click.option("--dynamic", type=Choice(_DYNAMIC), default=None,
+                     help="Choose each layer's rank by kohya's criterion (--rank caps it).")(f)  # fmt: skip
+    return click.option("--rank", type=int, default=None, help="Rank of the result (the cap with --dynamic).")(f)
+
+
+def _check(prompts, seed, steps, size):
+    from lorastack.core.arith_runs import Check
+
+    return Check(prompts, seed, steps, size)
+
+
+def _report(data: dict, as_json: bool) -> None:
+    if as_json:
+        echo_json(data)
+        return
+    from lorastack.core.arith import LayerReport
+
+    if "layers" in data and isinstance(data["layers"], list):
+        for layer in data["layers"]:
+            fields = {k: layer.get(k) for k in ("sum_retained", "fro_retained", "max_ratio", "optimal_error")}
+            report = LayerReport(layer["layer"], layer["rank"], layer["target_norm"], layer["error"], **fields)
+            click.echo(printable(report.line()))
+        s = data["summary"]
+        if "average_fro_retained" in s:
+            click.echo(
+                f"Average Frobenius norm retention: {s['average_fro_retained']:.2%} | std: {s['fro_retained_std']:0.3f}"
+            )
+        click.echo(
+            f"{data['method']}: {s['layers']} layers, ranks {', '.join(map(str, s['ranks'])) or '-'}, "
+            f"relative error {s['relative_error']:.3e} (worst layer {s['max_layer_relative_error']:.3e})"
+        )
+    check = data.get("check_prompts") or (data.get("summary") or {}).get("check_prompts")
+    if check:
+        click.echo(f"check prompts: min PSNR {check['min_psnr_db']} dB, max difference {check['max_difference']}/255")
+    line = f"wrote {printable(data['output'])}"
+    if data.get("format"):
+        line += f" ({data['format']} format)"
+    if data.get("registered"):
+        line += f", registered as {printable(data['registered'])}"
+    click.echo(line)
+
+
+@click.command("merge")
+@click.argument("inputs", nargs=-1, required=True, metavar="A[:W] B[:W]...")
+@output_option("file", required=True)
+@click.option("--method", type=Choice(("concat", "svd", "ties", "dare", "dare_ties", "magnitude_prune")),
+              default="concat", show_default=True, help="concat is exact; the others re-factor to --rank.")  # fmt: skip
+@click.option("--rank", type=int, default=None, help="Rank of the result (svd, ties, dare; default: the inputs' largest).")
+@click.option("--density", type=float, default=None, help="Share of values kept (ties, dare, magnitude_prune).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of dare's random masks.")
+@click.option("--base", default=None, help="Base model (needed for DoRA inputs and --check-prompts).")
+@base_component_options
+@format_option(default_help="Default: the first input's (kohya when full layers need it).")
+@force_option()
+@_name_option
+@_check_options
+@json_option("the error report")
+def merge_cmd(inputs, output, method, rank, density, seed, base, fmt, force, name, check_prompts, check_seed,
+              check_steps, check_size, as_json, base_components):  # fmt: skip
+    """Merge adapters A, B, ... (each FILE or registry reference, :W its weight, block weights as in --lora)."""
+    from lorastack.core.arith_runs import Output, run_merge
+
+    out = Output(output, fmt, force, name, base, base_components)
+    check = _check(check_prompts, check_seed, check_steps, check_size)
+    _report(run_merge(list(inputs), out, method, rank, density, seed, check), as_json)
+
+
+@click.command("resize")
+@click.argument("adapter")
+@output_option("file", required=True)
+@_rank_options
+@click.option("--base", default=None, help="Base model for --check-prompts.")
+@base_component_options
+@format_option(default_help="Default: the input's.")
+@force_option()
+@_name_option
+@_check_options
+@json_option("the error report")
+def resize_cmd(adapter, output, rank, dynamic, target, base, fmt, force, name, check_prompts, check_seed,
+               check_steps, check_size, as_json, base_components):  # fmt: skip
+    """Re-factor ADAPTER to a lower rank (--rank R, or --dynamic with --target), reporting what each layer kept."""
+    from lorastack.core.arith_runs import Output, run_resize
+
+    out = Output(output, fmt, force, name, base, base_components)
+    check = _check(check_prompts, check_seed, check_steps, check_size)
+    _report(run_resize(adapter, out, rank, dynamic, target, check), as_json)
+
+
+@click.command("extract")
+@click.option("--base", required=True, help="The model that was fine-tuned: checkpoint or folder.")
+@click.option("--tuned", required=True, help="The fine-tuned model: checkpoint or folder.")
+@output_option("file", required=True)
+@_rank_options
+@click.option("--components", default=None, help="Comma-separated: unet, transformer, text_encoder… (default: all).")
+@click.option("--clamp-quantile", type=float, default=None, help="Clamp the factors at this quantile (kohya: 0.99).")
+@click.option("--min-diff", type=float, default=0.0, show_default=True, help="Leave out layers changed less.")
+@base_component_options
+@format_option(default_help="Default: kohya.")
+@force_option()
+@_name_option
+@_check_options
+@json_option("the error report")
+def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_quantile, min_diff, fmt, force, name,
+                check_prompts, check_seed, check_steps, check_size, as_json, base_components):  # fmt: skip
+    """Extract a LoRA from a fine-tuned model (--tuned) and its --base, with the relative error per layer."""
+    from lorastack.core.arith_runs import Output, run_extract
+
+    out = Output(output, fmt, force, name, None, base_components)
+    check = _check(check_prompts, check_seed, check_steps, check_size)
+    result = run_extract(base, tuned, out, rank=rank, dynamic=dynamic, target=target, components=components,
+                         clamp_quantile=clamp_quantile, min_diff=min_diff, check=check)  # fmt: skip
+    _report(result, as_json)
+
+
+@click.command("bake")
+@click.argument("base")
+@click.option("--lora", "loras", multiple=True, metavar="SOURCE[:SCALE]", help="Adapter of the stack (repeat).")
+@click.option("--blocks", default=None, metavar="K=V[:K=V]",
+              help="Block weights for every --lora that gives none: lbw=…, single=0, double.3=0.5, te=0.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output: FILE.safetensors (a single-file base in its layout) or a FOLDER (diffusers).")  # fmt: skip
+@click.option("--as-lora", is_flag=True, help="Write one adapter equal to the stack instead of a model.")
+@click.option("--rank", type=int, default=None, help="With --as-lora: the SVD rank (default: exact concat).")
+@base_component_options
+@format_option(default_help="With --as-lora. Default: the first adapter's.")
+@force_option()
+@_name_option
+@_check_options
+@json_option("the result")
+def bake_cmd(base, loras, blocks, output, as_lora, rank, fmt, force, name, check_prompts, check_seed, check_steps,
+             check_size, as_json, base_components):  # fmt: skip
+    """Merge the --lora stack into BASE and write the model (or, --as-lora, one adapter equal to the stack)."""
+    from lorastack.core.arith_runs import Output, run_bake
+
+    from .main import quiet_libraries
+
+    quiet_libraries()
+    out = Output(output, fmt, force, name, base, base_components)
+    check = _check(check_prompts, check_seed, check_steps, check_size)
+    result = run_bake(base, list(loras), out, blocks=blocks, as_lora=as_lora, rank=rank, check=check)
+    _report(result, as_json)
+
+
+def register(group: click.Group) -> None:
+    for command in (merge_cmd, resize_cmd, extract_cmd, bake_cmd):
+        group.add_command(command)

@@ -1,0 +1,445 @@
+"""LoRA arithmetic, the shared part: inputs, exact per-layer ΔW, truncated SVDs, kohya's rank criteria, reports.
+
+``merge``, ``resize``, ``extract`` and ``bake --as-lora`` (:mod:`.merge`, :mod:`.resize`, :mod:`.extract`,
+:mod:`.bake`) all end the same way: a target ΔW per module, re-factored to a rank, the error measured against the
+target, and one adapter file whose header says what it came from. Everything goes through the canonical layers of
+:mod:`lorastack.adapters`, so every input format (kohya, diffusers/peft, LyCORIS LoHa/LoKr/full, DoRA, fused
+Flux/SD3 slices) contributes its exact ΔW.
+
+A LoRA's ΔW = U·D (``out × r`` times ``r × in``) is factored without forming it: with ``U = Q₁R₁`` and
+``Dᵀ = Q₂R₂`` (QR), ΔW = Q₁ (R₁R₂ᵀ) Q₂ᵀ, so the SVD of the small ``r × r`` core gives ΔW's singular values and
+vectors exactly. kohya's ``resize_lora.py`` multiplies U·D out and takes the SVD of the whole ``out × in`` matrix;
+the result is the same, the work is ``O((out + in)·r²)`` instead of ``O(out·in·min(out, in))``.
+
+The rank criteria follow kohya-ss/sd-scripts ``networks/resize_lora.py`` to the letter (``index_sv_ratio``,
+``index_sv_fro``, ``index_sv_cumulative``, ``rank_resize``: a zero matrix keeps rank 1, a rank above the cap is
+capped), and so do the per-layer report values: ``sum(S) retained``, ``fro retained``, ``max(S) ratio``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer
+from lorastack.adapters.errors import shown
+from lorastack.adapters.layers import all_finite
+from lorastack.errors import LorastackError
+
+#: kohya's dynamic criteria (``--dynamic_method``) and what their target means
+DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
+#: kohya's MIN_SV: a layer whose largest singular value is below this is a zero matrix (kept at rank 1)
+MIN_SV = 1e-6
+#: the largest rank any arithmetic result may ask for (a LoRA of more than this is no longer low-rank)
+MAX_RANK = 4096
+#: header key holding the arithmetic record (JSON)
+RECORD_KEY = "lorastack_arithmetic"
+#: the layers listed one by one in the header's record (the summary covers all of them)
+_HEADER_LAYERS = 2000
+
+
+class ArithmeticInputError(LorastackError, ValueError):
+    """Arithmetic that cannot be done as asked: mismatched families, a rank the layer cannot have, a bad target."""
+
+
+@dataclass
+class Source:
+    """One input of an arithmetic command: the adapter, how it was named, its hashes and its scale."""
+
+    label: str
+    adapter: Adapter
+    scale: Any = 1.0
+    sha256: str | None = None
+    tensor_sha256: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"source": self.label, "sha256": self.sha256, "tensor_sha256": self.tensor_sha256, "scale": self.scale}
+
+
+def load_sources(values: list[str], registry=None) -> list[Source]:
+    """``A[:w]`` values (files or registry references, block weights as in ``--lora``) read and hashed."""
+    from lorastack.adapters import file_and_tensor_sha256, read_adapter
+
+    from .sources import find_adapter, parse_lora_option
+
+    if not values:
+        raise ArithmeticInputError("no input adapters; give at least one FILE[:WEIGHT]")
+    out = []
+    for value in values:
+        request = parse_lora_option(value)
+        found = find_adapter(request.source, registry)
+        adapter = read_adapter(found.path)
+        file_hash, data_hash = file_and_tensor_sha256(found.path)
+        out.append(Source(found.label, adapter, request.scale, file_hash, data_hash))
+    return out
+
+
+def common_family(sources: list[Source]) -> str:
+    """The one family the inputs are for; mismatched families are refused with both named."""
+    known = {s.label: s.adapter.family for s in sources if s.adapter.family != "unknown"}
+    families = sorted(set(known.values()))
+    if len(families) > 1:
+        pairs = ", ".join(f"{shown(label, 80)} is {fam}" for label, fam in known.items())
+        raise ArithmeticInputError(f"the inputs are for different base families ({pairs}); merge adapters of one")
+    return families[0] if families else "unknown"
+
+
+def block_counts_of(sources: list[Source], family: str) -> dict[str, int] | None:
+    """Transformer block counts implied by the inputs' layers (no base is loaded to read them from)."""
+    from lorastack.adapters.families import FAMILY_TABLE, transformer_block
+
+    fam = FAMILY_TABLE.get(family)
+    if fam is None or not fam.transformer:
+        return None
+    counts = {g.name: 0 for g in fam.blocks}
+    for s in sources:
+        for name in s.adapter.layers:
+            if name.startswith("transformer."):
+                block = transformer_block(family, name.partition(".")[2])
+                if block is not None:
+                    counts[block[0]] = max(counts[block[0]], block[1] + 1)
+    return counts
+
+
+# --- per-layer ΔW ------------------------------------------------------------------------------------------------
+def needs_base(layer: Layer) -> bool:
+    return layer.is_dora
+
+
+def plain(layer: Layer) -> bool:
+    """A LoRA whose ΔW is exactly ``scale · up @ down`` (no Tucker core, no DoRA, not a fused slice)."""
+    return type(layer) is LoRALayer and layer.mid is None and not layer.is_dora
+
+
+def factors(layer: LoRALayer, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, D)`` with ``weight · ΔW = U @ D`` (2-D, float32) for a :func:`plain` LoRA."""
+    up = layer.up.float().reshape(layer.out_features, -1) * (weight * layer.scale)
+    return up, layer.down.float().reshape(layer.rank, -1)
+
+
+def dense(layer: Layer, base_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW at strength 1 as an ``out × in·k`` float32 matrix (DoRA layers need the base weight)."""
+    if needs_base(layer) and base_weight is None:
+        raise ArithmeticInputError(
+            "a DoRA layer's ΔW depends on the base weight; pass --base with the model the adapter was trained on"
+        )
+    if base_weight is not None:
+        return layer.delta(base_weight.float()).reshape(base_weight.shape[0], -1)
+    return layer.delta().reshape(layer.out_features, -1)
+
+
+def layer_shape(layer: Layer, base_weight: torch.Tensor | None = None) -> tuple[int, ...]:
+    if base_weight is not None:
+        return tuple(base_weight.shape)
+    return tuple(layer.natural_shape or (layer.out_features, layer.in_numel))
+
+
+# --- SVD -------------------------------------------------------------------------------------------------------
+@dataclass
+class Spectrum:
+    """A ΔW as ``U · diag(S) · Vh`` (S descending), exact for the matrix it was computed from."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+
+
+def svd_dense(matrix: torch.Tensor) -> Spectrum:
+    U, S, Vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    return Spectrum(U, S, Vh)
+
+
+def svd_factored(up: torch.Tensor, down: torch.Tensor) -> Spectrum:
+    """The SVD of ``up @ down`` without forming it (see the module docstring)."""
+    q1, r1 = torch.linalg.qr(up.float())
+    q2, r2 = torch.linalg.qr(down.float().T)
+    u, s, vh = torch.linalg.svd(r1 @ r2.T, full_matrices=False)
+    return Spectrum(q1 @ u, s, vh @ q2.T)
+
+
+def spectrum_of(ups: list[torch.Tensor], downs: list[torch.Tensor], dense_part: torch.Tensor | None) -> Spectrum:
+    """The SVD of ``Σ upᵢ @ downᵢ (+ dense_part)``: factored while the stacked rank is below the matrix's size."""
+    if dense_part is None and ups:
+        up, down = torch.cat(ups, 1), torch.cat(downs, 0)
+        if up.shape[1] < min(up.shape[0], down.shape[1]):
+            return svd_factored(up, down)
+        return svd_dense(up @ down)
+    total = dense_part.clone() if dense_part is not None else None
+    for up, down in zip(ups, downs, strict=True):
+        total = up @ down if total is None else total.addmm_(up, down)
+    return svd_dense(total)
+
+
+# --- kohya's criteria --------------------------------------------------------------------------------------------
+def index_sv_cumulative(S: torch.Tensor, target: float) -> int:
+    cumulative = torch.cumsum(S, dim=0) / float(torch.sum(S))
+    return max(0, min(int(torch.searchsorted(cumulative, target)), len(S) - 1))
+
+
+def index_sv_fro(S: torch.Tensor, target: float) -> int:
+    squared = S.pow(2)
+    cumulative = torch.cumsum(squared, dim=0) / float(torch.sum(squared))
+    return max(0, min(int(torch.searchsorted(cumulative, target**2)), len(S) - 1))
+
+
+def index_sv_ratio(S: torch.Tensor, target: float) -> int:
+    return max(0, min(int(torch.sum(S > S[0] / target).item()) - 1, len(S) - 1))
+
+
+_INDEX = {"sv_ratio": index_sv_ratio, "sv_fro": index_sv_fro, "sv_cumulative": index_sv_cumulative}
+
+
+def check_dynamic(method: str | None, target: float | None) -> None:
+    if method is None:
+        if target is not None:
+            raise ArithmeticInputError("--target is the target of --dynamic; give --dynamic sv_ratio|sv_fro|sv_cumulative")
+        return
+    if method not in DYNAMIC_METHODS:
+        raise ArithmeticInputError(f"unknown --dynamic {shown(method)}; choose one of {', '.join(DYNAMIC_METHODS)}")
+    if target is None or not math.isfinite(target):
+        raise ArithmeticInputError(f"--dynamic {method} needs a finite --target")
+    if method == "sv_ratio" and target < 1:
+        raise ArithmeticInputError(f"--target {target:g} for sv_ratio is a ratio σ_max/σ_min of at least 1")
+    if method != "sv_ratio" and not 0 < target <= 1:
+        raise ArithmeticInputError(f"--target {target:g} for {method} is a share from 0 (exclusive) to 1")
+
+
+def check_rank(rank: int | None, what: str = "--rank") -> None:
+    if rank is not None and not 1 <= rank <= MAX_RANK:
+        raise ArithmeticInputError(f"{what} {rank} is out of range; ranks are 1 to {MAX_RANK}")
+
+
+def choose_rank(S: torch.Tensor, rank: int | None, method: str | None, target: float | None) -> int:
+    """kohya's ``rank_resize``: the criterion's rank, capped at ``rank`` (when given) and at the spectrum's size; a
+    zero matrix gets rank 1."""
+    cap = min(rank if rank is not None else len(S), len(S))
+    new_rank = _INDEX[method](S, target) + 1 if method else cap
+    if len(S) == 0 or float(S[0]) <= MIN_SV:
+        return 1
+    return min(new_rank, cap)
+
+
+# --- results ---------------------------------------------------------------------------------------------------
+@dataclass
+class LayerReport:
+    """How close one result layer is to its target ΔW."""
+
+    name: str
+    rank: int | None  # None: an exact full difference
+    target_norm: float
+    error: float  # ‖result − target‖_F, measured
+    sum_retained: float | None = None
+    fro_retained: float | None = None
+    max_ratio: float | None = None
+    optimal_error: float | None = None  # √Σ discarded σ² (the best any rank-`rank` factorisation can do)
+    kind: str = "lora"
+
+    @property
+    def relative_error(self) -> float:
+        return self.error / self.target_norm if self.target_norm > 0 else (0.0 if self.error == 0 else math.inf)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "layer": self.name,
+            "kind": self.kind,
+            "rank": self.rank,
+            "error": self.error,
+            "relative_error": self.relative_error,
+            "target_norm": self.target_norm,
+        }
+        for key in ("sum_retained", "fro_retained", "max_ratio", "optimal_error"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def line(self) -> str:
+        """kohya's verbose line (``sum(S) retained … fro retained … max(S) ratio``), with the measured error."""
+        text = f"{self.name:75} | rank {self.rank if self.rank is not None else 'full'}"
+        if self.sum_retained is not None:
+            text += (
+                f", sum(S) retained: {self.sum_retained:.1%}, fro retained: {self.fro_retained:.1%}, "
+                f"max(S) ratio: {self.max_ratio:0.1f}"
+            )
+        return text + f", relative error: {self.relative_error:.2e}"
+
+
+def spectrum_stats(S: torch.Tensor, k: int) -> dict[str, float]:
+    """kohya's per-module values for keeping the first ``k`` of the singular values ``S``."""
+    total = float(S.abs().sum())
+    squared = S.double().pow(2)
+    fro = math.sqrt(float(squared.sum()))
+    kept = math.sqrt(float(squared[:k].sum()))
+    return {
+        "sum_retained": float(S[:k].abs().sum()) / total if total > 0 else 1.0,
+        "fro_retained": kept / fro if fro > 0 else 1.0,
+        "max_ratio": float(S[0] / S[k - 1]) if float(S[k - 1]) > 0 else math.inf,
+        "optimal_error": math.sqrt(max(float(squared[k:].sum()), 0.0)),
+    }
+
+
+def lora_from_spectrum(spec: Spectrum, k: int, shape: tuple[int, ...]) -> LoRALayer:
+    """The rank-``k`` truncation as a LoRA of scale 1 (alpha = rank). kohya puts all of σ into ``up``; the square
+    root on each side keeps both factors of one magnitude, which fp16/bf16 files store better."""
+    root = spec.S[:k].clamp_min(0).sqrt()
+    up = spec.U[:, :k] * root
+    down = root[:, None] * spec.Vh[:k]
+    out = shape[0]
+    if len(shape) == 4:
+        up = up.reshape(out, k, 1, 1)
+        down = down.reshape(k, *shape[1:])
+    return LoRALayer(down.contiguous(), up.contiguous(), alpha=float(k))
+
+
+def measured_error(result: Layer, target: torch.Tensor, base_weight: torch.Tensor | None = None) -> float:
+    """‖ΔW(result) − target‖_F, with the result's ΔW computed by the same code the stack patches with."""
+    got = dense(result, base_weight)
+    return float(torch.linalg.matrix_norm(got - target.reshape(got.shape)))
+
+
+def check_result_layer(name: str, layer: Layer, base_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse what must not be written: non-finite values, a rank larger than the layer, a shape not the base's."""
+    for field_name, t in layer.tensors().items():
+        if not all_finite(t):
+            raise ArithmeticInputError(f"{shown(name, 120)}: the result's {field_name} holds NaN or infinite values")
+    if layer.rank is not None and layer.rank > min(layer.out_features, layer.in_numel):
+        raise ArithmeticInputError(
+            f"{shown(name, 120)}: rank {layer.rank} is larger than the layer ({layer.out_features} x {layer.in_numel})"
+        )
+    if base_shape is not None and (layer.out_features, layer.in_numel) != (base_shape[0], math.prod(base_shape[1:])):
+        raise ArithmeticInputError(f"{shown(name, 120)}: the result does not fit the base weight {base_shape}")
+
+
+@dataclass
+class Result:
+    """An arithmetic result: its layers, the report per layer, and the record written into the file."""
+
+    method: str
+    family: str
+    layers: dict[str, Layer]
+    reports: list[LayerReport]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        total = math.sqrt(sum(r.target_norm**2 for r in self.reports))
+        error = math.sqrt(sum(r.error**2 for r in self.reports))
+        fro = [r.fro_retained for r in self.reports if r.fro_retained is not None]
+        ranks = [r.rank for r in self.reports if r.rank is not None]
+        out = {
+            "layers": len(self.reports),
+            "relative_error": error / total if total > 0 else 0.0,
+            "max_layer_relative_error": max((r.relative_error for r in self.reports), default=0.0),
+            "error": error,
+            "target_norm": total,
+            "ranks": sorted(set(ranks)),
+            "full_layers": sum(1 for r in self.reports if r.rank is None),
+        }
+        if fro:
+            mean = sum(fro) / len(fro)
+            out["average_fro_retained"] = mean
+            out["fro_retained_std"] = math.sqrt(sum((f - mean) ** 2 for f in fro) / len(fro))
+        if self.check is not None:
+            out["check_prompts"] = self.check
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "family": self.family,
+            "sources": self.sources,
+            "settings": self.settings,
+            "summary": self.summary(),
+            "layers": [r.to_json() for r in self.reports],
+        }
+
+    def record(self) -> str:
+        """The JSON written into the header (layers beyond a bound are left to the summary)."""
+        data = self.to_json()
+        if len(data["layers"]) > _HEADER_LAYERS:
+            data["layers_left_out"] = len(data["layers"]) - _HEADER_LAYERS
+            data["layers"] = data["layers"][:_HEADER_LAYERS]
+        return json.dumps(data, sort_keys=True, allow_nan=False, default=_finite)
+
+
+def _finite(value: Any) -> Any:
+    return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def result_adapter(result: Result, template: Adapter | None = None, title: str | None = None) -> Adapter:
+    """The result as an :class:`Adapter` whose header carries the arithmetic record."""
+    from lorastack.adapters import AdapterMetadata
+
+    meta = AdapterMetadata()
+    if template is not None:
+        meta.trigger_words = list(template.metadata.trigger_words)
+        meta.resolution = template.metadata.resolution
+    meta.title = title or f"{result.method} of {', '.join(Path(s['source']).stem for s in result.sources)}"[:200]
+    summary = _json_safe(result.summary())
+    meta.description = f"lorastack {result.method}: relative error {summary['relative_error']:.3e}"
+    meta.raw = {RECORD_KEY: json.dumps(_json_safe(json.loads(result.record())), sort_keys=True)}
+    meta.raw["ss_training_comment"] = meta.description
+    return Adapter(dict(result.layers), meta, source_format="diffusers")
+
+
+def writable_format(layers: dict[str, Layer], wanted: str | None, default: str) -> str:
+    """``wanted``, else ``default`` when it can hold the layers, else kohya (which holds every kind)."""
+    if wanted:
+        return wanted
+    if default == "diffusers" and any(not isinstance(layer, LoRALayer) or layer.mid is not None for layer in layers.values()):
+        return "kohya"
+    return default
+
+
+def write_result(
+    result: Result,
+    output: Path,
+    fmt: str,
+    *,
+    template: Adapter | None = None,
+    name: str | None = None,
+    registry=None,
+) -> dict[str, Any]:
+    """Validate every layer, write the file atomically, then (``name``) register it; what was written."""
+    from lorastack.adapters import write_adapter
+    from lorastack.faults import crash_point
+
+    for layer_name, layer in result.layers.items():
+        check_result_layer(layer_name, layer)
+    if not result.layers:
+        raise ArithmeticInputError("the result has no layers (every input layer was scaled to 0 or left out)")
+    adapter = result_adapter(result, template)
+    family = result.family if result.family != "unknown" else None
+    written = write_adapter(adapter, output, format=fmt, family=family)
+    crash_point("arith.after-write")
+    out: dict[str, Any] = {"output": str(written), "format": fmt}
+    if name:
+        from lorastack.registry import Registry
+
+        registry = registry or Registry()
+        imported = registry.import_file(
+            written, name, description=adapter.metadata.description, provenance={"arithmetic": result.method}
+        )
+        out["registered"] = imported.version.ref
+        crash_point("arith.after-register")
+    return out
+
+
+def is_full(layer: Layer) -> bool:
+    return isinstance(layer, FullLayer)
