@@ -143,6 +143,9 @@ def _register_commands() -> None:
     from . import arith
 
     arith.register(cli)
+    from . import serve
+
+    serve.register(cli)
 
 
 _register_commands()
