@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorastack.core.generate import MAX_ADAPTERS, MAX_PROMPT_CHARS
 from lorastack.registry.errors import InvalidValueError, NotFoundError
 
+from .security import UploadTooLarge
+
 router = APIRouter(prefix="/api", tags=["studio"])
 JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 FILE_NAME = re.compile(r"^[0-9]{5}-[0-9]+(-[a-z-]+)?\.png$")
@@ -210,7 +212,7 @@ async def _save_upload(server, file: UploadFile, suffix: str) -> tuple[str, Path
             while chunk := await file.read(CHUNK):
                 size += len(chunk)
                 if size > server.max_upload:
-                    raise InvalidValueError(f"{file.filename}: over {server.max_upload:,} bytes, the most accepted")
+                    raise UploadTooLarge(f"{file.filename}: over {server.max_upload:,} bytes, the most accepted")
                 out.write(chunk)
     except BaseException:
         path.unlink(missing_ok=True)

@@ -178,7 +178,7 @@ def _blob(request: Request, sha256: str, thumbnail: bool) -> FileResponse:
     return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=31536000, immutable"})
 
 
-@router.post("/previews/{ref:path}", summary="Add a preview image to a version (PNG, JPEG or WebP)")
+@router.post("/preview-uploads/{ref:path}", summary="Add a preview image to a version (PNG, JPEG or WebP)")
 async def add_preview_upload(request: Request, ref: str, file: UploadFile) -> dict[str, Any]:
     from lorastack.registry.previews import MAX_PREVIEW_BYTES, add_preview
 

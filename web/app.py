@@ -17,12 +17,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorastack.errors import LorastackError
 from lorastack.registry import Registry
 
 from .jobs import JobQueueFull, JobStore
-from .security import MAX_BODY, Guard, check_token
+from .security import MAX_BODY, Guard, UploadTooLarge, check_token
 from .studio import Studio
 
 STATIC = Path(__file__).parent / "static"
@@ -102,6 +103,10 @@ def create_app(
 
         return JSONResponse({"error": printable(e)}, status_code=status_of(e))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, e: RequestValidationError):
         return JSONResponse({"error": validation_line(e)}, status_code=422)
@@ -132,6 +137,8 @@ def status_of(e: LorastackError) -> int:
 
     if isinstance(e, NotFoundError):
         return 404
+    if isinstance(e, UploadTooLarge):
+        return 413
     if isinstance(e, ConflictError):
         return 409
     if isinstance(e, JobQueueFull | BusyError):

@@ -154,6 +154,10 @@ class Guard:
         return None, False
 
 
+class UploadTooLarge(LorastackError):
+    """An upload over the server's limit (``--max-upload-mb``)."""
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int):
         self.limit = limit
