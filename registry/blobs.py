@@ -127,6 +127,17 @@ class BlobStore:
             os.fsync(dst.fileno())
         return StagedBlob(staged, whole.hexdigest(), data.hexdigest() if safetensors else None, size)
 
+    def stage_bytes(self, data: bytes, folder: Path) -> StagedBlob:
+        """Write ``data`` (a small file made in memory: a preview, a thumbnail) into ``folder``, fsynced, under a
+        name of its own; its hash is known without a second read."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        staged = folder / f"{sha256}.blob"
+        with open(staged, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return StagedBlob(staged, sha256, None, len(data))
+
     def commit(self, staged: StagedBlob) -> StoredBlob:
         """Move a staged file into the store under its sha256. Call under :meth:`lock` (shared).
 
@@ -204,11 +215,11 @@ class BlobStore:
 class _Worker:
     """A thread that applies ``fn`` to submitted items in order; ``with`` waits for it and re-raises its error."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, maxsize: int = 16):
         import queue
         import threading
 
-        self._fn, self._queue, self._error = fn, queue.Queue(maxsize=16), None
+        self._fn, self._queue, self._error = fn, queue.Queue(maxsize=maxsize), None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:

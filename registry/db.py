@@ -137,6 +137,13 @@ MIGRATIONS = [
     );
     CREATE INDEX files_by_tensor_sha256 ON files (tensor_sha256);
     """,
+    # A version whose sidecars are still to be recorded: a scan sets it in the transaction that adds the version
+    # and clears it once the sidecars (and header values) are stored, so a scan killed in between records them on
+    # its next run instead of never.
+    """
+    ALTER TABLE versions ADD COLUMN sidecars_pending INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX versions_sidecars_pending ON versions (sidecars_pending) WHERE sidecars_pending != 0
+    """,
 ]
 
 

@@ -159,6 +159,32 @@ def search_text(value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A version named exactly (``name@N``): what writers of its metadata and previews need of it."""
+
+    name: str
+    number: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+
+def target(registry, db, ref: str):
+    """The version ``ref`` names: one lookup for an exact ``name@N`` that exists (a scan writes thousands), else
+    :meth:`Registry.resolve` (tags, ``latest``, suggestions for a name not found)."""
+    name, sep, number = ref.rpartition("@")
+    if sep and number.isascii() and number.isdigit() and len(number) < 10:
+        row = db.execute(
+            "SELECT 1 FROM versions v JOIN adapters a ON a.id = v.adapter_id WHERE a.name = ? AND v.number = ?",
+            (name, int(number)),
+        ).fetchone()
+        if row is not None:
+            return Target(name, int(number))
+    return registry.resolve(ref)
+
+
 def _stored_version_id(db, name: str, number: int) -> int:
     row = db.execute(
         "SELECT v.id FROM versions v JOIN adapters a ON a.id = v.adapter_id WHERE a.name = ? AND v.number = ?",
@@ -240,14 +266,15 @@ def set_metadata_many(
     one commit, one fsync, instead of one per file). Every value of every item is checked before anything is
     stored."""
     check_source(source)
+    db = registry._db(write=True)
     checked = [
-        (registry.resolve(ref), {name: None if value is None else validate_value(name, value)
-                                 for name, value in values.items()})
+        (target(registry, db, ref), {name: None if value is None else validate_value(name, value)
+                                     for name, value in values.items()})
         for ref, values in items
     ]  # fmt: skip
     reports = []
     now = time.time()
-    with transaction(registry._db(write=True)) as db:
+    with transaction(db):
         for version, fields in checked:
             reports.append(_store(db, version, fields, source, overwrite, now))
         crash_point("registry.metadata.before-commit")

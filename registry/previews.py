@@ -22,7 +22,7 @@ from lorastack.faults import crash_point
 from .db import transaction
 from .errors import IntegrityError, InvalidValueError
 from .folder import guarded
-from .metadata import _stored_version_id, check_source
+from .metadata import _stored_version_id, check_source, target
 
 MAX_PREVIEW_BYTES = 32 << 20
 MAX_PIXELS = 50_000_000
@@ -91,6 +91,16 @@ def read_preview_file(path: str | Path) -> bytes:
         raise InvalidValueError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
+@dataclass(frozen=True)
+class PreviewItem:
+    """One image to add as a preview of a version (what :func:`add_previews_many` takes)."""
+
+    ref: str
+    data: bytes
+    source: str
+    url: str | None = None
+
+
 @guarded
 def add_preview(registry, ref: str, data: bytes, source: str, url: str | None = None) -> Preview:
     """Store ``data`` (an image) as a preview of the version ``ref`` names, with its thumbnail.
@@ -99,52 +109,95 @@ def add_preview(registry, ref: str, data: bytes, source: str, url: str | None = 
     are stored before the one transaction that records them, so a kill at any point leaves at most unreferenced
     blobs for ``gc``.
     """
-    check_source(source)
-    version = registry.resolve(ref)
-    sha256 = hashlib.sha256(data).hexdigest()
+    (result,) = add_previews_many(registry, [PreviewItem(ref, data, source, url)])
+    if isinstance(result, InvalidValueError):
+        raise result
+    return result
+
+
+@guarded
+def add_previews_many(registry, items: list[PreviewItem]) -> list[Preview | InvalidValueError]:
+    """:func:`add_preview` for several images (a scan's batch of sidecar previews): every blob written under one
+    lock, then every record in one transaction (one commit, not one per image). An image that is not a usable
+    preview, or one over a version's :data:`MAX_PREVIEWS`, gives its :class:`InvalidValueError` in its place in the
+    result; the others are stored."""
+    for item in items:
+        check_source(item.source)
     db = registry._db(write=True)
+    versions = {ref: target(registry, db, ref) for ref in dict.fromkeys(item.ref for item in items)}
+    checked: list[tuple | InvalidValueError] = []
+    made: dict[str, tuple] = {}  # sha256 → (media, width, height, thumbnail bytes): each image decoded once
+    for item in items:
+        sha256 = hashlib.sha256(item.data).hexdigest()
+        try:
+            if sha256 not in made:
+                made[sha256] = _known(registry, db, sha256) or check_image(
+                    item.data, item.url or f"preview of {versions[item.ref].ref}"
+                )
+            checked.append((item, sha256, *made[sha256]))
+        except InvalidValueError as e:
+            checked.append(e)
+    out: list[Preview | InvalidValueError] = []
+    with registry.blobs.lock(exclusive=False), registry.blobs.scratch() as scratch:
+        stored: dict[bytes, object] = {}
+        for entry in checked:
+            if isinstance(entry, InvalidValueError):
+                continue
+            item, sha256, _, _, _, thumbnail = entry
+            for content in (item.data, thumbnail):
+                key = hashlib.sha256(content).digest()
+                if key not in stored:
+                    stored[key] = registry.blobs.commit(registry.blobs.stage_bytes(content, scratch))
+        crash_point("registry.preview.stored")
+        with transaction(db):
+            for entry in checked:
+                if isinstance(entry, InvalidValueError):
+                    out.append(entry)
+                    continue
+                item, sha256, media, width, height, thumbnail = entry
+                image, thumb = stored[bytes.fromhex(sha256)], stored[hashlib.sha256(thumbnail).digest()]
+                out.append(_record(db, versions[item.ref], image, thumb, media, width, height, item))
+            crash_point("registry.preview.before-commit")
+    return out
+
+
+def _known(registry, db, sha256: str) -> tuple | None:
+    """``check_image``'s answer for an image stored before (in any version), if its thumbnail blob is sound."""
     known = db.execute(
         "SELECT media_type, width, height, thumbnail_sha256 FROM previews WHERE sha256 = ? LIMIT 1", (sha256,)
     ).fetchone()
-    thumbnail = None
-    if known is not None:  # seen before (in any version): its thumbnail is made already, if its blob is sound
-        media, width, height = known["media_type"], known["width"], known["height"]
-        try:
-            thumbnail = registry.blobs.check(known["thumbnail_sha256"]).read_bytes()
-        except IntegrityError:
-            known = None
     if known is None:
-        media, width, height, thumbnail = check_image(data, url or f"preview of {version.ref}")
-    with registry.blobs.lock(exclusive=False), registry.blobs.scratch() as scratch:
-        stored = []
-        for name, content in (("preview", data), ("thumbnail", thumbnail)):
-            (scratch / name).write_bytes(content)
-            stored.append(registry.blobs.commit(registry.blobs.stage(scratch / name, scratch, name + ".blob", False)))
-        image, thumb = stored
-        crash_point("registry.preview.stored")
-        with transaction(db):
-            version_id = _stored_version_id(db, version.name, version.number)
-            existing = _previews(db, version_id)
-            for p in existing:
-                if p.sha256 == image.sha256:
-                    return p
-            if len(existing) >= MAX_PREVIEWS:
-                raise InvalidValueError(f"{version.ref} has {MAX_PREVIEWS} previews already, the most kept")
-            ext = next(e for m, e in _FORMATS.values() if m == media)
-            path, thumb_path = f"previews/{image.sha256[:16]}{ext}", f"previews/{image.sha256[:16]}.thumb.jpg"
-            for file_path, role, blob in ((path, "preview", image), (thumb_path, "thumbnail", thumb)):
-                db.execute(
-                    "INSERT OR REPLACE INTO files (version_id, path, role, size, sha256, tensor_sha256) "
-                    "VALUES (?, ?, ?, ?, ?, NULL)",
-                    (version_id, file_path, role, blob.size, blob.sha256),
-                )
-            db.execute(
-                "INSERT INTO previews (version_id, sha256, thumbnail_sha256, media_type, width, height, source, url, "
-                "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (version_id, image.sha256, thumb.sha256, media, width, height, source, url, len(existing)),
-            )
-            crash_point("registry.preview.before-commit")
-        return Preview(image.sha256, thumb.sha256, media, width, height, source, url, path, thumb_path)
+        return None
+    try:
+        thumbnail = registry.blobs.check(known["thumbnail_sha256"]).read_bytes()
+    except IntegrityError:
+        return None
+    return known["media_type"], known["width"], known["height"], thumbnail
+
+
+def _record(db, version, image, thumb, media, width, height, item: PreviewItem) -> Preview | InvalidValueError:
+    """The rows of one preview, inside the caller's transaction (or the preview the version holds already)."""
+    version_id = _stored_version_id(db, version.name, version.number)
+    existing = _previews(db, version_id)
+    for p in existing:
+        if p.sha256 == image.sha256:
+            return p
+    if len(existing) >= MAX_PREVIEWS:
+        return InvalidValueError(f"{version.ref} has {MAX_PREVIEWS} previews already, the most kept")
+    ext = next(e for m, e in _FORMATS.values() if m == media)
+    path, thumb_path = f"previews/{image.sha256[:16]}{ext}", f"previews/{image.sha256[:16]}.thumb.jpg"
+    for file_path, role, blob in ((path, "preview", image), (thumb_path, "thumbnail", thumb)):
+        db.execute(
+            "INSERT OR REPLACE INTO files (version_id, path, role, size, sha256, tensor_sha256) "
+            "VALUES (?, ?, ?, ?, ?, NULL)",
+            (version_id, file_path, role, blob.size, blob.sha256),
+        )
+    db.execute(
+        "INSERT INTO previews (version_id, sha256, thumbnail_sha256, media_type, width, height, source, url, "
+        "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (version_id, image.sha256, thumb.sha256, media, width, height, item.source, item.url, len(existing)),
+    )
+    return Preview(image.sha256, thumb.sha256, media, width, height, item.source, item.url, path, thumb_path)
 
 
 def _previews(db, version_id: int) -> list[Preview]:

@@ -39,8 +39,9 @@ from .scan_walk import Found, kind, walk
 #: 30,000 files from costing 30,000 fsyncs; small enough that a killed scan loses little).
 BATCH_FILES = 500
 BATCH_SECONDS = 2.0
-#: Files being read at once (threads; hashlib and file reads release the GIL).
-READ_AHEAD = 32
+#: Files read ahead of the writer (threads; hashlib and file reads release the GIL): enough that reading goes on
+#: while a batch commits and its sidecars are recorded. A read file is held as its structure (no tensor data).
+READ_AHEAD = 1024
 
 
 def default_workers() -> int:
@@ -123,7 +124,8 @@ def _scan(
     if on_total is not None:
         on_total(len(to_read), sum(f.stat.st_size for f in to_read))
     gone = known.gone(roots, seen)
-    writer = _Writer(registry, db, known, gone, report, namespace, copy)
+    writer = _Writer(registry, db, known, gone, report, namespace, copy, seen)
+    writer.sidecar_queue.extend(scan_records.pending_sidecars(db))  # those a killed scan left unrecorded
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="lorastack-scan") as pool:
         for f, result in _read_all(pool, to_read):
             if isinstance(result, ReadFile):
@@ -133,6 +135,8 @@ def _scan(
             if on_read is not None:
                 on_read(result.stat.size if isinstance(result, ReadFile) else 0)
     writer.flush()
+    if writer.sidecar_queue:  # pending ones of an earlier scan, on a rescan that read no file
+        writer.apply_sidecars()
     with transaction(db):
         report.missing = scan_records.mark_missing(db, [g for g in gone if not g.moved], time.time())
         crash_point("registry.scan.missing.before-commit")
@@ -180,14 +184,14 @@ def _classify(f: Found, stems: set, report: ScanReport) -> None:
 class _Writer:
     """Decides what each read file is (new, moved, changed) and writes it, in batches of one transaction each."""
 
-    def __init__(self, registry, db, known, gone, report: ScanReport, namespace: str | None, copy: bool):
-        self.registry, self.db, self.known, self.report = registry, db, known, report
+    def __init__(self, registry, db, known, gone, report: ScanReport, namespace: str | None, copy: bool, seen):
+        self.registry, self.db, self.known, self.report, self.seen = registry, db, known, report, seen
         self.namespace, self.copy = namespace, copy
         self.gone_by_sha: dict[str, list] = {}
         for record in gone:
             self.gone_by_sha.setdefault(record.sha256, []).append(record)
         self.batch: list[tuple[Found, object]] = []
-        self.sidecar_queue: list[tuple[str, Path]] = []
+        self.sidecar_queue: list[tuple[str, Path, dict]] = []
         self.opened = time.perf_counter()
 
     def add(self, f: Found, result) -> None:
@@ -248,12 +252,13 @@ class _Writer:
             new = scan_records.add_version(self.registry, db, record.adapter_id, result, f.root, now)
             self.known.by_path[path] = new
             self.report.updated.append({"ref": new.ref, "path": path})
+            self._sidecars(new.ref, f.path, result)
             return
         name = unique_name(base_name(f.path, f.root, self.namespace, result.sha256), self._taken)
         new = scan_records.add_adapter(self.registry, db, name, result, f.root, now)
         self.known.by_path[path] = new
         self.report.added.append({"ref": new.ref, "path": path})
-        self._sidecars(new.ref, f.path)
+        self._sidecars(new.ref, f.path, result)
 
     def _copied(self, f: Found, result) -> None:
         """``--copy``: store the file as a blob, as ``lorastack import`` does (a new adapter, or a new version of
@@ -281,7 +286,7 @@ class _Writer:
             (self.report.updated if record is not None else self.report.added).append(
                 {"ref": imported.version.ref, "path": path}
             )
-            self._sidecars(imported.version.ref, f.path)
+            self._sidecars(imported.version.ref, f.path, result)
 
     def _take_gone(self, sha256: str):
         """A record of these bytes whose file is gone: under a scanned root and not found by the walk, missing
@@ -301,14 +306,16 @@ class _Writer:
     def _taken(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone() is not None
 
-    def _sidecars(self, ref: str, path: Path) -> None:
-        """Queue a new version's sidecars (NAME.json, NAME.civitai.info, NAME.metadata.json, previews), read by
-        registry/sidecars.py once its batch is committed (the version must exist to hold them)."""
-        self.sidecar_queue.append((ref, path))
+    def _sidecars(self, ref: str, path: Path, result: ReadFile) -> None:
+        """Queue a new version's sidecars (NAME.json, NAME.civitai.info, NAME.metadata.json, previews) and the
+        values of its header (lineage, training tags…), recorded by registry/sidecars.py once its batch is
+        committed (the version must exist to hold them)."""
+        self.sidecar_queue.append((ref, path, dict(result.adapter.metadata.raw)))
 
     def apply_sidecars(self) -> None:
         """Record the queued sidecars. Their own transactions, after the batch's: a scan killed in between keeps
-        its versions, and those sidecars are read again when the file changes (or by lorastack edit/enrich)."""
+        its versions marked ``sidecars_pending``, and the next scan records their sidecars (recording them twice
+        changes nothing)."""
         queue, self.sidecar_queue = self.sidecar_queue, []
         started = time.perf_counter()
         try:
@@ -316,14 +323,18 @@ class _Writer:
         except ImportError:  # a build without sidecar support records the adapters alone
             return
         items = []
-        for ref, path in queue:
-            # header=False: the version already holds the header (versions.metadata); only the files beside it
-            found = read_sidecars(path, header=False)
-            if found.values or found.previews or found.problems:
+        for ref, path, header in queue:
+            # the header as the one read of the file parsed it; the walk says which sidecars exist (no stat each)
+            found = read_sidecars(path, header=header, present=self.seen if str(path) in self.seen else None)
+            if found.values or found.header or found.previews or found.problems:
                 items.append((ref, found))
         if items:  # the batch's values in one transaction: one commit for the batch, not one per file
             for applied in apply_sidecars_many(self.registry, items):
                 self.report.sidecar_problems.extend(applied["problems"])
+        crash_point("registry.scan.sidecars.before-done")
+        if queue:
+            with transaction(self.db):
+                scan_records.sidecars_recorded(self.db, [ref for ref, _, _ in queue])
         self.report.sidecar_seconds += time.perf_counter() - started
 
 

@@ -131,7 +131,7 @@ def add_version(registry, db, adapter_id: int, read: ReadFile, root: Path, now: 
     number = registry._new_number(db, adapter_id, name, None)
     version_id = db.execute(
         "INSERT INTO versions (adapter_id, number, created_at, format, family, kind, rank, alpha, trigger_words, "
-        "base_model, description, provenance, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "base_model, description, provenance, metadata, sidecars_pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
         (adapter_id, number, now, adapter.source_format, adapter.family, "+".join(adapter.kinds()), adapter.rank,
          adapter.alpha, json.dumps(details[0]), details[1], details[2], json.dumps(provenance, sort_keys=True),
          json.dumps(meta.raw, sort_keys=True)),
@@ -159,6 +159,7 @@ def note_source(db, version, path: str, stat: FileStat) -> Record:
         "UPDATE files SET location_path = ?, st_dev = ?, st_ino = ?, mtime_ns = ? WHERE rowid = ?",
         (path, stat.dev, stat.ino, stat.mtime_ns, row[0]),
     )
+    db.execute("UPDATE versions SET sidecars_pending = 1 WHERE id = ?", (row[1],))
     return Record(row[0], row[1], row[2], path, stat, row[3], None, "blob", ref=version.ref)
 
 
@@ -170,3 +171,32 @@ def copied_from(db, name: str, path: str) -> bool:
         (name, path),
     ).fetchone()
     return row is not None
+
+
+def pending_sidecars(db) -> list[tuple[str, Path, dict]]:
+    """``(ref, path, header metadata)`` of the versions whose sidecars a scan added them without recording (it was
+    killed in between), whose file is still where it was found."""
+    rows = db.execute(
+        "SELECT a.name, v.number, f.location_path, v.metadata FROM versions v "
+        "JOIN adapters a ON a.id = v.adapter_id JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
+        "WHERE v.sidecars_pending != 0 AND f.location_path IS NOT NULL AND f.missing_since IS NULL"
+    )
+    out = []
+    for name, number, path, raw in rows:
+        try:
+            header = json.loads(raw) if raw else {}
+        except (TypeError, ValueError, RecursionError):
+            header = {}
+        out.append((f"{name}@{number}", Path(path), header if isinstance(header, dict) else {}))
+    return out
+
+
+def sidecars_recorded(db, refs: list[str]) -> None:
+    """Clear the pending mark of these versions (their sidecars are stored)."""
+    for ref in refs:
+        name, _, number = ref.rpartition("@")
+        db.execute(
+            "UPDATE versions SET sidecars_pending = 0 WHERE number = ? AND adapter_id = "
+            "(SELECT id FROM adapters WHERE name = ?)",
+            (int(number), name),
+        )

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def _regular(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def _read_json(path: Path, problems: list[SidecarProblem]) -> dict | None:
+def _read_json_file(path: Path, problems: list[SidecarProblem]) -> dict | None:
     st = _regular(path)
     if st is None:
         if os.path.lexists(path):
@@ -222,14 +223,21 @@ def header_values(header: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def read_sidecars(adapter_path: str | Path, header: bool = True) -> Sidecars:
+def read_sidecars(
+    adapter_path: str | Path, header: bool | dict = True, present: Container[str] | None = None
+) -> Sidecars:
     """Everything the sidecars beside ``adapter_path`` (and, with ``header``, its safetensors header) say.
 
+    ``header`` may be the header's ``__metadata__`` already read (a scan has it from its one read of the file).
+    ``present``: the paths known to exist (a scan's walk found them), so that absent sidecars cost no ``stat``.
     Never raises for what the files hold: problems are listed, the rest is kept.
     """
     adapter = Path(adapter_path)
     found = Sidecars(adapter)
     folder, stem = adapter.parent, _stem(adapter)
+
+    def _read_json(path: Path, problems: list[SidecarProblem]) -> dict | None:
+        return None if present is not None and str(path) not in present else _read_json_file(path, problems)
 
     a1111 = folder / f"{stem}.json"
     if (data := _read_json(a1111, found.problems)) is not None:
@@ -272,10 +280,14 @@ def read_sidecars(adapter_path: str | Path, header: bool = True) -> Sidecars:
 
     for suffix in PREVIEW_SUFFIXES:
         candidate = folder / f"{stem}{suffix}"
-        if candidate != adapter and _regular(candidate) is not None:
+        if candidate == adapter or (present is not None and str(candidate) not in present):
+            continue
+        if _regular(candidate) is not None:
             found.previews.append(candidate)
 
-    if header and adapter.suffix.lower() == ".safetensors":
+    if isinstance(header, dict):
+        found.header = header_values(header)
+    elif header and adapter.suffix.lower() == ".safetensors":
         from lorastack.adapters.errors import AdapterError
         from lorastack.adapters.files import read_safetensors_header
 
@@ -309,7 +321,7 @@ def apply_sidecars_many(registry, items: list[tuple[str, Sidecars]]) -> list[dic
     """:func:`apply_sidecars` for several versions: their values in one transaction each for sidecar and header
     values (a scan's batch at once), previews one by one (each image is its own blob)."""
     from .metadata import set_metadata_many
-    from .previews import add_preview, read_preview_file
+    from .previews import PreviewItem, add_previews_many, read_preview_file
 
     try:
         reports = set_metadata_many(registry, [(ref, found.values) for ref, found in items], "sidecar")
@@ -327,17 +339,24 @@ def apply_sidecars_many(registry, items: list[tuple[str, Sidecars]]) -> list[dic
                             "problems": [{"path": ref, "reason": f"{e}; skipped"}]})  # fmt: skip
         return out
     by_ref = {h.ref: h for h in headers}
-    out = []
-    for (ref, found), report in zip(items, reports, strict=True):
-        header = by_ref.get(report.ref)
-        problems = list(found.problems)
-        added = 0
+    problems = {ref: list(found.problems) for ref, found in items}
+    images, added = [], dict.fromkeys(problems, 0)
+    for ref, found in items:
         for path in found.previews:
             try:
-                add_preview(registry, ref, read_preview_file(path), "sidecar")
-                added += 1
+                images.append((path, PreviewItem(ref, read_preview_file(path), "sidecar")))
             except InvalidValueError as e:
-                problems.append(SidecarProblem(str(path), f"{str(e).removeprefix(str(path) + ': ')}; skipped"))
+                problems[ref].append(SidecarProblem(str(path), f"{str(e).removeprefix(str(path) + ': ')}; skipped"))
+    # the batch's previews: their blobs under one lock, their records in one transaction
+    for (path, item), result in zip(images, add_previews_many(registry, [i for _, i in images]), strict=True):
+        if isinstance(result, InvalidValueError):
+            reason = str(result).removeprefix(f"preview of {item.ref}: ").removeprefix(str(path) + ": ")
+            problems[item.ref].append(SidecarProblem(str(path), f"{reason}; skipped"))
+        else:
+            added[item.ref] += 1
+    out = []
+    for (ref, _), report in zip(items, reports, strict=True):
+        header = by_ref.get(report.ref)
         header_changed = header.changed if header is not None else []
         header_kept = header.kept if header is not None else {}
         out.append({
@@ -345,7 +364,7 @@ def apply_sidecars_many(registry, items: list[tuple[str, Sidecars]]) -> list[dic
             "changed": report.changed + [n for n in header_changed if n not in report.changed],
             # a header value under a sidecar's is expected, not news; under the user's it is worth saying
             "kept": {**{k: v for k, v in header_kept.items() if v == "user"}, **report.kept},
-            "previews": added,
-            "problems": [{"path": p.path, "reason": p.reason} for p in problems],
+            "previews": added[ref],
+            "problems": [{"path": p.path, "reason": p.reason} for p in problems[ref]],
         })  # fmt: skip
     return out

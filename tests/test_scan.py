@@ -36,6 +36,22 @@ def library(tmp_path):
     return root
 
 
+@pytest.mark.parametrize("chunk", [None, 64, 4096])
+def test_one_read_gives_both_hashes_on_one_thread_or_two(tmp_path, monkeypatch, chunk):
+    """Large files hash their two digests on two threads over reused buffers: the same hashes as two plain reads,
+    whatever the chunk size (small chunks make the buffers turn over many times)."""
+    from lorastack.registry import inplace
+
+    path = small_adapter(tmp_path / "a.safetensors", seed=4, rank=8)
+    if chunk is not None:
+        monkeypatch.setattr(inplace, "PARALLEL_HASH_BYTES", 0)
+        monkeypatch.setattr(inplace, "HASH_CHUNK", chunk)
+        monkeypatch.setattr(inplace, "HEAD_BYTES", chunk)
+    read = inplace.read_once(path)
+    assert (read.sha256, read.tensor_sha256) == file_and_tensor_sha256(path)
+    assert read.stat.size == path.stat().st_size
+
+
 def by_path(report) -> dict:
     return {os.path.basename(r["path"]): r for r in report.skipped}
 
@@ -198,6 +214,21 @@ def test_sidecars_beside_a_new_file_are_recorded(registry, library):
     assert values["weight"].value == 0.7 and values["weight"].source == "sidecar"
     problems = sorted(p["path"] for p in report.sidecar_problems)  # reported and skipped, the scan goes on
     assert problems == [str(library / "Style One.json"), str(library / "chars" / "anime girl (v2).preview.png")]
+
+
+def test_a_scanned_files_header_gives_its_lineage_and_training_tags(registry, tmp_path):
+    """What the header says is read from the scan's one read of the file: the lineage label of its base model and
+    the training tags (never trigger words), each recorded as coming from the header."""
+    from lorastack.registry.metadata import get_metadata
+
+    root = tmp_path / "Lora"
+    root.mkdir()
+    small_adapter(root / "pony style.safetensors", seed=5, ss_sd_model_name="ponyDiffusionV6XL_v6.safetensors",
+                  ss_tag_frequency=json.dumps({"1_zxc": {"zxc": 9, "red hair": 3}}))  # fmt: skip
+    scan(registry, [root])
+    values = get_metadata(registry, "pony-style")
+    assert values["lineage"].value == "Pony" and values["lineage"].source == "header"
+    assert values["training_tags"].value == ["zxc", "red hair"] and "trigger_groups" not in values
 
 
 def test_a_file_moved_in_from_a_folder_not_scanned_again_is_found(registry, tmp_path):

@@ -1,6 +1,7 @@
 """A scan killed with SIGKILL at each of its crash points leaves a consistent registry, and a rerun finishes the job:
 every adapter file recorded exactly once, nothing listed without its file."""
 
+import json
 import os
 import signal
 import subprocess
@@ -72,3 +73,33 @@ def test_a_scan_killed_before_marking_missing_marks_them_on_rerun(tmp_path):
     report = scan(registry, [tmp_path / "lib"])
     assert [m["path"] for m in report.missing] == [str(files[1])] and report.hashed == 0
     assert [r["path"] for r in registry.list(missing=True)] == [str(files[1])]
+
+
+@pytest.mark.parametrize("point", ["registry.scan.batch.after-commit#1", "registry.scan.sidecars.before-done#1"])
+def test_sidecars_of_a_scan_killed_before_recording_them_are_recorded_by_the_next(tmp_path, point):
+    """The versions are committed before their sidecars are read: a kill in between leaves them marked pending,
+    and the rerun (which reads no file again: all are unchanged) records their sidecars."""
+    from lorastack.registry.metadata import get_metadata
+
+    files = make_library(tmp_path / "lib", n=2)
+    for f in files:
+        f.with_suffix(".json").write_text(json.dumps({"activation text": f"tok of {f.stem}", "preferred weight": 0.6}))
+    root = tmp_path / "registry"
+    killed_scan(root, tmp_path / "lib", point)
+    registry = Registry(root)
+    assert [r["ref"] for r in registry.list()] == ["a0@1", "a1@1"]
+    assert sorted(ref for ref, _, _ in scan_records_pending(registry)) == ["a0@1", "a1@1"]
+    # killed before the values were stored, or after (then storing them again changes nothing)
+    assert ("weight" in get_metadata(registry, "a0@1")) == point.startswith("registry.scan.sidecars")
+    report = scan(registry, [tmp_path / "lib"])
+    assert report.hashed == 0 and report.unchanged == 2
+    for f in files:
+        values = get_metadata(registry, f"{f.stem}@1")
+        assert values["weight"].value == 0.6 and values["trigger_groups"].value == [[f"tok of {f.stem}"]]
+    assert not scan_records_pending(registry)
+
+
+def scan_records_pending(registry):
+    from lorastack.registry.scan_records import pending_sidecars
+
+    return pending_sidecars(registry._db())
