@@ -202,7 +202,7 @@ def test_token_and_bind_rules():
 def test_the_cli_refuses_a_public_address_without_a_token():
     from cli_helpers import run_cli
 
-    code, out, err = run_cli("serve", "--host", "0.0.0.0", "--port", "0")
+    code, _out, err = run_cli("serve", "--host", "0.0.0.0", "--port", "0")
     assert code == 1 and err.strip() == (
         "Error: --host 0.0.0.0 is not a loopback address: give --token TOKEN (every request must then carry it), "
         "or bind 127.0.0.1"
