@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 
 from .errors import CorruptIndexError, InvalidValueError
@@ -78,7 +77,8 @@ def list_rows(
     sql = (
         "SELECT a.name, v.number, v.family, v.kind, v.rank, v.created_at, v.trigger_words, f.size, f.sha256, "
         "(SELECT COUNT(*) FROM versions c WHERE c.adapter_id = a.id) AS versions, "
-        f"(SELECT GROUP_CONCAT(t.tag, ',') FROM tags t WHERE t.version_id = v.id) AS tags, {columns} "
+        f"(SELECT GROUP_CONCAT(t.tag, ',') FROM tags t WHERE t.version_id = v.id) AS tags, {columns}, "
+        f"{_PROBLEM} AS problem "
         "FROM versions v JOIN adapters a ON a.id = v.adapter_id "
         "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
         + (f"WHERE {' AND '.join(where)} " if where else "")
@@ -87,47 +87,65 @@ def list_rows(
     )
     if limit is not None or offset:
         args += [-1 if limit is None else limit, offset]
-    return [_row(db, r) for r in db.execute(sql, args)]
+    cursor = db.cursor()
+    cursor.row_factory = None  # plain tuples: a large library's listing is bound by the work per row
+    out = []
+    for (
+        name,
+        number,
+        family,
+        kind,
+        rank,
+        created,
+        raw,
+        size,
+        sha256,
+        versions,
+        tags,
+        location,
+        path,
+        gone,
+        bad,
+    ) in cursor.execute(sql, args):
+        if bad is not None:
+            raise _damaged(db, name, number, bad)
+        out.append({
+            "name": name,
+            "version": number,
+            "ref": f"{name}@{number}",
+            "tags": sorted(tags.split(",")) if tags else [],
+            "versions": versions,
+            "family": family,
+            "kind": kind,
+            "rank": rank,
+            "size": size,
+            "sha256": sha256,
+            # most versions have no trigger words: no parser for them; the rest were checked by the query
+            "trigger_words": [] if raw == "[]" else json.loads(raw),
+            "created_at": float(created),
+            "location": location or "blob",
+            "path": path,  # an in-place file's path (lorastack scan); None for blobs
+            "missing": gone is not None,
+        })  # fmt: skip
+    return out
 
 
-def _row(db, r) -> dict:
-    raw = r["trigger_words"]
-    try:
-        # most versions have no trigger words: skip the parser for them (list reads every row of a large library)
-        words = [] if raw == "[]" else json.loads(raw)
-    except (TypeError, ValueError, RecursionError):
-        words = None
-    created, number = r["created_at"], r["number"]
-    problem = (
-        "its number is not a positive integer" if not isinstance(number, int) or number < 1
-        else "created_at is not a time"
-        if not isinstance(created, int | float) or not math.isfinite(created) or not 0 <= created < 1e11
-        else "trigger_words holds something other than text"
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words)
-        else "rank is not an integer" if r["rank"] is not None and not isinstance(r["rank"], int)
-        else "a file record is not valid" if not isinstance(r["size"], int) or not isinstance(r["sha256"], str)
-        else None
-    )  # fmt: skip
-    if problem is not None:
-        index = db.execute("PRAGMA database_list").fetchone()["file"]
-        raise CorruptIndexError(
-            f"{index}: the record of {r['name']}@{number} is damaged ({problem}); restore index.sqlite from a "
-            "backup, or remove that version"
-        )
-    return {
-        "name": r["name"],
-        "version": number,
-        "ref": f"{r['name']}@{number}",
-        "tags": sorted(r["tags"].split(",")) if r["tags"] else [],
-        "versions": r["versions"],
-        "family": r["family"],
-        "kind": r["kind"],
-        "rank": r["rank"],
-        "size": r["size"],
-        "sha256": r["sha256"],
-        "trigger_words": words,
-        "created_at": float(created),
-        "location": r["location"] or "blob",
-        "path": r["location_path"],  # an in-place file's path (lorastack scan); None for blobs
-        "missing": r["missing_since"] is not None,
-    }
+#: A damaged record, checked by the query (in SQLite, not per row in Python): the first problem found, or NULL.
+_PROBLEM = (
+    "CASE WHEN typeof(v.number) != 'integer' OR v.number < 1 THEN 'its number is not a positive integer' "
+    "WHEN typeof(v.created_at) NOT IN ('integer', 'real') OR NOT (v.created_at >= 0 AND v.created_at < 1e11) "
+    "THEN 'created_at is not a time' "
+    "WHEN v.trigger_words != '[]' AND (typeof(v.trigger_words) != 'text' OR NOT json_valid(v.trigger_words) "
+    "OR json_type(v.trigger_words) != 'array' OR EXISTS (SELECT 1 FROM json_each(v.trigger_words) j "
+    "WHERE j.type != 'text')) THEN 'trigger_words holds something other than text' "
+    "WHEN v.rank IS NOT NULL AND typeof(v.rank) != 'integer' THEN 'rank is not an integer' "
+    "WHEN typeof(f.size) != 'integer' OR typeof(f.sha256) != 'text' THEN 'a file record is not valid' END"
+)
+
+
+def _damaged(db, name, number, problem: str) -> CorruptIndexError:
+    index = db.execute("PRAGMA database_list").fetchone()[2]
+    return CorruptIndexError(
+        f"{index}: the record of {name}@{number} is damaged ({problem}); restore index.sqlite from a backup, or "
+        "remove that version"
+    )

@@ -217,6 +217,7 @@ def test_damaged_record_fields_are_one_line_and_verify_finds_them(
     assert code == 1 and problem in err and err.count("\n") == 1, err
     code, _, err = run_cli("list")  # works when the damage is in what it does not show, else says so
     assert code == 0 or (code == 1 and problem in err and err.count("\n") == 1), err
+    assert code == 1 or column not in ("created_at", "trigger_words")  # what list shows is checked (in its query)
     code, out, _ = run_cli("verify")
     assert code == 1 and problem in out
 
@@ -266,3 +267,23 @@ def test_verify_without_an_index_reports_the_blobs_it_cannot_name(registry, file
     registry.index_path.unlink()
     report = Registry(registry.root).verify()
     assert not report.clean and len(report.extra) == 1 and "index.sqlite is missing" in report.index[0]
+
+
+@pytest.mark.parametrize(
+    "value", ["'[1]'", "'not json'", "'[[\"a\"]]'", '\'{"a": "b"}\'', "x'5b5d'", "'[\"a\", null]'"]
+)
+def test_list_checks_the_trigger_words_it_shows(registry, files, value):
+    """The listing checks its rows in its query: trigger words that are not a JSON list of text are refused."""
+    import sqlite3
+
+    registry.import_file(files[0], "style")
+    registry.import_file(files[1], "other", trigger_words=["fine", "words"])
+    registry.close()
+    conn = sqlite3.connect(registry.index_path)
+    conn.execute(f"UPDATE versions SET trigger_words = {value} WHERE adapter_id = (SELECT id FROM adapters "
+                 "WHERE name = 'style')")  # fmt: skip
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptIndexError, match="style@1 is damaged .trigger_words holds something other than text"):
+        Registry(registry.root).list()
+    assert Registry(registry.root).list(search="fine")[0]["trigger_words"] == ["fine", "words"]
