@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .base_options import base_component_options
@@ -18,7 +16,7 @@ def _check_options(f):
         [
             click.option("--check-prompts", default=None, metavar="'P1|P2'",
                          help="Generate these prompts with the original and the result (same seeds); report PSNR."),
-            click.option("--check-seed", type=int, default=0, show_default=True, help="First seed of --check-prompts."),
+            click.option("--check-seed", type=int, default=0, show_default=True, help="First check seed."),
             click.option("--check-steps", type=click.IntRange(1, 200), default=20, show_default=True,
                          help="Steps per --check-prompts image."),
             click.option("--check-size", type=click.IntRange(8, 4096), default=None,
@@ -60,7 +58,8 @@ def _report(data: dict, as_json: bool) -> None:
         s = data["summary"]
         if "average_fro_retained" in s:
             click.echo(
-                f"Average Frobenius norm retention: {s['average_fro_retained']:.2%} | std: {s['fro_retained_std']:0.3f}"
+                f"Average Frobenius norm retention: {s['average_fro_retained']:.2%} | "
+                f"std: {s['fro_retained_std']:0.3f}"
             )
         click.echo(
             f"{data['method']}: {s['layers']} layers, ranks {', '.join(map(str, s['ranks'])) or '-'}, "
@@ -81,8 +80,10 @@ def _report(data: dict, as_json: bool) -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="A[:W] B[:W]...")
 @output_option("file", required=True)
 @click.option("--method", type=Choice(("concat", "svd", "ties", "dare", "dare_ties", "magnitude_prune")),
-              default="concat", show_default=True, help="concat is exact; the others re-factor to --rank.")  # fmt: skip
-@click.option("--rank", type=int, default=None, help="Rank of the result (svd, ties, dare; default: the inputs' largest).")
+              default="concat", show_default=True, help="concat is exact; others re-factor to --rank.")  # fmt: skip
+@click.option(
+    "--rank", type=int, default=None, help="Rank of the result (svd, ties, dare; default: the inputs' largest)."
+)
 @click.option("--density", type=float, default=None, help="Share of values kept (ties, dare, magnitude_prune).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of dare's random masks.")
 @click.option("--base", default=None, help="Base model (needed for DoRA inputs and --check-prompts).")
@@ -154,8 +155,8 @@ def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_qu
 @click.option("--lora", "loras", multiple=True, metavar="SOURCE[:SCALE]", help="Adapter of the stack (repeat).")
 @click.option("--blocks", default=None, metavar="K=V[:K=V]",
               help="Block weights for every --lora that gives none: lbw=…, single=0, double.3=0.5, te=0.")  # fmt: skip
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Output: FILE.safetensors (a single-file base in its layout) or a FOLDER (diffusers).")  # fmt: skip
+@output_option("folder", "A diffusers folder; FILE.safetensors: a single-file base rewritten in its own layout; "
+               "--as-lora: the adapter file.", required=True)  # fmt: skip
 @click.option("--as-lora", is_flag=True, help="Write one adapter equal to the stack instead of a model.")
 @click.option("--rank", type=int, default=None, help="With --as-lora: the SVD rank (default: exact concat).")
 @base_component_options

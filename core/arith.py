@@ -188,7 +188,7 @@ def index_sv_fro(S: torch.Tensor, target: float) -> int:
 
 
 def index_sv_ratio(S: torch.Tensor, target: float) -> int:
-    return max(0, min(int(torch.sum(S > S[0] / target).item()) - 1, len(S) - 1))
+    return max(0, min(int(torch.sum(S[0] / target < S).item()) - 1, len(S) - 1))
 
 
 _INDEX = {"sv_ratio": index_sv_ratio, "sv_fro": index_sv_fro, "sv_cumulative": index_sv_cumulative}
@@ -197,7 +197,9 @@ _INDEX = {"sv_ratio": index_sv_ratio, "sv_fro": index_sv_fro, "sv_cumulative": i
 def check_dynamic(method: str | None, target: float | None) -> None:
     if method is None:
         if target is not None:
-            raise ArithmeticInputError("--target is the target of --dynamic; give --dynamic sv_ratio|sv_fro|sv_cumulative")
+            raise ArithmeticInputError(
+                "--target is the target of --dynamic; give --dynamic sv_ratio|sv_fro|sv_cumulative"
+            )
         return
     if method not in DYNAMIC_METHODS:
         raise ArithmeticInputError(f"unknown --dynamic {shown(method)}; choose one of {', '.join(DYNAMIC_METHODS)}")
@@ -402,7 +404,9 @@ def writable_format(layers: dict[str, Layer], wanted: str | None, default: str) 
     """``wanted``, else ``default`` when it can hold the layers, else kohya (which holds every kind)."""
     if wanted:
         return wanted
-    if default == "diffusers" and any(not isinstance(layer, LoRALayer) or layer.mid is not None for layer in layers.values()):
+    if default == "diffusers" and any(
+        not isinstance(layer, LoRALayer) or layer.mid is not None for layer in layers.values()
+    ):
         return "kohya"
     return default
 

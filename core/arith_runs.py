@@ -35,6 +35,7 @@ class Output:
     name: str | None = None
     base: str | None = None
     base_components: dict[str, Any] = field(default_factory=dict)
+    config: str | None = None  # a diffusers config folder describing a single-file base (load_base's config=)
 
 
 def _check_output(out: Output) -> None:
@@ -46,10 +47,11 @@ def _check_output(out: Output) -> None:
         validate_name(out.name)
 
 
-def _load_base(source: str, components: dict[str, Any]):
+def _load_base(source: str, components: dict[str, Any], config: str | None = None):
     from .base import load_base
 
-    return load_base(source, device="cpu", dtype="fp32", **components)
+    config = config if config is not None and Path(source).is_file() else None
+    return load_base(source, device="cpu", dtype="fp32", config=config, **components)
 
 
 def _base_weights(pipe, names) -> dict:
@@ -98,7 +100,7 @@ def run_merge(inputs: list[str], out: Output, method: str = "concat", rank=None,
     sources = load_sources(inputs)
     pipe = weights = None
     if out.base:
-        pipe = _load_base(out.base, out.base_components)
+        pipe = _load_base(out.base, out.base_components, out.config)
         weights = _base_weights(pipe, {n for s in sources for n in s.adapter.layers})
     result = merge(sources, method, rank=rank, density=density, base_weights=weights, seed=seed)
     if method not in ("concat", "svd"):
@@ -118,7 +120,7 @@ def run_resize(source: str, out: Output, rank=None, dynamic=None, target=None, c
     (src,) = load_sources([source])
     result = resize(src, rank, dynamic, target)
     if check.prompts:
-        pipe = _load_base(out.base, out.base_components)
+        pipe = _load_base(out.base, out.base_components, out.config)
         result.check = json_ready(_check_adapters(pipe, {"input": (src.adapter, 1.0)}, result, check))
     return _finish(result, out, src.adapter, src.adapter.source_format)
 
@@ -141,8 +143,8 @@ def run_extract(base: str, tuned: str, out: Output, *, rank=None, dynamic=None, 
     check = check or Check()
     _check_output(out)
     parse_prompts(check.prompts)
-    base_pipe = _load_base(base, out.base_components)
-    tuned_pipe = _load_base(tuned, out.base_components)
+    base_pipe = _load_base(base, out.base_components, out.config)
+    tuned_pipe = _load_base(tuned, out.base_components, out.config)
     sources = [{**_model_record(base), "role": "base"}, {**_model_record(tuned), "role": "tuned"}]
     result = extract(
         base_pipe, tuned_pipe, rank=rank, dynamic=dynamic, target=target, components=components,
@@ -174,7 +176,7 @@ def run_bake(base: str, loras: list[str], out: Output, *, blocks: str | None = N
     parse_prompts(check.prompts)
     if as_lora or out.path.suffix.lower() == ".safetensors":
         _check_output(out)
-    pipe = _load_base(base, out.base_components)
+    pipe = _load_base(base, out.base_components, out.config)
     stack, scales, sources = load_stack(pipe, loras, blocks)
     if as_lora:
         result = bake_lora(stack, scales, sources, rank)
@@ -195,7 +197,7 @@ def run_bake(base: str, loras: list[str], out: Output, *, blocks: str | None = N
     if check.prompts:
         from .generate import Generator
 
-        baked = _load_base(str(out.path), out.base_components)
+        baked = _load_base(str(out.path), out.base_components, out.config)
         stack.deactivate()
         written["check_prompts"] = json_ready(
             compare(Side(Generator(pipe, stack), scales), Side(Generator(baked), {}), parse_prompts(check.prompts),

@@ -100,7 +100,7 @@ def _write_single_file(pipe, stack, touched, base_file: Path, output: Path, reco
         raise ArithmeticInputError(f"{output} is the base file itself; write the baked model to another file")
     with safe_open(str(base_file), framework="pt") as f:
         header = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - a safe_open handle, not a dict
     shapes = {k: t.shape for k, t in tensors.items()}
     unet = getattr(pipe, "unet", None)
     config = unet.config if unet is not None else None

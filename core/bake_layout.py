@@ -21,7 +21,11 @@ import torch
 
 from .arith import ArithmeticInputError
 
-_CLIP_PREFIXES = ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer.", "text_encoders.clip_l.transformer.")
+_CLIP_PREFIXES = (
+    "cond_stage_model.transformer.",
+    "conditioner.embedders.0.transformer.",
+    "text_encoders.clip_l.transformer.",
+)
 _OPEN_CLIP_PREFIXES = {
     "sd2": {"text_encoder": "cond_stage_model.model."},
     "sdxl": {"text_encoder_2": "conditioner.embedders.1.model."},
@@ -53,7 +57,9 @@ def original_key(name: str, family: str, keys: dict[str, torch.Size], unet_confi
 
         lpb = unet_config["layers_per_block"] if unet_config else 2
         lpb = lpb if isinstance(lpb, int) else lpb[0]
-        attention = {i for i, t in enumerate(unet_config["up_block_types"]) if "CrossAttn" in t} if unet_config else None
+        attention = (
+            {i for i, t in enumerate(unet_config["up_block_types"]) if "CrossAttn" in t} if unet_config else None
+        )
         mapped = diffusers_to_sgm(path, lpb, attention)
         key = f"model.diffusion_model.{mapped}.weight"
         if mapped is None or key not in keys:

@@ -84,7 +84,9 @@ def extract(
         for name in names:
             w0, w1 = base_index.get(name).weight, tuned_index.get(name).weight
             if w0.shape != w1.shape:
-                raise ArithmeticInputError(f"{name}: the base weight is {tuple(w0.shape)}, the tuned {tuple(w1.shape)}")
+                raise ArithmeticInputError(
+                    f"{name}: the base weight is {tuple(w0.shape)}, the tuned {tuple(w1.shape)}"
+                )
             diff = (w1.float() - w0.float()).reshape(w0.shape[0], -1)
             if not torch.isfinite(diff).all():
                 raise ArithmeticInputError(f"{name}: the tuned model's weight holds NaN or infinite values")

@@ -1,0 +1,88 @@
+"""extract recovers a known rank-r change; bake then generate equals the stack on the base (CPU, fp32)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from arith_helpers import lora_layers, save, targets
+from click.testing import CliRunner
+
+from lorastack.adapters import read_adapter
+from lorastack.cli.main import cli
+from lorastack.core.arith_runs import Output, run_bake, run_extract
+from lorastack.core.generate import GenerateOptions, Generator
+from lorastack.testing.models import build_tiny_pipeline, load_pipeline
+from lorastack.testing.single_file import save_single_file
+
+
+def test_extract_recovers_a_known_rank_r_change(tmp_path, tiny_sd1_dir):
+    tuned_pipe = load_pipeline(tiny_sd1_dir)
+    weights = targets(tuned_pipe, limit=25)
+    known = lora_layers(weights, rank=3, alpha=3.0, seed=7, std=0.2)
+    with torch.no_grad():
+        for name, layer in known.items():
+            weights[name].add_(layer.delta(shape=weights[name].shape))
+    tuned_pipe.save_pretrained(tmp_path / "tuned")
+    data = run_extract(str(tiny_sd1_dir), str(tmp_path / "tuned"), Output(tmp_path / "x.safetensors"), rank=4)
+    extracted = read_adapter(tmp_path / "x.safetensors")
+    assert set(extracted.layers) == set(known)
+    for name, layer in known.items():
+        torch.testing.assert_close(extracted.layers[name].delta(shape=weights[name].shape),
+                                   layer.delta(shape=weights[name].shape), rtol=1e-3, atol=1e-4)  # fmt: skip
+    assert data["summary"]["max_layer_relative_error"] < 1e-4
+    low = run_extract(str(tiny_sd1_dir), str(tmp_path / "tuned"), Output(tmp_path / "y.safetensors"), rank=1)
+    assert low["summary"]["relative_error"] > 0.1  # below r the error is real and reported
+
+
+def _image(pipe, stack=None, scales=None, seed=3):
+    generator = Generator(pipe, stack)
+    options = GenerateOptions("a red square", steps=2, seed=seed, width=64, height=64, adapters=scales or {})
+    return np.asarray(generator.generate(options)[0].image, dtype=np.int16)
+
+
+@pytest.fixture
+def stack_files(tmp_path, tiny_sd1_pipe):
+    weights = targets(tiny_sd1_pipe)
+    a = save(lora_layers(weights, rank=4, seed=1, std=0.1), tmp_path / "a.safetensors")
+    b = save(lora_layers(weights, rank=2, seed=2, std=0.1), tmp_path / "b.safetensors", fmt="diffusers")
+    return a, b
+
+
+def test_bake_folder_and_single_file_generate_like_the_stack(tmp_path, tiny_sd1_dir, stack_files):
+    from lorastack.core.base import load_base
+
+    a, b = stack_files
+    single = save_single_file(build_tiny_pipeline("sd1"), tmp_path / "base.safetensors")
+    loras = [f"{a}:0.8", f"{b}:te=0.5:unet=0.3"]
+    run_bake(str(tiny_sd1_dir), loras, Output(tmp_path / "baked"))
+    run_bake(str(single), loras, Output(tmp_path / "baked.safetensors", config=str(tiny_sd1_dir)))
+    base = load_base(str(tiny_sd1_dir))
+    generator = Generator(base)
+    generator.stack.load("a", a)
+    generator.stack.load("b", b)
+    expected = _image(base, generator.stack, {"a": 0.8, "b": {"text_encoder": 0.5, "unet": 0.3}})
+    assert np.abs(expected - _image(base)).max() > 0  # the stack changes the picture
+    for baked in ("baked", "baked.safetensors"):
+        got = _image(load_base(str(tmp_path / baked), config=tiny_sd1_dir if baked.endswith("s") else None))
+        assert np.abs(got - expected).max() <= 1, baked  # float noise at most
+    with pytest.raises(Exception, match="single-file"):
+        run_bake(str(tiny_sd1_dir), loras, Output(tmp_path / "no.safetensors"))
+
+
+def test_bake_as_lora_and_cli_json(tmp_path, tiny_sd1_dir, stack_files, lorastack_home):
+    a, b = stack_files
+    result = CliRunner().invoke(
+        cli,
+        ["bake", str(tiny_sd1_dir), "--lora", f"{a}:0.8", "--lora", f"{b}:0.5", "--as-lora", "-o",
+         str(tmp_path / "s.safetensors"), "--name", "me/stack", "--check-prompts", "a cat|a dog", "--check-steps",
+         "2", "--check-size", "64", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["summary"]["relative_error"] < 1e-6 and data["registered"].startswith("me/stack@")
+    assert data["summary"]["check_prompts"]["max_difference"] <= 1
+    bad = CliRunner().invoke(cli, ["resize", str(a), "-o", str(tmp_path / "r.safetensors"), "--rank", "0"])
+    assert bad.exit_code == 1 and bad.output.count("\n") == 1 and "out of range" in bad.output
