@@ -27,6 +27,13 @@ def _check_options(f):
     return f
 
 
+def _config_option(f):
+    return click.option(
+        "--base-config", "config_dir", type=click.Path(file_okay=False), default=None,
+        help="Diffusers config folder describing single-file models (default: lorastack's shipped one).",
+    )(f)  # fmt: skip
+
+
 def _name_option(f):
     return click.option("--name", default=None, help="Also import the result into the registry under NAME.")(f)
 
@@ -88,17 +95,18 @@ def _report(data: dict, as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of dare's random masks.")
 @click.option("--base", default=None, help="Base model (needed for DoRA inputs and --check-prompts).")
 @base_component_options
+@_config_option
 @format_option(default_help="Default: the first input's (kohya when full layers need it).")
 @force_option()
 @_name_option
 @_check_options
 @json_option("the error report")
 def merge_cmd(inputs, output, method, rank, density, seed, base, fmt, force, name, check_prompts, check_seed,
-              check_steps, check_size, as_json, base_components):  # fmt: skip
+              check_steps, check_size, as_json, base_components, config_dir):  # fmt: skip
     """Merge adapters A, B, ... (each FILE or registry reference, :W its weight, block weights as in --lora)."""
     from lorastack.core.arith_runs import Output, run_merge
 
-    out = Output(output, fmt, force, name, base, base_components)
+    out = Output(output, fmt, force, name, base, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
     _report(run_merge(list(inputs), out, method, rank, density, seed, check), as_json)
 
@@ -109,17 +117,18 @@ def merge_cmd(inputs, output, method, rank, density, seed, base, fmt, force, nam
 @_rank_options
 @click.option("--base", default=None, help="Base model for --check-prompts.")
 @base_component_options
+@_config_option
 @format_option(default_help="Default: the input's.")
 @force_option()
 @_name_option
 @_check_options
 @json_option("the error report")
 def resize_cmd(adapter, output, rank, dynamic, target, base, fmt, force, name, check_prompts, check_seed,
-               check_steps, check_size, as_json, base_components):  # fmt: skip
+               check_steps, check_size, as_json, base_components, config_dir):  # fmt: skip
     """Re-factor ADAPTER to a lower rank (--rank R, or --dynamic with --target), reporting what each layer kept."""
     from lorastack.core.arith_runs import Output, run_resize
 
-    out = Output(output, fmt, force, name, base, base_components)
+    out = Output(output, fmt, force, name, base, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
     _report(run_resize(adapter, out, rank, dynamic, target, check), as_json)
 
@@ -133,17 +142,18 @@ def resize_cmd(adapter, output, rank, dynamic, target, base, fmt, force, name, c
 @click.option("--clamp-quantile", type=float, default=None, help="Clamp the factors at this quantile (kohya: 0.99).")
 @click.option("--min-diff", type=float, default=0.0, show_default=True, help="Leave out layers changed less.")
 @base_component_options
+@_config_option
 @format_option(default_help="Default: kohya.")
 @force_option()
 @_name_option
 @_check_options
 @json_option("the error report")
 def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_quantile, min_diff, fmt, force, name,
-                check_prompts, check_seed, check_steps, check_size, as_json, base_components):  # fmt: skip
+                check_prompts, check_seed, check_steps, check_size, as_json, base_components, config_dir):  # fmt: skip
     """Extract a LoRA from a fine-tuned model (--tuned) and its --base, with the relative error per layer."""
     from lorastack.core.arith_runs import Output, run_extract
 
-    out = Output(output, fmt, force, name, None, base_components)
+    out = Output(output, fmt, force, name, None, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
     result = run_extract(base, tuned, out, rank=rank, dynamic=dynamic, target=target, components=components,
                          clamp_quantile=clamp_quantile, min_diff=min_diff, check=check)  # fmt: skip
@@ -160,20 +170,21 @@ def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_qu
 @click.option("--as-lora", is_flag=True, help="Write one adapter equal to the stack instead of a model.")
 @click.option("--rank", type=int, default=None, help="With --as-lora: the SVD rank (default: exact concat).")
 @base_component_options
+@_config_option
 @format_option(default_help="With --as-lora. Default: the first adapter's.")
 @force_option()
 @_name_option
 @_check_options
 @json_option("the result")
 def bake_cmd(base, loras, blocks, output, as_lora, rank, fmt, force, name, check_prompts, check_seed, check_steps,
-             check_size, as_json, base_components):  # fmt: skip
+             check_size, as_json, base_components, config_dir):  # fmt: skip
     """Merge the --lora stack into BASE and write the model (or, --as-lora, one adapter equal to the stack)."""
     from lorastack.core.arith_runs import Output, run_bake
 
     from .main import quiet_libraries
 
     quiet_libraries()
-    out = Output(output, fmt, force, name, base, base_components)
+    out = Output(output, fmt, force, name, base, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
     result = run_bake(base, list(loras), out, blocks=blocks, as_lora=as_lora, rank=rank, check=check)
     _report(result, as_json)
