@@ -195,12 +195,24 @@ def tag_cmd(ref, new_tag, follow, as_json):
 @json_option("what was removed")
 def rm_cmd(ref, all_versions, with_tags, as_json):
     """Remove a tag (NAME:TAG), a version (NAME@N), or a whole adapter (NAME --all-versions)."""
-    removed = _registry().remove(ref, all_versions=all_versions, force=with_tags)
+    from lorastack.registry.names import parse_ref
+    from lorastack.registry.stacks import dangling
+
+    registry = _registry()
+    removed = registry.remove(ref, all_versions=all_versions, force=with_tags)
+    # saved stacks that used what was removed now name a version that is gone: say so (they are kept)
+    stacks = dangling(registry, parse_ref(ref).name)
     if as_json:
-        echo_json({"freed": 0, **removed})
+        echo_json({"freed": 0, **removed, "stacks_affected": stacks})
         return
     what = removed.get("adapter") or removed.get("version") or removed.get("tag")
     click.echo(f"removed {what}" + (f", freed {_size(removed['freed'])}" if removed.get("freed") else ""))
+    for entry in stacks:
+        click.echo(
+            f"note: stack {printable(entry['stack'])} uses {printable(entry['ref'])}, which is no longer in the "
+            f"registry; lorastack stack save {printable(entry['stack'])} --force … updates it",
+            err=True,
+        )
 
 
 @click.command("export")

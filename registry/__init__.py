@@ -7,6 +7,7 @@
 """
 
 from .errors import (
+    BusyError,
     ConflictError,
     IntegrityError,
     InvalidNameError,
@@ -20,6 +21,7 @@ from .store import GcReport, ImportResult, Registry, VerifyReport, Version, defa
 
 __all__ = [
     "LATEST",
+    "BusyError",
     "ConflictError",
     "GcReport",
     "ImportResult",

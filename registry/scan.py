@@ -17,6 +17,7 @@ committed batches recorded and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -30,6 +31,7 @@ from lorastack.faults import crash_point
 
 from . import scan_records
 from .db import index_error, transaction
+from .errors import BusyError
 from .folder import os_error
 from .inplace import INPLACE, FileStat, ReadFile, read_once
 from .scan_names import base_name, check_namespace, unique_name
@@ -42,6 +44,8 @@ BATCH_SECONDS = 2.0
 #: Files read ahead of the writer (threads; hashlib and file reads release the GIL): enough that reading goes on
 #: while a batch commits and its sidecars are recorded. A read file is held as its structure (no tensor data).
 READ_AHEAD = 1024
+#: The file a scan holds locked (see :func:`_one_scan`).
+SCAN_LOCK = "scan.lock"
 
 
 def default_workers() -> int:
@@ -77,7 +81,8 @@ def scan(registry, roots: Iterable[str | Path], **options) -> ScanReport:
     """Scan ``roots`` into ``registry`` (see :func:`_scan`); SQLite and file-system failures of the registry itself
     become one-line registry errors (a file that cannot be read is reported, never raised)."""
     try:
-        return _scan(registry, roots, **options)
+        with _one_scan(registry):
+            return _scan(registry, roots, **options)
     except sqlite3.Error as e:
         error = index_error(e, registry.index_path)
         if error is None:
@@ -85,6 +90,29 @@ def scan(registry, roots: Iterable[str | Path], **options) -> ScanReport:
         raise error from None
     except OSError as e:
         raise os_error(e, registry.root) from None
+
+
+@contextlib.contextmanager
+def _one_scan(registry):
+    """One scan of a registry at a time: two at once would each find the same new file and add it twice (each
+    decides from the index as it was when it started). Imports and edits go on meanwhile."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    registry.root.mkdir(parents=True, exist_ok=True)
+    with open(registry.root / SCAN_LOCK, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(
+                f"{registry.root}: another lorastack scan is running on this registry; run this one when it is done"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _scan(

@@ -167,3 +167,19 @@ def remove_stack(registry, name: str) -> Stack:
         db.execute("DELETE FROM stacks WHERE name = ?", (stack.name,))
         crash_point("registry.stack.remove.before-commit")
     return stack
+
+
+@guarded
+def dangling(registry, adapter: str | None = None) -> list[dict[str, str]]:
+    """``{"stack", "ref"}`` for each saved stack entry whose version is no longer in the registry (of ``adapter``
+    only, if given): what ``lorastack rm`` warns about, since using such a stack names it as missing."""
+    db = registry._db()
+    if db is None:
+        return []
+    rows = db.execute(
+        "SELECT s.stack_name, s.adapter_name, s.number FROM stack_adapters s WHERE (? IS NULL OR s.adapter_name = ? "
+        "COLLATE NOCASE) AND NOT EXISTS (SELECT 1 FROM versions v JOIN adapters a ON a.id = v.adapter_id "
+        "WHERE a.name = s.adapter_name AND v.number = s.number) ORDER BY s.stack_name COLLATE NOCASE, s.position",
+        (adapter, adapter),
+    )
+    return [{"stack": r[0], "ref": f"{r[1]}@{r[2]}"} for r in rows]

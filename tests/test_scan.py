@@ -253,3 +253,25 @@ def test_list_and_show_say_a_scanned_file_is_missing(lorastack_home, library):
     assert str(library / "detail.safetensors") in out and "MISSING since" in out
     code, out, _ = run_cli("list", "--missing", "--json")
     assert [row["name"] for row in json.loads(out)] == ["detail"]
+
+
+def test_two_scans_of_one_registry_never_run_at_once(registry, library, monkeypatch):
+    """A second scan while one runs is refused in one line (each would add the same new files); the first one's
+    result is whole, and a scan after it has nothing to add."""
+    from lorastack.registry import BusyError
+
+    refused = []
+    real = scan_module._scan
+
+    def scan_with_a_second_inside(*args, **kwargs):
+        try:
+            scan(registry, [library])
+        except BusyError as e:
+            refused.append(str(e))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "_scan", scan_with_a_second_inside)
+    first = scan(registry, [library])
+    monkeypatch.undo()
+    assert len(refused) == 1 and "another lorastack scan is running" in refused[0] and "\n" not in refused[0]
+    assert len(first.added) == 3 and not scan(registry, [library]).added

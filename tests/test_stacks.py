@@ -85,7 +85,13 @@ def test_a_kill_before_commit_keeps_the_old_stack(two, registry, monkeypatch):
 
 def test_removed_version_is_named_when_the_stack_is_used(two, tiny_sd1_dir, no_load, tmp_path):
     run_cli("stack", "save", "s", "--lora", "me/style@1:0.7")
-    assert run_cli("rm", "me/style@1", "--with-tags")[0] == 0
+    run_cli("stack", "save", "other", "--lora", "detail")
+    code, _, err = run_cli("rm", "me/style@1", "--with-tags")  # rm says which saved stacks it leaves dangling
+    assert code == 0 and err.strip() == (
+        "note: stack s uses me/style@1, which is no longer in the registry; lorastack stack save s --force … "
+        "updates it"
+    )  # fmt: skip
+    assert _json("rm", "detail", "--all-versions")["stacks_affected"] == [{"stack": "other", "ref": "detail@1"}]
     code, _, err = run_cli("generate", "a cat", "--base", tiny_sd1_dir, "--stack", "s", "-o", tmp_path / "o")
     one_line_error(code, err, "me/style", "no version 1")  # said before any model loads
 
