@@ -9,8 +9,8 @@ from .errors import CorruptIndexError, InvalidValueError
 
 # ORDER BY clauses of the sorts a listing offers; ties broken by name so that pages never overlap
 SORTS = {
-    "name": "ORDER BY a.name COLLATE NOCASE, a.name, v.number",
-    "date": "ORDER BY v.created_at DESC, a.name COLLATE NOCASE, a.name, v.number",
+    "name": "ORDER BY a.name COLLATE NOCASE, v.number",  # names are unique case-folded: a total order
+    "date": "ORDER BY v.created_at DESC, a.name COLLATE NOCASE, v.number",
 }
 
 
@@ -54,11 +54,6 @@ def list_rows(
     located = any(c[1] == "missing_since" for c in db.execute("PRAGMA table_info(files)"))
     if missing:
         where.append("f.missing_since IS NOT NULL" if located else "0")
-    if not all_versions:
-        where.append(
-            "v.id = COALESCE((SELECT t.version_id FROM tags t WHERE t.adapter_id = a.id AND t.tag = 'latest'), "
-            "(SELECT v2.id FROM versions v2 WHERE v2.adapter_id = a.id ORDER BY v2.number DESC LIMIT 1))"
-        )
     if family:
         where.append("v.family = ?")
         args.append(family)
@@ -79,8 +74,14 @@ def list_rows(
         "(SELECT COUNT(*) FROM versions c WHERE c.adapter_id = a.id) AS versions, "
         f"(SELECT GROUP_CONCAT(t.tag, ',') FROM tags t WHERE t.version_id = v.id) AS tags, {columns}, "
         f"{_PROBLEM} AS problem "
-        "FROM versions v JOIN adapters a ON a.id = v.adapter_id "
-        "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
+        + (
+            "FROM versions v JOIN adapters a ON a.id = v.adapter_id "
+            if all_versions  # one row per adapter: its latest version, found from the adapter (in name order)
+            else "FROM adapters a JOIN versions v ON v.id = COALESCE((SELECT t.version_id FROM tags t WHERE "
+            "t.adapter_id = a.id AND t.tag = 'latest'), (SELECT v2.id FROM versions v2 WHERE v2.adapter_id = a.id "
+            "ORDER BY v2.number DESC LIMIT 1)) "
+        )
+        + "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
         + (f"WHERE {' AND '.join(where)} " if where else "")
         + SORTS[sort]
         + (" LIMIT ? OFFSET ?" if limit is not None or offset else "")
@@ -107,6 +108,15 @@ def list_rows(
         gone,
         bad,
     ) in cursor.execute(sql, args):
+        if raw == "[]":  # most versions have no trigger words: no parser for them
+            words = []
+        else:
+            try:
+                words = json.loads(raw)
+            except (TypeError, ValueError, RecursionError):
+                words = None
+            if type(words) is not list or not all(type(w) is str for w in words):
+                bad = bad or "trigger_words holds something other than text"
         if bad is not None:
             raise _damaged(db, name, number, bad)
         out.append({
@@ -120,8 +130,7 @@ def list_rows(
             "rank": rank,
             "size": size,
             "sha256": sha256,
-            # most versions have no trigger words: no parser for them; the rest were checked by the query
-            "trigger_words": [] if raw == "[]" else json.loads(raw),
+            "trigger_words": words,
             "created_at": float(created),
             "location": location or "blob",
             "path": path,  # an in-place file's path (lorastack scan); None for blobs
@@ -131,13 +140,12 @@ def list_rows(
 
 
 #: A damaged record, checked by the query (in SQLite, not per row in Python): the first problem found, or NULL.
+#: Trigger words that are text are parsed and checked per row, and only when there are some.
 _PROBLEM = (
     "CASE WHEN typeof(v.number) != 'integer' OR v.number < 1 THEN 'its number is not a positive integer' "
     "WHEN typeof(v.created_at) NOT IN ('integer', 'real') OR NOT (v.created_at >= 0 AND v.created_at < 1e11) "
     "THEN 'created_at is not a time' "
-    "WHEN v.trigger_words != '[]' AND (typeof(v.trigger_words) != 'text' OR NOT json_valid(v.trigger_words) "
-    "OR json_type(v.trigger_words) != 'array' OR EXISTS (SELECT 1 FROM json_each(v.trigger_words) j "
-    "WHERE j.type != 'text')) THEN 'trigger_words holds something other than text' "
+    "WHEN typeof(v.trigger_words) != 'text' THEN 'trigger_words holds something other than text' "
     "WHEN v.rank IS NOT NULL AND typeof(v.rank) != 'integer' THEN 'rank is not an integer' "
     "WHEN typeof(f.size) != 'integer' OR typeof(f.sha256) != 'text' THEN 'a file record is not valid' END"
 )
