@@ -110,6 +110,10 @@ def read_chunks(path: str | Path) -> dict[str, str]:
             image.load()  # text chunks after the image data are read only with it
             text = dict(getattr(image, "text", None) or {})
             info = {k: v for k, v in image.info.items() if isinstance(v, str)}
+            if "parameters" not in text and "parameters" not in info:
+                comment = exif_user_comment(image)  # A1111 and Forge save JPEG and WebP infotext there
+                if comment:
+                    info["parameters"] = comment
     except InputFileError as e:
         raise RecipeError(f"{path}: {e}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -124,6 +128,31 @@ def read_chunks(path: str | Path) -> dict[str, str]:
                 f"{MAX_CHUNK_CHARS / 1e6:g} MB is read"
             )
     return chunks
+
+
+#: EXIF UserComment: an 8-byte character-code prefix, then the text (EXIF 2.3 §4.6.5)
+_USER_COMMENT, _EXIF_IFD = 0x9286, 0x8769
+
+
+def exif_user_comment(image) -> str | None:
+    """The text of an image's EXIF UserComment, where A1111 and Forge write the infotext of JPEG and WebP files
+    (piexif's ``UNICODE`` code: UTF-16, big-endian as piexif writes it; little-endian and ASCII read too)."""
+    try:
+        raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # Pillow raises several kinds for a damaged EXIF block: then there is no comment to read
+        return None
+    if isinstance(raw, str):
+        return raw.strip("\x00") or None
+    if not isinstance(raw, bytes) or len(raw) <= 8 or len(raw) > 4 * MAX_CHUNK_CHARS:
+        return None
+    code, body = raw[:8], raw[8:]
+    if code == b"UNICODE\x00":
+        # which byte order: infotext is mostly ASCII, whose high bytes (zeros) come first in big-endian
+        order = "utf-16-be" if body[0::2].count(0) >= body[1::2].count(0) else "utf-16-le"
+        text = body.decode(order, errors="replace")
+    else:
+        text = body.decode("utf-8", errors="replace")
+    return text.strip("\x00").strip() or None
 
 
 def import_recipe(path: str | Path, registry=None) -> ImportedRecipe:

@@ -74,6 +74,21 @@ def test_a1111_image_resolved_by_hash(library, registry, tmp_path):
     assert [a.name for a in imported.missing] == ["gone"] and imported.missing[0].hash == "0123456789ab"
 
 
+@pytest.mark.parametrize(("fmt", "order"), [("JPEG", "utf-16-be"), ("WEBP", "utf-16-be"), ("JPEG", "utf-16-le")])
+def test_a1111_jpeg_and_webp_infotext_in_exif(library, registry, tmp_path, fmt, order):
+    """A1111 and Forge write a JPEG's or WebP's infotext into EXIF UserComment (piexif's UNICODE code)."""
+    from PIL import Image
+
+    text = a1111_text(library["style"][1][:12], library["detail"][0][:10])
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode(order)
+    path = tmp_path / f"a.{fmt.lower()}"
+    Image.new("RGB", (16, 16), "white").save(path, fmt, exif=exif)
+    imported = import_recipe(path, registry)
+    assert imported.made_by == "a1111" and imported.prompt == "a castle" and imported.seed == 99
+    assert {a.name: a.ref for a in imported.adapters}["stylev1"] == "me/style@1"
+
+
 def test_cli_prints_writes_and_names_missing(library, tmp_path):
     image = png(tmp_path / "a.png", parameters=a1111_text(library["style"][1][:12], "deadbeefdeadbeef"))
     code, out, err = run_cli("recipe", "import", image, "--json", "-o", tmp_path / "r.json")
