@@ -20,7 +20,12 @@ from .scales import brief
 
 MAX_NODES = 5000
 MAX_WALK = 1000
-LORA_NODES = ("LoraLoader", "LoraLoaderModelOnly")
+LORA_NODES = ("LoraLoader", "LoraLoaderModelOnly", "LoraLoader|pysssss")
+#: Custom nodes that load several LoRAs at once, read from the API graph (``prompt``): rgthree's Power Lora Loader
+#: (``lora_N: {"on", "lora", "strength", "strengthTwo"}``) and ComfyUI-Lora-Manager's loader (``loras: {"__value__":
+#: [{"name", "strength", "clipStrength", "active"}]}``).
+MULTI_LORA_NODES = ("Power Lora Loader (rgthree)", "Lora Loader (LoraManager)")
+MAX_LORAS_PER_NODE = 100
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 # widgets_values positions in the UI graph (ComfyUI's own node definitions)
 _WIDGETS = {
@@ -142,6 +147,8 @@ def from_comfyui(chunks: dict[str, str], path: str | Path) -> ImportedRecipe:
         kind, node_inputs = node.get("class_type"), node["inputs"]
         if kind in LORA_NODES:
             chain.append(_adapter(node_inputs, kind, path))
+        elif kind in MULTI_LORA_NODES:
+            chain.extend(reversed(_multi(node_inputs, kind, path)))  # reversed back with the chain below
         elif kind == "CheckpointLoaderSimple" and isinstance(node_inputs.get("ckpt_name"), str):
             imported.model = node_inputs["ckpt_name"][:500]
             break
@@ -150,14 +157,47 @@ def from_comfyui(chunks: dict[str, str], path: str | Path) -> ImportedRecipe:
     return imported
 
 
-def _adapter(inputs: dict[str, Any], kind: str, path) -> ImportedAdapter | None:
+def _multi(inputs: dict[str, Any], kind: str, path) -> list[ImportedAdapter | None]:
+    """The LoRAs a multi-LoRA node applies that are switched on, in its order."""
+    if kind == "Power Lora Loader (rgthree)":
+        entries = [
+            (v.get("lora"), v.get("strength", 1.0), v.get("strengthTwo"))
+            for k, v in sorted(inputs.items(), key=lambda kv: _slot(kv[0]))
+            if k.lower().startswith("lora_") and isinstance(v, dict) and v.get("on", True) is True
+        ]
+    else:
+        loras = inputs.get("loras")
+        loras = loras.get("__value__") if isinstance(loras, dict) else loras
+        entries = [
+            (v.get("name"), v.get("strength", 1.0), v.get("clipStrength"))
+            for v in (loras if isinstance(loras, list) else [])
+            if isinstance(v, dict) and v.get("active", True) is True
+        ]
+    out = []
+    for file, model, clip in entries[:MAX_LORAS_PER_NODE]:
+        if isinstance(file, str) and file and not file.lower().endswith((".safetensors", ".ckpt", ".pt")):
+            file += ".safetensors"  # the LoRA Manager names a LoRA by its stem
+        fields = {"lora_name": file, "strength_model": model}
+        if clip is not None:
+            fields["strength_clip"] = clip
+        out.append(_adapter(fields, "LoraLoader" if clip is not None else "LoraLoaderModelOnly", path, kind))
+    return out
+
+
+def _slot(key: str) -> tuple[int, str]:
+    digits = key.rpartition("_")[2]
+    return (int(digits), key) if digits.isdigit() and len(digits) < 6 else (10**6, key)
+
+
+def _adapter(inputs: dict[str, Any], kind: str, path, node: str | None = None) -> ImportedAdapter | None:
+    node = node or kind
     file = inputs.get("lora_name")
     if not isinstance(file, str) or not file or len(file) > 1000:
         return None
-    model = check_scale(inputs.get("strength_model", 1.0), f"{kind} strength_model", path)
+    model = check_scale(inputs.get("strength_model", 1.0), f"{node} strength_model", path)
     scale: Any = model
-    if kind == "LoraLoader":
-        clip = check_scale(inputs.get("strength_clip", 1.0), f"{kind} strength_clip", path)
+    if kind in ("LoraLoader", "LoraLoader|pysssss"):
+        clip = check_scale(inputs.get("strength_clip", 1.0), f"{node} strength_clip", path)
         if clip != model:
             scale = {"unet": model, "text_encoder": clip}
     stem = Path(file.replace("\\", "/")).stem or "adapter"

@@ -129,6 +129,31 @@ def test_comfyui_prompt_graph(library, registry, tmp_path):
     ]  # fmt: skip
 
 
+def test_comfyui_custom_multi_lora_nodes(library, registry, tmp_path):
+    """rgthree's Power Lora Loader and ComfyUI-Lora-Manager's loader: the LoRAs switched on, in their order."""
+    graph = comfy_api("add_detail.safetensors")
+    graph["12"] = {"class_type": "Power Lora Loader (rgthree)", "inputs": {
+        "model": ["11", 0], "clip": ["10", 1], "PowerLoraLoaderHeaderWidget": {"type": "PowerLoraLoaderHeaderWidget"},
+        "lora_2": {"on": True, "lora": "sub\\add_detail.safetensors", "strength": 0.7, "strengthTwo": None},
+        "lora_1": {"on": False, "lora": "off.safetensors", "strength": 1},
+        "lora_10": {"on": True, "lora": "last.safetensors", "strength": 0.2, "strengthTwo": 0.4},
+        "➕ Add Lora": ""}}  # fmt: skip
+    graph["13"] = {"class_type": "Lora Loader (LoraManager)", "inputs": {
+        "model": ["12", 0], "text": "<lora:mgr:0.6>", "loras": {"__value__": [
+            {"name": "mgr", "strength": 0.6, "clipStrength": 0.6, "active": True},
+            {"name": "inactive", "strength": 1, "active": False}]}}}  # fmt: skip
+    graph["3"]["inputs"]["model"] = ["13", 0]
+    imported = import_recipe(png(tmp_path / "c.png", prompt=json.dumps(graph)), registry)
+    assert [(a.name, a.scale) for a in imported.adapters] == [
+        ("add_detail", 0.8), ("missing_one", 0.5), ("add_detail", 0.7),
+        ("last", {"unet": 0.2, "text_encoder": 0.4}), ("mgr", 0.6),
+    ]  # fmt: skip
+    assert imported.adapters[2].ref == "add_detail@1"  # found by its file name in the registry
+    graph["12"]["inputs"]["lora_2"]["strength"] = "lots"
+    with pytest.raises(RecipeError, match="Power Lora Loader .rgthree. strength_model"):
+        import_recipe(png(tmp_path / "d.png", prompt=json.dumps(graph)), registry)
+
+
 def test_comfyui_workflow_graph(library, registry, tmp_path):
     workflow = {
         "nodes": [
