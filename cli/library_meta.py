@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from .grammar import echo_json, json_option
+from .library import _terminal
 from .text import printable
 
 
@@ -73,8 +75,12 @@ def enrich_cmd(refs, sources, overwrite, no_previews, as_json):
     from lorastack.core.enrich import enrich
     from lorastack.registry import Registry
 
-    report = enrich(Registry(), list(refs) or None, list(sources) or None, overwrite=overwrite,
-                    previews=not no_previews)  # fmt: skip
+    progress = _Progress(enabled=not as_json and _terminal())
+    try:
+        report = enrich(Registry(), list(refs) or None, list(sources) or None, overwrite=overwrite,
+                        previews=not no_previews, on_progress=progress.update)  # fmt: skip
+    finally:
+        progress.close()
     if as_json:
         echo_json(report.as_dict())
         return
@@ -91,6 +97,30 @@ def enrich_cmd(refs, sources, overwrite, no_previews, as_json):
     for ref, by_source in sorted(report.versions.items()):
         for source, fields in by_source.items():
             click.echo(f"{printable(ref)}: {', '.join(fields)} from {source}")
+
+
+class _Progress:
+    """A bar on stderr (a terminal only) per source while its answers are stored and previews downloaded."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.source = enabled, None, None
+
+    def update(self, source: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None or source != self.source:
+            self.close()
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"enrich {source}", unit="version", file=sys.stderr,
+                            dynamic_ncols=True)  # fmt: skip
+            self.source = source
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def register(group: click.Group) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,9 +104,11 @@ def enrich(
     overwrite: bool = False,
     previews: bool = True,
     deadline: float = SOURCE_DEADLINE,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EnrichReport:
     """Ask ``sources`` (default: every registered metadata source) about ``refs`` (default: see the module
-    docstring) and store what they find. Never raises for what a source does; see the report."""
+    docstring) and store what they find. Never raises for what a source does; see the report.
+    ``on_progress(source, done, total)`` is told as each answer is stored (previews are downloaded then)."""
     manager = get_manager()
     names = list(sources) if sources else manager.names("metadata_sources")
     chosen = [manager.get("metadata_sources", name) for name in names]  # an unknown name fails here, before any work
@@ -129,11 +131,13 @@ def enrich(
             summary.errors.append(f"{source.name}: no answer within {deadline:g} s for {len(items) - len(answered)} "
                                   "version(s); try again later")  # fmt: skip
         wanted = {item.ref for item in items}
-        for answer in answers:
+        for done, answer in enumerate(answers, 1):
             if not isinstance(answer, LookupAnswer) or answer.ref not in wanted:
                 summary.errors.append(f"{source.name}: answered about something it was not asked; ignored")
-                continue
-            _store(registry, source, answer, summary, report, overwrite, previews)
+            else:
+                _store(registry, source, answer, summary, report, overwrite, previews)
+            if on_progress is not None:
+                on_progress(source.name, done, len(answers))
     return report
 
 

@@ -42,9 +42,11 @@ def test_bulk_lookup_fills_values_and_previews_with_their_source(registry, three
     civitai_server.add(sha_a, trained_words=["zxc, red hair", "zxc armour"], base_model="Pony", tags=["character"],
                        images=[_png()])  # fmt: skip
     civitai_server.add(sha_b, base_model="Flux.1 D", name="Flux Thing")
-    report = enrich(registry, sources=["civitai"])
+    progress = []
+    report = enrich(registry, sources=["civitai"], on_progress=lambda *p: progress.append(p))
     (summary,) = report.sources
     assert (summary.asked, summary.found, summary.unknown, summary.failed) == (3, 2, 1, 0)
+    assert progress[-1] == ("civitai", len(progress), len(progress)) and len(progress) >= 2  # one step per answer
     assert [c.route for c in civitai_server.log if "by-hash" in c.route] == ["POST /api/v1/model-versions/by-hash"]
     values = get_metadata(registry, a)
     assert values["trigger_groups"].value == [["zxc", "red hair"], ["zxc armour"]]
