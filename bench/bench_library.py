@@ -133,8 +133,9 @@ def build(folder: Path, n: int, writer: Writer) -> dict:
         counts["adapters"] += 1
         stem = path.name[: -len(".safetensors")]
         if i % 2:
+            base = "Pony" if i % 7 == 1 else "SD 1.5"
             info = {"id": 100000 + i, "modelId": 5000 + i, "name": "v1.0", "trainedWords": [f"tok{i}"],
-                    "baseModel": "SD 1.5", "model": {"name": stem, "type": "LORA"}}  # fmt: skip
+                    "baseModel": base, "model": {"name": stem, "type": "LORA"}}  # fmt: skip
             (where / f"{stem}.civitai.info").write_text(json.dumps(info))
             counts["sidecars"] += 1
         if i % 3 == 0:
@@ -226,6 +227,7 @@ def main(argv=None) -> dict:
             times.append(time.perf_counter() - t)
             fresh.close()
         results["list"] = {"median_s": statistics.median(times), "rows": len(rows)}
+        results["list_filtered"] = list_filters(Registry(work / "registry"))
         results["large"] = large_share(work, args, writer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -233,6 +235,26 @@ def main(argv=None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results
+
+
+def list_filters(registry) -> dict:
+    """Median time of the filtered listings and of one page (what a library view asks for)."""
+    out = {}
+    for label, kwargs in (
+        ("family", {"family": "sd1"}),
+        ("search", {"search": "style"}),
+        ("lineage", {"lineage": "Pony"}),
+        ("missing", {"missing": True}),
+        ("page of 50", {"limit": 50, "offset": 5000}),
+        ("newest 50", {"sort": "date", "limit": 50}),
+    ):
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            rows = registry.list(**kwargs)
+            times.append(time.perf_counter() - t)
+        out[label] = {"median_s": statistics.median(times), "rows": len(rows)}
+    return out  # fmt: skip
 
 
 def large_share(work: Path, args, writer: Writer) -> dict:
@@ -274,6 +296,8 @@ def report(r: dict) -> None:
     print(f"rescan after {c['changed']} changes: {c['seconds']:.2f} s, re-hashed {c['hashed']}")
     print(f"list: {r['list']['median_s'] * 1000:.0f} ms for {r['list']['rows']} rows; peak memory added by the scans "
           f"{r['peak_rss_added_mb']:.0f} MB")  # fmt: skip
+    print("filtered: " + ", ".join(f"{k} {v['median_s'] * 1000:.0f} ms ({v['rows']} rows)"
+                                   for k, v in r["list_filtered"].items()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class UploadTooLarge(LorastackError):
     """An upload over the server's limit (``--max-upload-mb``)."""
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(LorastackError):
     def __init__(self, limit: int):
         self.limit = limit
 
