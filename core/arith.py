@@ -29,7 +29,23 @@ import torch
 from lorastack.adapters import Adapter, FullLayer, Layer, LoRALayer
 from lorastack.adapters.errors import shown
 from lorastack.adapters.layers import all_finite
+from lorastack.adapters.slices import RowSliceLayer
 from lorastack.errors import LorastackError
+
+from .arith_svd import (
+    _INDEX,
+    Spectrum,
+    index_sv_cumulative,
+    index_sv_fro,
+    index_sv_ratio,
+    spectrum_of,
+    svd_dense,
+    svd_factored,
+)
+
+#: the SVD helpers every command imports from here
+__all__ = ["Spectrum", "index_sv_cumulative", "index_sv_fro", "index_sv_ratio", "spectrum_of", "svd_dense",
+           "svd_factored"]  # fmt: skip
 
 #: kohya's dynamic criteria (``--dynamic_method``) and what their target means
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
@@ -111,15 +127,52 @@ def needs_base(layer: Layer) -> bool:
     return layer.is_dora
 
 
-def plain(layer: Layer) -> bool:
-    """A LoRA whose ΔW is exactly ``scale · up @ down`` (no Tucker core, no DoRA, not a fused slice)."""
+def _plain_lora(layer: Layer) -> bool:
     return type(layer) is LoRALayer and layer.mid is None and not layer.is_dora
 
 
-def factors(layer: LoRALayer, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, D)`` with ``weight · ΔW = U @ D`` (2-D, float32) for a :func:`plain` LoRA."""
+def plain(layer: Layer) -> bool:
+    """A LoRA whose ΔW is exactly ``scale · up @ down`` (no Tucker core, no DoRA): a LoRA, or a fused layer's rows
+    of one (a kohya/BFL ``qkv`` or ``linear1`` LoRA read per projection: its up factor's rows)."""
+    if isinstance(layer, RowSliceLayer):
+        return _plain_lora(layer.parent)
+    return _plain_lora(layer)
+
+
+def factors(layer: Layer, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, D)`` with ``weight · ΔW = U @ D`` (2-D, float32) for a :func:`plain` layer."""
+    if isinstance(layer, RowSliceLayer):
+        parent = layer.parent
+        up = parent.up.float().reshape(parent.out_features, -1)
+        up = torch.cat([up[a:b] for a, b in layer.rows]) * (weight * parent.scale)
+        return up, parent.down.float().reshape(parent.rank, -1)
     up = layer.up.float().reshape(layer.out_features, -1) * (weight * layer.scale)
     return up, layer.down.float().reshape(layer.rank, -1)
+
+
+def lora_only_module(family: str, name: str, shape: tuple[int, ...]) -> bool:
+    """The module is part of a fused FLUX.1/SD3 module (``qkv``, ``linear1``, the modulations) or stored with its
+    shift/scale halves exchanged (``norm_out``) in the original layout: the kohya/BFL writers can express only a
+    LoRA there, never a full difference."""
+    from lorastack.adapters.mmdit import to_original
+
+    component, _, path = name.partition(".")
+    if component != "transformer" or len(shape) != 2:
+        return False
+    found = to_original(family, path)
+    return found is not None and (found[0].fused or found[0].swap_candidate)
+
+
+def exact_lora(matrix: torch.Tensor) -> LoRALayer:
+    """A full difference written exactly as a LoRA of rank min(out, in): one factor is the identity, so the product
+    is the matrix itself. With ``out ≥ in`` the down factor is the identity, so the projections of one fused module
+    share it and are written as one fused LoRA (``in² `` more values than the full difference)."""
+    out, inner = matrix.shape
+    if out >= inner:
+        up, down = matrix, torch.eye(inner)
+    else:
+        up, down = torch.eye(out), matrix
+    return LoRALayer(down.contiguous(), up.contiguous(), alpha=float(min(out, inner)))
 
 
 def dense(layer: Layer, base_weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,61 +192,7 @@ def layer_shape(layer: Layer, base_weight: torch.Tensor | None = None) -> tuple[
     return tuple(layer.natural_shape or (layer.out_features, layer.in_numel))
 
 
-# --- SVD -------------------------------------------------------------------------------------------------------
-@dataclass
-class Spectrum:
-    """A ΔW as ``U · diag(S) · Vh`` (S descending), exact for the matrix it was computed from."""
-
-    U: torch.Tensor
-    S: torch.Tensor
-    Vh: torch.Tensor
-
-
-def svd_dense(matrix: torch.Tensor) -> Spectrum:
-    U, S, Vh = torch.linalg.svd(matrix.float(), full_matrices=False)
-    return Spectrum(U, S, Vh)
-
-
-def svd_factored(up: torch.Tensor, down: torch.Tensor) -> Spectrum:
-    """The SVD of ``up @ down`` without forming it (see the module docstring)."""
-    q1, r1 = torch.linalg.qr(up.float())
-    q2, r2 = torch.linalg.qr(down.float().T)
-    u, s, vh = torch.linalg.svd(r1 @ r2.T, full_matrices=False)
-    return Spectrum(q1 @ u, s, vh @ q2.T)
-
-
-def spectrum_of(ups: list[torch.Tensor], downs: list[torch.Tensor], dense_part: torch.Tensor | None) -> Spectrum:
-    """The SVD of ``Σ upᵢ @ downᵢ (+ dense_part)``: factored while the stacked rank is below the matrix's size."""
-    if dense_part is None and ups:
-        up, down = torch.cat(ups, 1), torch.cat(downs, 0)
-        if up.shape[1] < min(up.shape[0], down.shape[1]):
-            return svd_factored(up, down)
-        return svd_dense(up @ down)
-    total = dense_part.clone() if dense_part is not None else None
-    for up, down in zip(ups, downs, strict=True):
-        total = up @ down if total is None else total.addmm_(up, down)
-    return svd_dense(total)
-
-
-# --- kohya's criteria --------------------------------------------------------------------------------------------
-def index_sv_cumulative(S: torch.Tensor, target: float) -> int:
-    cumulative = torch.cumsum(S, dim=0) / float(torch.sum(S))
-    return max(0, min(int(torch.searchsorted(cumulative, target)), len(S) - 1))
-
-
-def index_sv_fro(S: torch.Tensor, target: float) -> int:
-    squared = S.pow(2)
-    cumulative = torch.cumsum(squared, dim=0) / float(torch.sum(squared))
-    return max(0, min(int(torch.searchsorted(cumulative, target**2)), len(S) - 1))
-
-
-def index_sv_ratio(S: torch.Tensor, target: float) -> int:
-    return max(0, min(int(torch.sum(S[0] / target < S).item()) - 1, len(S) - 1))
-
-
-_INDEX = {"sv_ratio": index_sv_ratio, "sv_fro": index_sv_fro, "sv_cumulative": index_sv_cumulative}
-
-
+# --- kohya's criteria (the SVDs and the indices are in .arith_svd) ------------------------------------------
 def check_dynamic(method: str | None, target: float | None) -> None:
     if method is None:
         if target is not None:
@@ -328,6 +327,8 @@ class Result:
     sources: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] | None = None
+    #: what the result does not carry that the inputs changed (bias differences, norms): name → a size report
+    left_out: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         total = math.sqrt(sum(r.target_norm**2 for r in self.reports))
@@ -347,6 +348,8 @@ class Result:
             mean = sum(fro) / len(fro)
             out["average_fro_retained"] = mean
             out["fro_retained_std"] = math.sqrt(sum((f - mean) ** 2 for f in fro) / len(fro))
+        if self.left_out:
+            out["left_out"] = self.left_out
         if self.check is not None:
             out["check_prompts"] = self.check
         return out

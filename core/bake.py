@@ -106,13 +106,13 @@ def _write_single_file(pipe, stack, touched, base_file: Path, output: Path, reco
     config = unet.config if unet is not None else None
     with torch.no_grad():
         for name in touched:
-            key, rows = original_key(name, stack.family, shapes, config)
+            key, rows, transposed = original_key(name, stack.family, shapes, config)
             weight = stack.index.get(name).weight.detach().float().cpu()
             if not torch.isfinite(weight).all():
                 raise ArithmeticInputError(f"the baked weight of {name} holds NaN or infinite values")
             if rows is None and tensors[key].numel() != weight.numel():
                 raise ArithmeticInputError(f"{name} does not fit {key} {tuple(shapes[key])} of the base file")
-            tensors[key] = put_rows(tensors[key], rows, weight)
+            tensors[key] = put_rows(tensors[key], rows, weight, transposed)
     header[RECORD_KEY] = json.dumps(record, sort_keys=True)
     atomic_write_safetensors(tensors, output, header)
 

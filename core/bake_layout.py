@@ -8,7 +8,8 @@ map from diffusers module names back to original keys is kept here:
 * CLIP-L text encoders: ``cond_stage_model.transformer.`` (SD1), ``conditioner.embedders.0.transformer.`` (SDXL),
   ``text_encoders.clip_l.transformer.`` (a ComfyUI bundle), with or without the ``text_model.`` level;
 * OpenCLIP text encoders (SD2's, SDXL's second): q/k/v are row thirds of ``attn.in_proj_weight``, the MLP is
-  ``mlp.c_fc``/``mlp.c_proj``, layers are ``transformer.resblocks.N``;
+  ``mlp.c_fc``/``mlp.c_proj``, layers are ``transformer.resblocks.N``; the projection is ``text_projection``, stored
+  transposed (``in × out``, as diffusers' converter reads it);
 * FLUX.1 / SD3 transformers: the original (BFL/MMDiT) module and the rows of it that are the diffusers projection
   (:func:`lorastack.adapters.fused.source_rows`), bare or under ``model.diffusion_model.``.
 """
@@ -16,6 +17,7 @@ map from diffusers module names back to original keys is kept here:
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import torch
 
@@ -41,6 +43,15 @@ _OPEN_CLIP_NAMES = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc"
 Rows = tuple[tuple[int, int], ...]
 
 
+class Place(NamedTuple):
+    """Where a module's weight sits in the file: the tensor, the rows of it that are the module's (``None``: all
+    of it), and whether the file stores it transposed."""
+
+    key: str
+    rows: Rows | None = None
+    transposed: bool = False
+
+
 def _refuse(name: str) -> ArithmeticInputError:
     return ArithmeticInputError(
         f"{name} has no place lorastack knows in this single file's original layout; give -o a folder to write a "
@@ -48,9 +59,8 @@ def _refuse(name: str) -> ArithmeticInputError:
     )
 
 
-def original_key(name: str, family: str, keys: dict[str, torch.Size], unet_config=None) -> tuple[str, Rows | None]:
-    """``(key, rows)``: the tensor in the file that holds ``name``'s weight, and the rows of it that are the
-    module's (``None``: all of it)."""
+def original_key(name: str, family: str, keys: dict[str, torch.Size], unet_config=None) -> Place:
+    """The :class:`Place` in the file that holds ``name``'s weight."""
     component, _, path = name.partition(".")
     if component == "unet":
         from lorastack.adapters.naming import diffusers_to_sgm
@@ -64,7 +74,7 @@ def original_key(name: str, family: str, keys: dict[str, torch.Size], unet_confi
         key = f"model.diffusion_model.{mapped}.weight"
         if mapped is None or key not in keys:
             raise _refuse(name)
-        return key, None
+        return Place(key)
     if component == "transformer":
         return _transformer_key(name, family, path, keys)
     open_clip = _OPEN_CLIP_PREFIXES.get(family, {}).get(component)
@@ -76,11 +86,13 @@ def original_key(name: str, family: str, keys: dict[str, torch.Size], unet_confi
         for candidate in (path, bare, "text_model." + bare):
             key = f"{prefix}{candidate}.weight"
             if prefix and key in keys:
-                return key, None
+                return Place(key)
     raise _refuse(name)
 
 
-def _open_clip_key(name: str, prefix: str, path: str, keys) -> tuple[str, Rows | None]:
+def _open_clip_key(name: str, prefix: str, path: str, keys) -> Place:
+    if path == "text_projection" and prefix + "text_projection" in keys:
+        return Place(prefix + "text_projection", None, True)
     m = _OPEN_CLIP_LAYER.match(path)
     if m is None:
         raise _refuse(name)
@@ -92,14 +104,14 @@ def _open_clip_key(name: str, prefix: str, path: str, keys) -> tuple[str, Rows |
             raise _refuse(name)
         d = keys[key][0] // 3
         j = "qkv".index(qkv)
-        return key, ((j * d, (j + 1) * d),)
+        return Place(key, ((j * d, (j + 1) * d),))
     key = base + _OPEN_CLIP_NAMES[module] + ".weight"
     if key not in keys:
         raise _refuse(name)
-    return key, None
+    return Place(key)
 
 
-def _transformer_key(name: str, family: str, path: str, keys) -> tuple[str, Rows | None]:
+def _transformer_key(name: str, family: str, path: str, keys) -> Place:
     from lorastack.adapters import FullLayer
     from lorastack.adapters.fused import source_rows
     from lorastack.adapters.mmdit import to_original
@@ -115,12 +127,15 @@ def _transformer_key(name: str, family: str, path: str, keys) -> tuple[str, Rows
             # the rows only depend on the fused weight's shape: a shape-only stand-in layer asks for them
             rows = source_rows(source, FullLayer(torch.empty(shape, device="meta")))[j]
             whole = rows == ((0, shape[0]),)
-            return key, None if whole else rows
+            return Place(key, None if whole else rows)
     raise _refuse(name)
 
 
-def put_rows(original: torch.Tensor, rows: Rows | None, new: torch.Tensor) -> torch.Tensor:
-    """``original`` with ``rows`` (all of it for ``None``) replaced by ``new``, in ``original``'s dtype and shape."""
+def put_rows(original: torch.Tensor, rows: Rows | None, new: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """``original`` with ``rows`` (all of it for ``None``) replaced by ``new`` (``transposed``: stored as its
+    transpose), in ``original``'s dtype and shape."""
+    if transposed:
+        new = new.T
     if rows is None:
         return new.reshape(original.shape).to(original.dtype).contiguous()
     out = original.clone()

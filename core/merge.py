@@ -92,20 +92,24 @@ def merge(
     generator = torch.Generator().manual_seed(seed)
     for name, terms in per_module.items():
         weight = base_weights.get(name)
-        layer, report = _merge_layer(name, terms, method, rank, density, weight, generator)
+        layer, report = _merge_layer(name, terms, method, rank, density, weight, generator, family)
         layers[name] = layer
         reports.append(report)
     settings = {"method": method, "rank": rank, "density": density}
     if method in ("dare", "dare_ties"):
         settings["seed"] = seed
-    return Result(method, family, layers, reports, [s.record() for s in sources], settings)
+    result = Result(method, family, layers, reports, [s.record() for s in sources], settings)
+    bias = bias_left_out(sources, result)
+    if bias is not None:
+        result.left_out["bias"] = bias
+    return result
 
 
-def _merge_layer(name, terms, method, rank, density, weight, generator):
+def _merge_layer(name, terms, method, rank, density, weight, generator, family="unknown"):
     shape = layer_shape(terms[0][1], weight)
     everything_plain = all(plain(layer) for _, layer in terms)
     if method == "concat":
-        return _concat(name, terms, shape, weight, everything_plain)
+        return _concat(name, terms, shape, weight, everything_plain, family)
     target_rank = rank or max((layer.rank or 1) for _, layer in terms)
     if method == "svd":
         if everything_plain:
@@ -138,20 +142,26 @@ def _weighted_sum(terms, weight) -> torch.Tensor:
     return total
 
 
-def _concat(name, terms, shape, weight, everything_plain):
+def _concat(name, terms, shape, weight, everything_plain, family="unknown"):
     from lorastack.adapters import FullLayer, LoRALayer
 
+    from .arith import exact_lora, lora_only_module
+
     target = _weighted_sum(terms, weight)
+    result = None
     if everything_plain:
-        ups = [layer.up.float() * (w * layer.scale) for w, layer in terms]
-        downs = [layer.down.float() for _, layer in terms]
+        ups, downs = zip(*(factors(layer, w) for w, layer in terms))
         rank = sum(d.shape[0] for d in downs)
-        result = LoRALayer(torch.cat(downs, 0), torch.cat(ups, 1), alpha=float(rank))
-        if rank > min(result.out_features, result.in_numel):
-            # more rank than the layer has: the exact sum is smaller as a full difference, and still exact
-            result = FullLayer(target.reshape(shape).contiguous())
-    else:
-        result = FullLayer(target.reshape(shape).contiguous())
+        if rank <= min(target.shape):
+            result = LoRALayer(_shaped_down(torch.cat(downs, 0), shape), _shaped_up(torch.cat(ups, 1), shape),
+                               alpha=float(rank))  # fmt: skip
+        # else more rank than the layer has: the exact sum is smaller as a full difference, and still exact
+    if result is None:
+        bias = _bias_sum(terms)
+        if lora_only_module(family, name, shape) and bias is None:
+            result = exact_lora(target)
+        else:
+            result = FullLayer(target.reshape(shape).contiguous(), diff_b=bias)
     kind = "lora" if isinstance(result, LoRALayer) else "full"
     report = LayerReport(
         name,
@@ -161,6 +171,40 @@ def _concat(name, terms, shape, weight, everything_plain):
         kind=kind,
     )
     return result, report
+
+
+def _shaped_down(down: torch.Tensor, shape) -> torch.Tensor:
+    return down.reshape(down.shape[0], *shape[1:]).contiguous() if len(shape) == 4 else down.contiguous()
+
+
+def _shaped_up(up: torch.Tensor, shape) -> torch.Tensor:
+    return up.reshape(*up.shape, 1, 1).contiguous() if len(shape) == 4 else up.contiguous()
+
+
+def _bias_sum(terms) -> torch.Tensor | None:
+    """Σ wᵢ Δbᵢ over the inputs that carry a bias difference (LyCORIS/ComfyUI ``diff_b``); ``None`` when none does."""
+    total = None
+    for w, layer in terms:
+        b = layer.bias_delta()
+        if b is not None:
+            total = b * w if total is None else total + b * w
+    return total
+
+
+def bias_left_out(sources: list[Source], result: Result) -> dict[str, Any] | None:
+    """The bias differences of the inputs that a re-factored result (a LoRA: no bias) does not carry."""
+    names = [n for n, layer in result.layers.items() if layer.bias_delta() is None]
+    per_module = contributions(sources, result.family)
+    norms = {}
+    for n in names:
+        b = _bias_sum(per_module.get(n, []))
+        if b is not None:
+            norms[n] = float(b.norm())
+    if not norms:
+        return None
+    worst = max(norms, key=norms.get)
+    return {"layers": len(norms), "norm": math.sqrt(sum(v * v for v in norms.values())), "largest": worst,
+            "largest_norm": norms[worst]}  # fmt: skip
 
 
 def _peft_merge(method, terms, weight, density, generator) -> torch.Tensor:
