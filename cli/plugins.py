@@ -7,7 +7,7 @@ import json
 import click
 
 LABELS = {"trainers": "trainers", "captioners": "captioners", "dataset_sources": "dataset sources",
-          "metadata_sources": "metadata sources"}  # fmt: skip
+          "metadata_sources": "metadata sources", "evaluators": "evaluators"}  # fmt: skip
 
 
 @click.command("plugins")

@@ -10,10 +10,13 @@ What is here, by what it is for:
 * marking hooks: ``hookimpl``;
 * declaring what a plugin object accepts: ``Option``, and ``resolve_options`` / ``parse_option_pairs`` for a plugin
   that checks the options of another object it drives (the ``sidecar`` captioner's fill captioner);
-* the protocols its objects implement: ``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``;
+* the protocols its objects implement: ``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``,
+  ``Evaluator`` (with ``Metric``: a score's name and direction);
 * data: ``DatasetItem`` (one training example), ``Skipped`` (a file a source could not use), ``TrainingContext``
   (what a trainer gets) and ``TrainResult`` (what its engine run returns); ``LookupItem`` and ``LookupAnswer`` (what
-  a metadata source is asked and answers);
+  a metadata source is asked and answers); ``EvalImage`` and ``EvalRequest`` (what an evaluator scores);
+* for evaluators: ``best_device`` (cuda, else mps, else cpu), ``colour_shares`` and ``TOY_COLOURS`` (the toy world's
+  palette, what the ``toy`` evaluator measures);
 * reading metadata the way the built-in sidecar reader does: ``civitai_version_values`` (a Civitai model-version
   record as metadata values and preview URLs), ``lineage_label`` (``ponyDiffusionV6XL`` → ``Pony``);
 * reading files and images the way the built-ins do: ``read_file`` (regular files only, bounded), ``open_image``
@@ -26,7 +29,7 @@ What is here, by what it is for:
   ``model_digest`` (the base's identity and recommended guidance), ``data_home`` (where caches go), ``NewTokens`` (new
   token embeddings trained beside the LoRA), ``MAX_STEPS`` and ``MAX_LEARNING_RATE`` (the engine's bounds);
 * the errors a plugin raises, all ``LorastackError``: ``PluginError``, ``PluginOptionError``, ``DatasetError``,
-  ``ImageError``, ``CaptionError``, ``TrainingError``, and ``UnknownNameError`` (what ``get_captioner`` raises).
+  ``ImageError``, ``CaptionError``, ``TrainingError``, ``EvaluationError``, and ``UnknownNameError`` (what ``get_captioner`` raises).
 
 Names that load torch or diffusers (``TrainResult``, ``NewTokens``, ``base_info``, ``guidance_kwargs``,
 ``model_digest``) are imported on first use, so importing this module stays cheap and ``lorastack plugins`` fast.
@@ -54,6 +57,7 @@ from lorastack.core.data import (
     read_file,
 )
 from lorastack.core.errors import LorastackError
+from lorastack.core.evaluation import EvalImage, EvalRequest, EvaluationError, Evaluator, Metric
 from lorastack.core.interfaces import (
     Captioner,
     DatasetItem,
@@ -70,12 +74,15 @@ from lorastack.core.training.api import TrainingContext
 from lorastack.core.training.options import MAX_LEARNING_RATE, MAX_STEPS, TrainingError
 from lorastack.paths import data_home
 from lorastack.registry.sidecars import civitai_version_values, lineage_label
+from lorastack.toy import ALL_COLOURS as TOY_COLOURS
+from lorastack.toy import colour_shares
 
 from .hookspecs import hookimpl
 from .manager import PluginError, UnknownNameError, get_captioner
 
 if TYPE_CHECKING:
     from lorastack.core.base import base_info, guidance_kwargs
+    from lorastack.core.devices import best_device
     from lorastack.core.recipe import model_digest
     from lorastack.core.training.engine import TrainResult
     from lorastack.core.training.tokens import NewTokens
@@ -85,6 +92,7 @@ _LAZY = {
     "TrainResult": "lorastack.core.training.engine",
     "NewTokens": "lorastack.core.training.tokens",
     "base_info": "lorastack.core.base",
+    "best_device": "lorastack.core.devices",
     "guidance_kwargs": "lorastack.core.base",
     "model_digest": "lorastack.core.recipe",
 }
@@ -95,15 +103,21 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_LEARNING_RATE",
     "MAX_STEPS",
+    "TOY_COLOURS",
     "CaptionError",
     "Captioner",
     "DatasetError",
     "DatasetItem",
     "DatasetSource",
+    "EvalImage",
+    "EvalRequest",
+    "EvaluationError",
+    "Evaluator",
     "ImageError",
     "LookupAnswer",
     "LookupItem",
     "LorastackError",
+    "Metric",
     "MetadataSource",
     "NewTokens",
     "Option",
@@ -117,7 +131,9 @@ __all__ = [
     "UnknownNameError",
     "atomic_path",
     "base_info",
+    "best_device",
     "civitai_version_values",
+    "colour_shares",
     "data_home",
     "format_size",
     "get_captioner",

@@ -4,7 +4,7 @@ A plugin is a module (or any object) with functions marked ``@hookimpl`` whose n
 calls each hook once, when the plugins load, with a ``register`` callback; the plugin calls it once per object it
 provides. Names must be unique across all plugins: a second plugin registering a taken name is an error naming both.
 An implementation may take fewer arguments than its specification (pluggy passes only those it names). The objects'
-protocols (``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``) and everything else a plugin uses are in
+protocols (``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``, ``Evaluator``) and everything else a plugin uses are in
 ``lorastack.plugins.api``.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pluggy
 
+from lorastack.core.evaluation import Evaluator
 from lorastack.core.interfaces import Captioner, DatasetSource, Trainer
 from lorastack.core.metadata_sources import MetadataSource
 
@@ -63,4 +64,17 @@ def register_metadata_sources(register: Callable[[MetadataSource], None]) -> Non
     ``lorastack.plugins.api.MetadataSource``.
 
     :param register: records ``source`` under ``source.name``; raises ``PluginError`` if another plugin has it
+    """
+
+
+@hookspec
+def register_evaluators(register: Callable[[Evaluator], None]) -> None:
+    """Register evaluators: what scores generated images (CLIP and DINO similarity, leakage against the base, …).
+
+    Called once when plugins load. Call ``register(evaluator)`` for each evaluator; ``evaluator.name`` is what users
+    type (``lorastack eval --evaluator NAME``, ``lorastack train --eval-every N``). An evaluator implements
+    ``lorastack.plugins.api.Evaluator``: it declares its ``metrics`` (each higher- or lower-is-better) and returns one
+    score per metric and image; lorastack aggregates them.
+
+    :param register: records ``evaluator`` under ``evaluator.name``; raises ``PluginError`` if another plugin has it
     """

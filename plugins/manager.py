@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import pluggy
 
 from lorastack.core.errors import LorastackError
+from lorastack.core.evaluation import EvaluationError, Evaluator, check_metric_names
 from lorastack.core.interfaces import (
     OPTIONAL_MEMBERS,
     Captioner,
@@ -57,6 +58,7 @@ KINDS: dict[str, Kind] = {
     "captioners": Kind("register_captioners", "captioner", Captioner),
     "trainers": Kind("register_trainers", "trainer", Trainer),
     "metadata_sources": Kind("register_metadata_sources", "metadata source", MetadataSource),
+    "evaluators": Kind("register_evaluators", "evaluator", Evaluator),
 }
 HOOKS = tuple(kind.hook for kind in KINDS.values())
 NAME_RULE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -248,6 +250,11 @@ class PluginManager:
             if not fits:
                 want = {type(None): "a method", bool: "true or false", int: "an integer"}[type(default)]
                 raise PluginError(f"plugin {plugin!r}: {spec.label} {name!r}: {member} {value!r} is not {want}")
+        if kind == "evaluators":
+            try:
+                check_metric_names(obj)
+            except EvaluationError as e:
+                raise PluginError(f"plugin {plugin!r}: {e}") from None
         return name
 
     # --- lookup -------------------------------------------------------------------------------------------------
@@ -350,3 +357,4 @@ get_dataset_source = _getter("dataset_sources")
 get_captioner = _getter("captioners")
 get_trainer = _getter("trainers")
 get_metadata_source = _getter("metadata_sources")
+get_evaluator = _getter("evaluators")
