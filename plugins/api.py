@@ -29,7 +29,8 @@ What is here, by what it is for:
   ``model_digest`` (the base's identity and recommended guidance), ``data_home`` (where caches go), ``NewTokens`` (new
   token embeddings trained beside the LoRA), ``MAX_STEPS`` and ``MAX_LEARNING_RATE`` (the engine's bounds);
 * the errors a plugin raises, all ``LorastackError``: ``PluginError``, ``PluginOptionError``, ``DatasetError``,
-  ``ImageError``, ``CaptionError``, ``TrainingError``, ``EvaluationError``, and ``UnknownNameError`` (what ``get_captioner`` raises).
+  ``ImageError``, ``CaptionError``, ``TrainingError``, ``EvaluationError``, and ``UnknownNameError`` (what
+  ``get_captioner`` raises).
 
 Names that load torch or diffusers (``TrainResult``, ``NewTokens``, ``base_info``, ``guidance_kwargs``,
 ``model_digest``) are imported on first use, so importing this module stays cheap and ``lorastack plugins`` fast.
@@ -117,8 +118,8 @@ __all__ = [
     "LookupAnswer",
     "LookupItem",
     "LorastackError",
-    "Metric",
     "MetadataSource",
+    "Metric",
     "NewTokens",
     "Option",
     "PluginError",

@@ -4,8 +4,8 @@ A plugin is a module (or any object) with functions marked ``@hookimpl`` whose n
 calls each hook once, when the plugins load, with a ``register`` callback; the plugin calls it once per object it
 provides. Names must be unique across all plugins: a second plugin registering a taken name is an error naming both.
 An implementation may take fewer arguments than its specification (pluggy passes only those it names). The objects'
-protocols (``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``, ``Evaluator``) and everything else a plugin uses are in
-``lorastack.plugins.api``.
+protocols (``DatasetSource``, ``Captioner``, ``Trainer``, ``MetadataSource``, ``Evaluator``) and everything else a
+plugin uses are in ``lorastack.plugins.api``.
 """
 
 from __future__ import annotations
