@@ -144,6 +144,30 @@ MIGRATIONS = [
     ALTER TABLE versions ADD COLUMN sidecars_pending INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX versions_sidecars_pending ON versions (sidecars_pending) WHERE sidecars_pending != 0
     """,
+    # Evaluation scores per version (registry/scores.py): one set per version (the latest evaluation replaces the
+    # last), with the protocol it was measured with and the recommended weight; one row per evaluator, metric and
+    # weight (weight 0: the base on the same prompts and seeds).
+    """
+    CREATE TABLE score_sets (
+        version_id INTEGER PRIMARY KEY REFERENCES versions(id) ON DELETE CASCADE,
+        recommended_weight REAL,
+        protocol TEXT NOT NULL DEFAULT '{}',
+        source TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE scores (
+        version_id INTEGER NOT NULL REFERENCES score_sets(version_id) ON DELETE CASCADE,
+        evaluator TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        weight REAL NOT NULL,
+        higher_is_better INTEGER NOT NULL,
+        mean REAL NOT NULL,
+        std REAL NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (version_id, evaluator, metric, weight)
+    );
+    CREATE INDEX scores_by_metric ON scores (metric, evaluator)
+    """,
 ]
 
 
