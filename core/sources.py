@@ -142,4 +142,7 @@ def find_adapter(source: str, registry=None) -> AdapterSource:
             return AdapterSource(STYLE_ADAPTER, source)
         builtin = ", ".join(BUILTIN_ADAPTERS)
         raise UnknownAdapterError(f"{source}: no such file, and {e} (built-in adapters: {builtin})") from None
+    from lorastack.registry.uses import record_use
+
+    record_use(registry, version.ref)  # the library's "most used" order; never in the way of the work
     return AdapterSource(blob, version.ref, list(version.trigger_words))

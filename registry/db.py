@@ -168,6 +168,15 @@ MIGRATIONS = [
     );
     CREATE INDEX scores_by_metric ON scores (metric, evaluator)
     """,
+    # How often each version was loaded to generate or train with (registry/uses.py): the library's "most used"
+    # sort. Kept beside the versions, never part of their identity.
+    """
+    CREATE TABLE uses (
+        version_id INTEGER PRIMARY KEY REFERENCES versions(id) ON DELETE CASCADE,
+        count INTEGER NOT NULL,
+        last_used REAL NOT NULL
+    )
+    """,
 ]
 
 

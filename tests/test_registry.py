@@ -263,3 +263,28 @@ def test_read_only_check_without_chmod(tmp_path, files, monkeypatch):
         registry.import_file(files[1], "style")
     monkeypatch.undo()
     assert [v.number for v in registry.versions("style")] == [1]
+
+
+def test_uses_are_counted_when_a_version_is_loaded_and_never_block_it(registry, files, tmp_path):
+    from lorastack.core.sources import find_adapter
+    from lorastack.registry.uses import record_use, uses
+
+    registry.import_file(files[0], "style")
+    registry.import_file(files[1], "style")
+    for _ in range(3):
+        find_adapter("style@1", registry)
+    find_adapter("style", registry)  # latest: style@2
+    assert (uses(registry, "style@1"), uses(registry, "style@2")) == (3, 1)
+    assert not record_use(registry, "style")  # only an exact name@N is counted
+    record_use(registry, "ghost@1")
+    assert uses(registry, "ghost@1") == 0
+
+    def unwritable(write=False):
+        raise ReadOnlyError("the registry index cannot be written")
+
+    real = registry._db
+    registry._db = unwritable
+    assert not record_use(registry, "style@2")  # a registry that cannot count a use does not stop the work
+    registry._db = real
+    registry.remove("style@1", force=True)
+    assert uses(registry, "style@1") == 0  # a removed version's count goes with it

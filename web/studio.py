@@ -60,7 +60,11 @@ class Studio:
             if ref not in generator.stack:
                 generator.stack.load(ref, STYLE_ADAPTER, label=ref)
             return ref
-        version, path = self.registries.get().adapter_path(ref)
+        from lorastack.registry.uses import record_use
+
+        registry = self.registries.get()
+        version, path = registry.adapter_path(ref)
+        record_use(registry, version.ref)  # one use per request that generates with it
         if version.ref not in generator.stack:
             generator.stack.load(version.ref, path, label=version.ref, trigger_words=version.trigger_words)
         return version.ref
