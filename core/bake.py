@@ -118,11 +118,14 @@ def _write_single_file(pipe, stack, touched, base_file: Path, output: Path, reco
 
 
 def _write_folder(pipe, output: Path, record, overwrite: bool, info) -> None:
-    """``save_pretrained`` into a temporary folder beside ``output``, then renamed into place: a reader sees the old
-    folder or the whole new one (an old folder is moved aside first and removed after)."""
+    """``save_pretrained`` into a temporary folder beside ``output``, then put in place so that a reader sees the
+    old folder or the whole new one (:mod:`.bake_folder`)."""
     from lorastack.adapters.outputs import check_output_dir, fsync_dir
     from lorastack.faults import crash_point
 
+    from .bake_folder import recover, replace_folder
+
+    recover(output)  # a replacement killed half-way: its old folder back first
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         if not overwrite:
             raise ArithmeticInputError(f"{output} exists and is not empty; choose another folder or pass --force")
@@ -136,18 +139,24 @@ def _write_folder(pipe, output: Path, record, overwrite: bool, info) -> None:
         if info is not None and info.kind == "folder" and (Path(info.location) / "lorastack.json").is_file():
             shutil.copy2(Path(info.location) / "lorastack.json", tmp / "lorastack.json")
         (tmp / "lorastack-bake.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _fsync_tree(tmp)  # the files are on disk before the folder is renamed in (a power cut, not just a kill)
         crash_point("bake.folder-written")
-        old = None
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=parent))
-            os.replace(output, old / "folder")
-        os.replace(tmp, output)
-        fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if output.is_dir() and not any(output.iterdir()):
+            output.rmdir()
+        replace_folder(tmp, output, fsync_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def bake_lora(stack, scales, sources: list[Source], rank: int | None):
