@@ -146,6 +146,9 @@ def _register_commands() -> None:
     from . import serve
 
     serve.register(cli)
+    from . import eval as eval_commands
+
+    eval_commands.register(cli)
 
 
 _register_commands()

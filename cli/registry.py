@@ -78,14 +78,21 @@ def _sidecars(file: Path, ref: str) -> dict:
 @click.option("--tag", default=None, help="Only versions with this tag (a registry tag or a metadata keyword).")
 @click.option("-a", "--all-versions", is_flag=True, help="One row per version instead of per adapter.")
 @click.option("--missing", is_flag=True, help="Only versions whose scanned file a rescan found gone.")
+@click.option(
+    "--sort",
+    default="name",
+    show_default=True,
+    metavar="name|date|score:METRIC",
+    help="Order: by name, newest first, or best stored score first (score:clip_t, score:toy.fidelity).",
+)
 @json_option("the rows")
-def list_cmd(family, search, lineage, tag, all_versions, missing, as_json):
+def list_cmd(family, search, lineage, tag, all_versions, missing, sort, as_json):
     """List the adapters in the registry (their latest versions)."""
     for flag, value in (("--lineage", lineage), ("--tag", tag)):
         if value is not None and (not value.strip() or len(value) > 1000):
             raise click.BadParameter(f"{value[:40]!r} must be 1–1000 characters", param_hint=flag)
     rows = _registry().list(family=family, search=search, all_versions=all_versions, lineage=lineage, tag=tag,
-                            missing=missing)  # fmt: skip
+                            missing=missing, sort=sort)  # fmt: skip
     if as_json:
         echo_json(rows)
         return
@@ -116,10 +123,14 @@ def show_cmd(ref, as_json):
 
     registry = _registry()
     version = registry.resolve(ref)
+    from lorastack.registry.scores import get_scores, headline
+
     meta, previews = get_metadata(registry, version.ref), list_previews(registry, version.ref)
+    scores = get_scores(registry, version.ref)
     if as_json:
         echo_json({**version.as_dict(), "meta": {k: v.as_dict() for k, v in meta.items()},
-                   "previews": [p.as_dict() for p in previews]})  # fmt: skip
+                   "previews": [p.as_dict() for p in previews],
+                   "scores": scores.as_dict() if scores else None})  # fmt: skip
         return
     lines = [
         ("ref", version.ref),
@@ -150,6 +161,10 @@ def show_cmd(ref, as_json):
         lines.append((name.replace("_", " "), f"{value}  [{item.source}]"))
     for p in previews:
         lines.append(("preview", f"{p.path}  {p.width}×{p.height}  [{p.source}]" + (f"  {p.url}" if p.url else "")))
+    if scores is not None:
+        weight = "none" if scores.recommended_weight is None else f"{scores.recommended_weight:g}"
+        lines.append(("scores", f"[{scores.source}, {_when(scores.updated_at)}] recommended weight {weight}"))
+        lines += [("", f"{key} {value:.4f}") for key, value in sorted(headline(scores).items())]
     for label, value in lines:
         if value not in (None, ""):
             click.echo(f"{label:<16}{printable(value)}")

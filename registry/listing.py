@@ -28,9 +28,17 @@ def list_rows(
 ) -> list[dict]:
     """Rows filtered by family, text (names, trigger words, descriptions, base models and every metadata value),
     in-place files gone missing, lineage label (exact, ASCII case folded) and tag (a registry tag, or a keyword tag
-    of the metadata). ``sort``: one of ``SORTS`` (``date``: newest first); ``limit``/``offset``: one page of them."""
-    if sort not in SORTS:
-        raise InvalidValueError(f"sort {sort!r} is not one of: {', '.join(SORTS)}")
+    of the metadata). ``sort``: one of ``SORTS`` (``date``: newest first) or ``score:METRIC`` (best first, see
+    ``scores.sort_clause``); ``limit``/``offset``: one page of them."""
+    order, order_args = SORTS.get(sort), []
+    if order is None and isinstance(sort, str) and sort.startswith("score:"):
+        from .scores import sort_clause
+
+        order, order_args = sort_clause(sort.partition(":")[2])
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'scores'").fetchone():
+            order, order_args = SORTS["name"], []  # an index opened read-only before the scores migration
+    if order is None:
+        raise InvalidValueError(f"sort {sort!r} is not one of: {', '.join(SORTS)}, score:METRIC")
     for what, value in (("limit", limit), ("offset", offset)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise InvalidValueError(f"{what} {value!r} is not a whole number of 0 or more")
@@ -83,9 +91,10 @@ def list_rows(
         )
         + "JOIN files f ON f.version_id = v.id AND f.role = 'adapter' "
         + (f"WHERE {' AND '.join(where)} " if where else "")
-        + SORTS[sort]
+        + order
         + (" LIMIT ? OFFSET ?" if limit is not None or offset else "")
     )
+    args += order_args
     if limit is not None or offset:
         args += [-1 if limit is None else limit, offset]
     cursor = db.cursor()
