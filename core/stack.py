@@ -9,12 +9,18 @@ Here, as in ComfyUI and InvokeAI, a module's weight is recomputed from a saved c
 
 so the patched pipeline runs at the base's speed, restoring copies ``W₀`` back bit for bit, and switching stacks
 touches only the modules whose contributions change. The pipeline stays an ordinary diffusers pipeline.
+
+That is ``mode="merge"``. ``mode="bypass"`` leaves every base weight as it is and adds the adapters in the forward
+pass instead (:mod:`lorastack.core.bypass`); ``mode="auto"`` (the default) bypasses the layers whose weights cannot
+be patched exactly, quantized or offloaded ones (:mod:`lorastack.core.quantized`), and merges the others, layer by
+layer; :meth:`AdapterStack.apply_report` says which.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,9 +34,11 @@ from lorastack.adapters.errors import shown
 from lorastack.adapters.families import FAMILY_TABLE, block_summary
 from lorastack.adapters.slices import RowSliceLayer
 
+from .bypass import Bypass
 from .embeddings import add_embeddings, remove_embeddings
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
 from .modules import ModuleIndex, block_counts, denoiser, pipeline_family
+from .quantized import bypass_reason, compute_dtype, dequantized_weight, execution_device, weight_shape
 from .scales import asked_blocks, compile_scale
 from .stack_records import LoadedAdapter, LoadReport, _moved
 
@@ -42,6 +50,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+:-]{0,199}$")
 NAME_RULE = "use letters, digits and . _ - / @ + :, starting with a letter or digit, at most 200 characters"
 
 Contribution = tuple[tuple[str, float], ...]
+
+#: How adapters are applied: patched into the weights, added in the forward pass, or chosen per layer.
+APPLY_MODES = ("auto", "merge", "bypass")
 
 
 class AdapterStack:
@@ -55,8 +66,13 @@ class AdapterStack:
     >>> stack.deactivate()                                  # the base, bit for bit
     """
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, mode: str = "auto"):
+        if mode not in APPLY_MODES:
+            raise ScaleError(f"apply mode {mode!r} is not one of {', '.join(APPLY_MODES)}")
         self.pipe = pipe
+        self.mode = mode
+        self.bypass = Bypass()  # the bypassed modules' forward-pass paths
+        self._modes: dict[str, tuple[str, str]] = {}  # module → (merge | bypass, why)
         self.family = pipeline_family(pipe)
         self.blocks = block_counts(pipe)  # transformer block counts, from the model's config
         self._index: ModuleIndex | None = None
@@ -138,6 +154,8 @@ class AdapterStack:
                 f"adapter '{name}' ({label}, {_label(adapter.family)}) matches no module of the base "
                 f"({base_name}): e.g. {first}: {reason}"
             )
+        for module_name in matched:
+            self.module_mode(module_name)  # a layer merge mode cannot patch is refused before anything loads
         if not report.complete:
             if strict:
                 raise IncompatibleAdapterError(report.summary())
@@ -163,9 +181,9 @@ class AdapterStack:
             if target is None:
                 unmatched[module_name] = "no such module in the base"
                 continue
-            weight = target.weight
-            if layer.out_features != weight.shape[0] or layer.in_numel != weight[0].numel():
-                unmatched[module_name] = f"layer for shape {_shape(layer)} does not fit weight {tuple(weight.shape)}"
+            shape = weight_shape(target.module)  # a quantized weight's logical shape, not its packed storage
+            if layer.out_features != shape[0] or layer.in_numel != math.prod(shape[1:]):
+                unmatched[module_name] = f"layer for shape {_shape(layer)} does not fit weight {shape}"
                 continue
             if isinstance(layer, FullLayer) and layer.diff_b is not None and target.module.bias is None:
                 unmatched[module_name] = "carries a bias difference but the module has no bias"
@@ -235,6 +253,12 @@ class AdapterStack:
 
     def detach(self):
         """Keep the current weights as the pipeline's new base and forget every adapter; returns the pipeline."""
+        if self.bypass.active():
+            raise IncompatibleAdapterError(
+                f"{len(self.bypass.active())} layers hold adapters in bypass mode (e.g. {self.bypass.active()[0]}), "
+                "which are not in the weights; detach needs --apply merge"
+            )
+        self.bypass.clear()
         self._applied.clear()
         self._originals.clear()
         self._absmax.clear()
@@ -273,6 +297,47 @@ class AdapterStack:
                 f"only: {block_summary(touched)})"
             )
 
+    # --- apply modes -----------------------------------------------------------------------------------------
+    def module_mode(self, module_name: str) -> tuple[str, str]:
+        """``("merge" | "bypass", why)`` for a module of the base, decided once from the stack's mode and the layer."""
+        if module_name not in self._modes:
+            module = self.index.get(module_name).module
+            reason = bypass_reason(module)
+            if self.mode == "bypass":
+                self._modes[module_name] = ("bypass", "bypass mode" + (f", {reason}" if reason else ""))
+            elif reason is None:
+                self._modes[module_name] = ("merge", "merge mode" if self.mode == "merge" else "a plain weight")
+            elif self.mode == "merge":
+                raise IncompatibleAdapterError(
+                    f"{module_name} is {reason}: merge mode cannot patch its weight exactly; use bypass or auto"
+                )
+            else:
+                self._modes[module_name] = ("bypass", reason)
+        return self._modes[module_name]
+
+    def apply_report(self) -> dict[str, Any]:
+        """How the loaded adapters' modules take them: ``{"mode", "merge": n, "bypass": n, "layers": {module:
+        {"mode", "why"}}}``."""
+        names = sorted({m for a in self._adapters.values() for m in a.layers})
+        layers = {m: dict(zip(("mode", "why"), self.module_mode(m), strict=True)) for m in names}
+        counts = {k: sum(1 for v in layers.values() if v["mode"] == k) for k in ("merge", "bypass")}
+        return {"mode": self.mode, **counts, "layers": layers}
+
+    def _write_bypass(self, module_name: str, contributions: Contribution) -> None:
+        module = self.index.get(module_name).module
+        shape = weight_shape(module)
+
+        def dense(layer: Layer) -> torch.Tensor:
+            if layer.is_dora:
+                return layer.delta(dequantized_weight(module).to(_layer_device(layer)))
+            if isinstance(layer, RowSliceLayer):
+                return self._slice_delta(layer, shape)
+            return layer.delta(shape=shape)
+
+        terms = [(s, self._adapters[name].layers[module_name]) for name, s in contributions]
+        device = execution_device(module, self._device())
+        self.bypass.write(module_name, module, shape, device, compute_dtype(module), terms, dense)
+
     # --- weight patching -------------------------------------------------------------------------------------
     def _apply(self, desired: dict[str, Contribution]) -> None:
         changed = sorted(m for m in {*self._applied, *desired} if self._applied.get(m, ()) != desired.get(m, ()))
@@ -302,6 +367,9 @@ class AdapterStack:
 
     @torch.no_grad()
     def _write(self, module_name: str, contributions: Contribution) -> None:
+        if self.module_mode(module_name)[0] == "bypass":
+            self._write_bypass(module_name, contributions)
+            return
         module = self.index.get(module_name).module
         weight, bias = module.weight, module.bias
         if not contributions:
