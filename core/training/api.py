@@ -127,6 +127,11 @@ def train(
     check = optional_member(plugin, Trainer, "check")
     if check is not None:
         check(resolved)  # trainer-specific rules (a class without a token, …) before any work
+    from lorastack.core.evaluation_training import check_options as check_evaluation
+
+    evaluation_settings = check_evaluation(resolved)  # evaluators, their metric, prompts: before any work
+    if evaluation_settings and not resolved.checkpoint_every:  # the best checkpoint must be one that is kept
+        resolved = resolved.replace(checkpoint_every=evaluation_settings["every"])
     if output is None and resume:
         raise TrainingError("--resume needs the run folder: pass --output RUN_DIR")
     # the outputs before any work: the home (caches, registry, default run folder) and the run folder
@@ -173,7 +178,15 @@ def train(
     context = TrainingContext(
         pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress, on_step=on_step
     )
+    evaluation = None
+    if evaluation_settings:
+        from lorastack.core.evaluation_training import start as start_evaluation
+
+        evaluation = start_evaluation(context)  # the base scored now: step 0
+        context.on_step = _chain(on_step, evaluation.on_step)
     result = plugin.train(context, resolved)
+    if evaluation is not None:
+        result.evaluation = evaluation.summary()
     if register and name is not None:
         from lorastack.registry import Registry
 
@@ -194,8 +207,23 @@ def train(
             },
         )
         result.registered = imported.version.ref
+    if evaluation is not None and result.registered:
+        from lorastack.registry import Registry
+
+        evaluation.record(Registry(), result.registered)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _chain(first, then):
+    """``on_step`` callbacks called one after the other (``first`` may be ``None``)."""
+
+    def both(step: int, loss: float) -> None:
+        if first is not None:
+            first(step, loss)
+        then(step)
+
+    return both
 
 
 def _check_objective(pipe, options, given, guessed: str) -> None:

@@ -39,6 +39,7 @@ class TrainResult:
     encodes: int = 0  # VAE encode calls (latent cache misses)
     text_encodes: int = 0  # text-encoder calls of the text cache (misses)
     seconds: float = 0.0  # the whole run, from the checks to the registered adapter
+    evaluation: dict | None = None  # --eval-every: the metric, the best checkpoint and its score
 
     @property
     def loss_first(self) -> float:

@@ -139,6 +139,17 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            f"Prompts sampled at each checkpoint, separated by '|' (at most {MAX_VALIDATION_PROMPTS})."),
     Option("sample_steps", "int", 20, "Denoising steps of validation samples.", minimum=1, maximum=MAX_SAMPLE_STEPS),
     Option("device", "str", None, "cpu, cuda, cuda:1, mps (default: the best present: cuda, else mps, else cpu)."),
+    # scoring checkpoints with evaluator plugins (lorastack.core.evaluation_training); each evaluation draws
+    # prompts x seeds images
+    Option("eval_every", "int", 0, "Score the base, then a checkpoint every N steps, with --evaluators; the best "
+           "by --eval-metric is marked (0: off).", minimum=0, maximum=MAX_STEPS),
+    Option("eval_metric", "str", "", "The metric that picks the best checkpoint (toy.fidelity, clip.clip_i; "
+           "default: the evaluators' first)."),
+    Option("evaluators", "str", "", "Evaluators of --eval-every, comma-separated (default: the metric's, else "
+           "clip)."),
+    Option("eval_prompts", "str", "", "Prompts of --eval-every, separated by '|' (default: the instance prompt "
+           "and a class prompt)."),
+    Option("eval_seeds", "int", 2, "Images per prompt at each evaluation.", minimum=1, maximum=16),
 )  # fmt: skip
 
 #: The most bytes a recipe file may hold: recipes are a few hundred bytes of TOML.
@@ -253,7 +264,8 @@ def _check_device(device: str) -> None:
 
 def recipe_fingerprint(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options that define what a run computes (a resumed run must match them); not how often it reports."""
-    reporting = {"steps", "checkpoint_every", "validate_every", "validation_prompts", "sample_steps", "device"}
+    reporting = {"steps", "checkpoint_every", "validate_every", "validation_prompts", "sample_steps", "device",
+                 "eval_every", "eval_metric", "evaluators", "eval_prompts", "eval_seeds"}  # fmt: skip
     return {k: _plain(v) for k, v in sorted(options.items()) if k not in reporting}
 
 
