@@ -72,6 +72,12 @@ def _report(data: dict, as_json: bool) -> None:
             f"{data['method']}: {s['layers']} layers, ranks {', '.join(map(str, s['ranks'])) or '-'}, "
             f"relative error {s['relative_error']:.3e} (worst layer {s['max_layer_relative_error']:.3e})"
         )
+    for what, left in ((data.get("summary") or {}).get("left_out") or {}).items():
+        count = left.get("tensors", left.get("layers"))
+        click.echo(
+            f"left out ({what.replace('_', ' ')}): {count} changed tensors, joint norm {left['norm']:.3e}, largest "
+            f"{printable(left['largest'])} ({left['largest_norm']:.3e})"
+        )
     check = data.get("check_prompts") or (data.get("summary") or {}).get("check_prompts")
     if check:
         click.echo(f"check prompts: min PSNR {check['min_psnr_db']} dB, max difference {check['max_difference']}/255")

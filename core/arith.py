@@ -239,6 +239,7 @@ class LayerReport:
     max_ratio: float | None = None
     optimal_error: float | None = None  # √Σ discarded σ² (the best any rank-`rank` factorisation can do)
     kind: str = "lora"
+    clamped_share: float | None = None  # extract --clamp-quantile: the share of factor values clamped
 
     @property
     def relative_error(self) -> float:
@@ -253,7 +254,7 @@ class LayerReport:
             "relative_error": self.relative_error,
             "target_norm": self.target_norm,
         }
-        for key in ("sum_retained", "fro_retained", "max_ratio", "optimal_error"):
+        for key in ("sum_retained", "fro_retained", "max_ratio", "optimal_error", "clamped_share"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -25,8 +26,18 @@ def test_extract_recovers_a_known_rank_r_change(tmp_path, tiny_sd1_dir):
     with torch.no_grad():
         for name, layer in known.items():
             weights[name].add_(layer.delta(shape=weights[name].shape))
+        # what a LoRA cannot hold: a bias and a norm change, reported with their size
+        tuned_pipe.unet.conv_in.bias.add_(0.5)
+        norm = dict(tuned_pipe.text_encoder.named_parameters())["final_layer_norm.weight"]
+        norm.mul_(1.1)
+        expected_left = math.sqrt(
+            (0.5**2) * tuned_pipe.unet.conv_in.bias.numel() + float((norm - norm / 1.1).norm()) ** 2
+        )
     tuned_pipe.save_pretrained(tmp_path / "tuned")
     data = run_extract(str(tiny_sd1_dir), str(tmp_path / "tuned"), Output(tmp_path / "x.safetensors"), rank=4)
+    left = data["summary"]["left_out"]["not_a_lora"]
+    assert left["tensors"] == 2 and abs(left["norm"] - expected_left) < 1e-4 * expected_left
+    assert left["largest"] in ("unet.conv_in.bias", "text_encoder.final_layer_norm.weight")
     extracted = read_adapter(tmp_path / "x.safetensors")
     assert set(extracted.layers) == set(known)
     for name, layer in known.items():
@@ -35,6 +46,19 @@ def test_extract_recovers_a_known_rank_r_change(tmp_path, tiny_sd1_dir):
     assert data["summary"]["max_layer_relative_error"] < 1e-4
     low = run_extract(str(tiny_sd1_dir), str(tmp_path / "tuned"), Output(tmp_path / "y.safetensors"), rank=1)
     assert low["summary"]["relative_error"] > 0.1  # below r the error is real and reported
+    clamped = run_extract(str(tiny_sd1_dir), str(tmp_path / "tuned"), Output(tmp_path / "c.safetensors"), rank=3,
+                          clamp_quantile=0.9)  # fmt: skip
+    name = clamped["layers"][0]["layer"]
+    diff = (weights[name].float() - load_pipeline(tiny_sd1_dir).unet.state_dict()[name[5:] + ".weight"]).flatten(1)
+    U, S, Vh = torch.linalg.svd(diff, full_matrices=False)  # kohya's extract_lora_from_models.py, written out
+    up, down = U[:, :3] @ torch.diag(S[:3]), Vh[:3]
+    hi = torch.quantile(torch.cat([up.flatten(), down.flatten()]), 0.9)
+    kohya = up.clamp(-hi, hi) @ down.clamp(-hi, hi)
+    mine = read_adapter(tmp_path / "c.safetensors").layers[name].delta().reshape(kohya.shape)
+    torch.testing.assert_close(mine, kohya, rtol=1e-4, atol=1e-5)
+    share = clamped["layers"][0]["clamped_share"]
+    assert 0.1 < share < 0.3  # signed quantile: about 2 × (1 − Q) of the values
+    assert clamped["layers"][0]["relative_error"] > 1e-3  # the clamp's cost is in the measured error
 
 
 def _image(pipe, stack=None, scales=None, seed=3):
