@@ -160,6 +160,8 @@ class Bypass:
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         #: buffers that had to change shape after being reserved (each a recompilation of a compiled graph)
         self.reshaped = 0
+        #: set once the denoiser is compiled: a path added after that is a new hook, so a recompilation
+        self.compiled = False
 
     def __contains__(self, name: str) -> bool:
         return name in self.paths
@@ -209,6 +211,9 @@ class Bypass:
                 b = bias_delta.to(device, torch.float32) * s
                 bias = b if bias is None else bias.add_(b)
         if path is None:
+            if self.compiled and name.partition(".")[0] in ("unet", "transformer"):
+                self.reshaped += 1
+                logger.warning(f"{name} was not reserved when the denoiser was compiled; adding it recompiles once")
             path = self._attach(name, module, shape, device, dtype)
         if path.set(downs, ups, dense, bias):
             self.reshaped += 1

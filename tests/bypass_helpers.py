@@ -34,7 +34,8 @@ def flux_output(pipe, seed: int = 0) -> torch.Tensor:
         txt_ids=torch.zeros(text, 3),
         guidance=torch.tensor([3.5]) if cfg.guidance_embeds else None,
     )
-    dtype = next(pipe.transformer.parameters()).dtype
+    compute = (torch.float32, torch.float16, torch.bfloat16)  # an fp8-stored or GGUF model computes in another
+    dtype = next((p.dtype for p in pipe.transformer.parameters() if p.dtype in compute), torch.float32)
     kwargs = {k: (v.to(dtype) if k in ("hidden_states", "encoder_hidden_states", "pooled_projections") else v)
               for k, v in kwargs.items()}  # fmt: skip
     with torch.no_grad():
