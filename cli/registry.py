@@ -82,8 +82,9 @@ def _sidecars(file: Path, ref: str) -> dict:
     "--sort",
     default="name",
     show_default=True,
-    metavar="name|date|score:METRIC",
-    help="Order: by name, newest first, or best stored score first (score:clip_t, score:toy.fidelity).",
+    metavar="name|date|use|score:METRIC",
+    help="Order: by name, newest first, most used first, or best stored score first (score:clip_t, "
+    "score:toy.fidelity).",
 )
 @json_option("the rows")
 def list_cmd(family, search, lineage, tag, all_versions, missing, sort, as_json):

@@ -11,6 +11,9 @@ from .errors import CorruptIndexError, InvalidValueError
 SORTS = {
     "name": "ORDER BY a.name COLLATE NOCASE, v.number",  # names are unique case-folded: a total order
     "date": "ORDER BY v.created_at DESC, a.name COLLATE NOCASE, v.number",
+    # most used first: the uses of every version of the adapter (registry/uses.py)
+    "use": "ORDER BY (SELECT COALESCE(SUM(u.count), 0) FROM uses u JOIN versions vu ON vu.id = u.version_id "
+    "WHERE vu.adapter_id = a.id) DESC, a.name COLLATE NOCASE, v.number",
 }
 
 
@@ -28,8 +31,8 @@ def list_rows(
 ) -> list[dict]:
     """Rows filtered by family, text (names, trigger words, descriptions, base models and every metadata value),
     in-place files gone missing, lineage label (exact, ASCII case folded) and tag (a registry tag, or a keyword tag
-    of the metadata). ``sort``: one of ``SORTS`` (``date``: newest first) or ``score:METRIC`` (best first, see
-    ``scores.sort_clause``); ``limit``/``offset``: one page of them."""
+    of the metadata). ``sort``: one of ``SORTS`` (``date``: newest first; ``use``: most used first) or
+    ``score:METRIC`` (best first, see ``scores.sort_clause``); ``limit``/``offset``: one page of them."""
     order, order_args = SORTS.get(sort), []
     if order is None and isinstance(sort, str) and sort.startswith("score:"):
         from .scores import sort_clause
@@ -37,6 +40,8 @@ def list_rows(
         order, order_args = sort_clause(sort.partition(":")[2])
         if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'scores'").fetchone():
             order, order_args = SORTS["name"], []  # an index opened read-only before the scores migration
+    if sort == "use" and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'uses'").fetchone():
+        order = SORTS["name"]  # an index opened read-only before the uses migration: nothing counted yet
     if order is None:
         raise InvalidValueError(f"sort {sort!r} is not one of: {', '.join(SORTS)}, score:METRIC")
     for what, value in (("limit", limit), ("offset", offset)):

@@ -275,6 +275,9 @@ def test_uses_are_counted_when_a_version_is_loaded_and_never_block_it(registry, 
         find_adapter("style@1", registry)
     find_adapter("style", registry)  # latest: style@2
     assert (uses(registry, "style@1"), uses(registry, "style@2")) == (3, 1)
+    registry.import_file(files[2], "another")
+    find_adapter("another", registry)
+    assert [r["name"] for r in registry.list(sort="use")] == ["style", "another"]  # 4 uses over its versions, 1
     assert not record_use(registry, "style")  # only an exact name@N is counted
     record_use(registry, "ghost@1")
     assert uses(registry, "ghost@1") == 0

@@ -45,7 +45,7 @@ def list_adapters(
     tag: str | None = Query(None, max_length=1000),
     missing: bool = False,
     all_versions: bool = False,
-    sort: Literal["name", "date"] = "name",
+    sort: Literal["name", "date", "use"] = "name",
     page: int = Query(1, ge=1, le=MAX_PAGE),
     per_page: int = Query(PER_PAGE, ge=1, le=MAX_PER_PAGE),
 ) -> dict[str, Any]:

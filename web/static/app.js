@@ -75,7 +75,8 @@ async function libraryPage() {
     families.families.map((f) => el("option", { value: f, text: f, selected: s.family === f })));
   const sort = el("select", { id: "f-sort", onchange: (e) => { s.sort = e.target.value; load(); } },
     el("option", { value: "name", text: "by name", selected: s.sort === "name" }),
-    el("option", { value: "date", text: "newest first", selected: s.sort === "date" }));
+    el("option", { value: "date", text: "newest first", selected: s.sort === "date" }),
+    el("option", { value: "use", text: "most used", selected: s.sort === "use" }));
   const missing = el("label", {}, el("input", { type: "checkbox", id: "f-missing", checked: s.missing,
     onchange: (e) => { s.missing = e.target.checked; s.page = 1; load(); } }), "missing files");
   main().replaceChildren(el("h2", { text: "Library" }),
