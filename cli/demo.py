@@ -34,7 +34,8 @@ def demo_cmd(out, steps, seed, quiet, as_json):
         return
     click.echo(f"grid: {result.grid} (rows: the token prompt, then a plain prompt; columns: base, adapter, "
                "adapter + toy-style outline at 0.5 and 1.0)")  # fmt: skip
-    click.echo(result.line())
+    for line in result.lines():
+        click.echo(line)
     click.echo(f"done in {result.seconds:.0f} s")
 
 

@@ -166,6 +166,10 @@ def _train(ctx: click.Context, trainer: str, values: dict[str, Any]) -> None:
         click.echo(f"registered: {result.registered}")
     if result.best_checkpoint:
         click.echo(f"best checkpoint (validation loss): {result.best_checkpoint}")
+    if result.evaluation and result.evaluation.get("best"):
+        best = result.evaluation
+        score = f", {best['best_value']:.4f}" if best.get("best_value") is not None else ""
+        click.echo(f"best checkpoint ({best['metric']}{score}): {best['best']}")
     click.echo(f"run: {result.run_dir} ({result.steps} steps in {result.seconds:.0f} s; mean loss "
                f"{result.loss_first:.4f} over the first tenth of the steps -> {result.loss_final:.4f} over the "
                "last)")  # fmt: skip
@@ -188,6 +192,7 @@ def result_json(result, trainer: str) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "best_checkpoint": result.best_checkpoint,
         "validation_losses": {str(k): v for k, v in sorted(result.validation_losses.items())},
+        "evaluation": result.evaluation,
     }
 
 

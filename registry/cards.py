@@ -60,8 +60,9 @@ def prose(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
-def model_card(version: Version, repo_id: str, files: list[str], license: str | None = None) -> str:
-    """The README.md: YAML the Hub reads (base_model, instance_prompt, tags, license) and how to use the adapter."""
+def model_card(version: Version, repo_id: str, files: list[str], license: str | None = None, scores=None) -> str:
+    """The README.md: YAML the Hub reads (base_model, instance_prompt, tags, license) and how to use the adapter;
+    with ``scores`` (``registry.scores.StoredScores``) an evaluation section."""
     from huggingface_hub import ModelCardData
 
     prompt = ", ".join(version.trigger_words)
@@ -122,7 +123,29 @@ def model_card(version: Version, repo_id: str, files: list[str], license: str | 
         + ".",
         "",
     ]
+    if scores is not None and scores.rows:
+        lines[lines.index("## Use it with diffusers") : lines.index("## Use it with diffusers")] = score_lines(scores)
     if version.base_model and not base:
         lines.insert(lines.index("## Use it with diffusers"), f"Base model (as recorded): {prose(version.base_model)}")
         lines.insert(lines.index("## Use it with diffusers"), "")
     return "\n".join(lines)
+
+
+def score_lines(scores) -> list[str]:
+    """The card's evaluation section: a table of each metric at each weight (0 is the base), the recommended
+    weight, and how the scores were measured."""
+    weights = sorted({r["weight"] for r in scores.rows})
+    metrics = sorted({(r["evaluator"], r["metric"], r["higher_is_better"]) for r in scores.rows})
+    cell = {(r["evaluator"], r["metric"], r["weight"]): r for r in scores.rows}
+    head = "| Metric | " + " | ".join("base" if w == 0 else f"weight {w:g}" for w in weights) + " |"
+    out = ["## Evaluation", "", head, "|---|" + "---|" * len(weights)]
+    for evaluator, metric, up in metrics:
+        row = [cell.get((evaluator, metric, w)) for w in weights]
+        values = " | ".join(f"{r['mean']:.3f} ± {r['std']:.3f}" if r else "" for r in row)
+        out.append(f"| {evaluator}.{metric} ({'higher' if up else 'lower'} is better) | {values} |")
+    protocol = scores.protocol
+    prompts = protocol.get("prompts") or []
+    how = f"{len(prompts)} prompts x {len(protocol.get('seeds') or [])} seeds" if prompts else "see lorastack show"
+    weight = "none" if scores.recommended_weight is None else f"{scores.recommended_weight:g}"
+    out += ["", f"Recommended weight: {weight}. Measured by lorastack ({prose(scores.source)}, {prose(how)}).", ""]
+    return out

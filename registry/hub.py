@@ -123,7 +123,7 @@ def push(
     result = PushResult(repo_id, url)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (version, blob) in enumerate(staged):
-            files = _files_for(version, blob, Path(tmp), repo_id, kohya, license)
+            files = _files_for(version, blob, Path(tmp), repo_id, kohya, license, _scores(registry, version.ref))
             tag = f"v{version.number}"
             last = i == len(staged) - 1
             try:
@@ -242,7 +242,15 @@ def _mirror_local_tags(api, registry, name, repo_id, result: PushResult, endpoin
     return mirrored
 
 
-def _files_for(version: Version, blob: Path, tmp: Path, repo_id: str, kohya: bool, license: str | None) -> dict:
+def _scores(registry, ref: str):
+    """The version's stored evaluation scores (``None``: never evaluated), for its model card."""
+    from .scores import get_scores
+
+    return get_scores(registry, ref)
+
+
+def _files_for(version: Version, blob: Path, tmp: Path, repo_id: str, kohya: bool, license: str | None,
+               scores=None) -> dict:  # fmt: skip
     """Repo path → bytes or file for one version's commit."""
     from lorastack.adapters import UnsupportedAdapterError, read_adapter, write_adapter
 
@@ -275,7 +283,7 @@ def _files_for(version: Version, blob: Path, tmp: Path, repo_id: str, kohya: boo
         "description": version.description,
     }
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-    files["README.md"] = model_card(version, repo_id, list(files), license).encode()
+    files["README.md"] = model_card(version, repo_id, list(files), license, scores).encode()
     return files
 
 

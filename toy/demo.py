@@ -4,8 +4,10 @@ The toy base knows red, green, blue, yellow and orange circles, squares and tria
 stars (a shape the base has never seen), names the concept with the rare token ``aawxbc``, trains a DreamBooth LoRA
 on them (with prior preservation on captioned pictures of the base's own shapes, so "a green square" stays a green
 square), registers it, and writes a grid: the base and the adapter on the same seeds, for a prompt with the token
-and one without, and the adapter stacked with the built-in outline style at two scales. The score is the share of
-yellow pixels in the images of the token prompt, without and with the adapter.
+and one without, and the adapter stacked with the built-in outline style at two scales. The scores are the ``toy``
+evaluator's (``lorastack eval --evaluator toy``) on the base's and the adapter's images of both prompts: fidelity to
+the training stars' colours on the token prompt, the named colour's share and the colour change against the base on
+the plain prompt.
 
 Training is seeded, so running the demo again makes the same tensors: the registry's version of ``demo/aawxbc``
 with those tensors is then reused (``reused=True``) instead of adding a new version each run. A run with other
@@ -17,8 +19,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +49,7 @@ class DemoResult:
     reused: bool = False  # the registry already held a version with these tensors: no new version
     loss_first: float = 0.0  # mean loss of the first and the last tenth of the steps
     loss_last: float = 0.0
+    scores: Any = None  # the toy evaluator's Scores (base vs adapter)
 
     def to_json(self) -> dict:
         return {
@@ -62,15 +66,18 @@ class DemoResult:
             "loss_first": self.loss_first,
             "loss_last": self.loss_last,
             "seconds": self.seconds,
+            "scores": self.scores.as_dict() if self.scores is not None else None,
         }
 
-    def line(self) -> str:
-        return (
-            f"{CONCEPT_COLOUR}-star score (share of {CONCEPT_COLOUR} pixels for {TOKEN_PROMPT!r}): "
-            f"base {self.base_score:.1%} -> "
-            f"adapter {self.adapter_score:.1%}; {PLAIN_COLOUR} share for {PLAIN_PROMPT!r} (kept): "
-            f"base {self.plain_base:.1%} -> adapter {self.plain_adapter:.1%}"
-        )
+    def lines(self) -> list[str]:
+        """The toy evaluator's table: the base and the adapter, one column per metric."""
+        from lorastack.core.evaluation import table_lines
+
+        seeds = ", ".join(str(s) for s in sorted({i.seed for i in self.images}))
+        head = f"toy evaluator on {TOKEN_PROMPT!r} (fidelity) and {PLAIN_PROMPT!r} (prompt, leak), seeds {seeds}:"
+        return [head, *table_lines(self.scores.rows if self.scores is not None else [])]
+
+    images: list = field(default_factory=list, repr=False)  # the EvalImages the scores came from
 
 
 def concept_images(folder: Path, count: int, seed: int) -> Path:
@@ -164,15 +171,32 @@ def run_demo(
     grid_path = out / "demo-grid.png"
     grid.save(grid_path)
     stack.detach()
+    scores, evaluated = toy_scores(token_images, plain_images, data, seed, seeds)
+    means = {(r.adapter, r.metric): r.mean for r in scores.rows}
     return DemoResult(
         grid_path, result.adapter_path, registered,
-        toy.concept_score(token_images["base"], CONCEPT_COLOUR),
-        toy.concept_score(token_images[TOKEN], CONCEPT_COLOUR),
+        means.get((None, "fidelity"), 0.0), means.get((TOKEN, "fidelity"), 0.0),
         time.perf_counter() - started,
-        toy.concept_score(plain_images["base"], PLAIN_COLOUR),
-        toy.concept_score(plain_images[TOKEN], PLAIN_COLOUR),
-        reused, first, last,
+        means.get((None, "prompt"), 0.0), means.get((TOKEN, "prompt"), 0.0),
+        reused, first, last, scores, evaluated,
     )  # fmt: skip
+
+
+def toy_scores(token_images: dict, plain_images: dict, data: Path, seed: int, seeds: int):
+    """The ``toy`` evaluator on the grid's base and adapter images (the same seeds), against the training stars."""
+    from PIL import Image
+
+    from lorastack.core.evaluation import EvalImage
+    from lorastack.core.evaluation_run import evaluate_images, resolve_evaluators
+
+    images = []
+    for prompt, drawn, subject in ((TOKEN_PROMPT, token_images, True), (PLAIN_PROMPT, plain_images, False)):
+        for s in range(seeds):
+            base = drawn["base"][s]
+            images.append(EvalImage(base, prompt, seed * 1000 + s, 0.0, None, subject, base))
+            images.append(EvalImage(drawn[TOKEN][s], prompt, seed * 1000 + s, 1.0, TOKEN, subject, base))
+    instance = [Image.open(p).convert("RGB") for p in sorted(data.glob("*.png"))]
+    return evaluate_images(resolve_evaluators(["toy"]), images, instance), images
 
 
 def loss_means(losses: list[float]) -> tuple[float, float]:
