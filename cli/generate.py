@@ -32,6 +32,24 @@ _BASE_OPTIONS = [
     click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles (less memory)."),
     click.option("--cpu-offload", is_flag=True, help="Keep models on the CPU until used (GPU memory)."),
 ]
+_APPLY_OPTIONS = [
+    click.option(
+        "--apply",
+        "apply_mode",
+        type=click.Choice(["auto", "merge", "bypass"]),
+        default="auto",
+        show_default=True,
+        help="merge: patch the weights; bypass: add adapters in the forward pass, base untouched; auto: bypass "
+        "quantized or offloaded layers, merge the others.",
+    ),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser once (needs a compiler)."),
+    click.option(
+        "--quantize",
+        type=click.Choice(["torchao-int8", "torchao-fp8", "bnb-nf4", "bnb-int8", "fp8-storage"]),
+        default=None,
+        help="Load the denoiser of a diffusers-folder base quantized (adapters are bypassed on it).",
+    ),
+]
 
 
 def _print_json(data: dict) -> None:
@@ -105,6 +123,7 @@ def _with(options):
 )
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints and adapters (loaded weights_only).")
 @_with(_BASE_OPTIONS)
+@_with(_APPLY_OPTIONS)
 @click.option(
     "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("outputs"), show_default=True,
     help="Output folder (made if missing); images are numbered past what it holds, never overwritten.",
@@ -112,7 +131,8 @@ def _with(options):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the images' paths and seeds.")
 def generate_cmd(prompt, base, loras, stacks, negative, steps, guidance, seed, size, num_images, scheduler, init_image,
                  mask, strength, compare, trigger, allow_pickle, device, dtype, config_dir, prediction_type,
-                 attention_slicing, vae_tiling, cpu_offload, out_dir, as_json, base_components):  # fmt: skip
+                 attention_slicing, vae_tiling, cpu_offload, out_dir, as_json, base_components, apply_mode,
+                 compile_, quantize):  # fmt: skip
     """Generate images for PROMPT with adapters stacked on a base model.
 
     Adapters come from --lora and from <lora:name:scale> tags in the prompt (registry references work in both:
@@ -137,7 +157,8 @@ def generate_cmd(prompt, base, loras, stacks, negative, steps, guidance, seed, s
     choice = BaseChoice(
         base, device=device, dtype=dtype, config=config_dir, prediction_type=prediction_type,
         allow_pickle=allow_pickle, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
-        cpu_offload=cpu_offload, components=base_components,
+        cpu_offload=cpu_offload, components=base_components, apply=apply_mode, compile=compile_,
+        quantize=quantize,
     )  # fmt: skip
     run = generate_to_folder(
         options, out_dir, base=choice, loras=loras, compare=compare, progress=_progress(),

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import GenerationError, UnknownAdapterError
 from .generate import GenerateOptions, Generator, check_image_file, check_options
 from .prompts import extract_tags, misread_scale
+from .stack import AdapterStack
 
 
 @dataclass
@@ -31,6 +32,9 @@ class BaseChoice:
     vae_tiling: bool = False
     cpu_offload: bool = False
     components: dict[str, Any] = field(default_factory=dict)  # load_base's text_encoder=, …, t5_tokenizer= files
+    apply: str = "auto"  # how adapters apply: merge, bypass, or auto (bypass for quantized/offloaded layers)
+    compile: bool = False  # torch.compile the denoiser once (adapter changes then recompile nothing)
+    quantize: str | None = None  # load the denoiser quantized (lorastack.core.quantized.QUANTIZATIONS)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class GenerateRun:
     device: str
     adapters: dict[str, str] = field(default_factory=dict)  # name → source label (a registry reference or a path)
     warnings: list[str] = field(default_factory=list)
+    apply: dict[str, Any] = field(default_factory=dict)  # AdapterStack.apply_report(): the mode of every layer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +65,7 @@ class GenerateRun:
             "device": self.device,
             "adapters": self.adapters,
             "warnings": self.warnings,
+            "apply": {k: v for k, v in self.apply.items() if k != "layers"},
         }
 
 
@@ -124,7 +130,11 @@ def generate_to_folder(
         allow_pickle=base.allow_pickle, attention_slicing=base.attention_slicing, vae_tiling=base.vae_tiling,
         cpu_offload=base.cpu_offload, **base.components,
     )  # fmt: skip
-    generator = Generator(pipe, progress=progress)
+    if base.quantize:
+        from .quantized import quantize_pipeline
+
+        pipe = quantize_pipeline(pipe, source, base.quantize)
+    generator = Generator(pipe, AdapterStack(pipe, mode=base.apply), progress=progress)
     run = GenerateRun([], source, device, {name: f.label for name, f in found.items()})
     for name, adapter in found.items():
         words = adapter.trigger_words
@@ -135,6 +145,11 @@ def generate_to_folder(
             run.warnings.append(report.summary())
             if warn is not None:
                 warn(report.summary())
+    if base.compile:
+        from .compiled import compile_denoiser
+
+        compile_denoiser(generator.stack)
+    run.apply = generator.stack.apply_report()
     results = [generator.compare(options)] if compare else generator.generate(options)
     output.mkdir(parents=True, exist_ok=True)
     for result in results:
