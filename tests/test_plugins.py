@@ -363,3 +363,55 @@ def test_hook_register_metadata_sources(plugin_manager, registry, tmp_path):
     assert code == 0 and "metadata sources: notes" in out
     with pytest.raises(UnknownNameError, match="unknown metadata source 'nope'; available: civitai, hub, notes"):
         enrich(registry, sources=["nope"])
+
+
+def test_hook_register_evaluators(plugin_manager):
+    """An evaluator plugin registers; the host checks its metrics and answers, and aggregates what it returns."""
+    from lorastack.core.evaluation import score_images
+    from lorastack.plugins.api import EvalImage, EvaluationError, Evaluator, Metric
+
+    class Brightness:
+        name, description, options = "brightness", "Mean pixel value.", ()
+        metrics = (Metric("bright", True, "mean pixel value, 0-1"),)
+
+        def score(self, request, options):
+            return [{"bright": i.image.convert("L").resize((1, 1), Image.BOX).getpixel((0, 0)) / 255}
+                    for i in request.images]  # fmt: skip
+
+    class Plugin:
+        @hookimpl
+        def register_evaluators(self, register):
+            register(Brightness())
+
+    plugin_manager.register(Plugin(), "brightness-plugin")
+    assert plugin_manager.registered["evaluators"]["brightness"].plugin == "brightness-plugin"
+    assert {"clip", "dino", "leakage", "toy", "brightness"} <= set(plugin_manager.names("evaluators"))
+    assert all(isinstance(plugin_manager.get("evaluators", n), Evaluator) for n in ("clip", "dino", "toy"))
+    images = [EvalImage(Image.new("RGB", (4, 4), (v, v, v)), "p", s, w, None if w == 0 else "a")
+              for s, (v, w) in enumerate([(0, 0.0), (255, 1.0), (51, 1.0)])]  # fmt: skip
+    (base, adapter) = score_images([(plugin_manager.get("evaluators", "brightness"), {})], images)
+    assert (base.adapter, base.mean, base.n) == (None, 0.0, 1)
+    assert (adapter.adapter, adapter.n) == ("a", 2) and adapter.mean == pytest.approx(0.6)
+    assert adapter.std == pytest.approx(0.4) and adapter.higher_is_better
+
+    class Wrong(Brightness):
+        name = "wrong"
+
+        def score(self, request, options):
+            return [{"dark": 1.0}]
+
+    with pytest.raises(EvaluationError, match="'dark', which is not one of its metrics: bright"):
+        score_images([(Wrong(), {})], images[:1])
+
+    class NoMetrics(Brightness):
+        name, metrics = "nometrics", ()
+
+    class Bad:
+        @hookimpl
+        def register_evaluators(self, register):
+            register(NoMetrics())
+
+    with pytest.raises(PluginError, match="metrics must be a non-empty sequence of Metric"):
+        plugin_manager.register(Bad(), "bad-evaluators")
+    code, out, _ = run_cli("plugins")
+    assert code == 0 and "evaluators: brightness" in out
