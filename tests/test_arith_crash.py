@@ -51,7 +51,7 @@ def _record(path):
 @pytest.mark.parametrize(
     "point",
     [
-        "registry.import.before-commit",
+        pytest.param("registry.import.before-commit", marks=pytest.mark.slow),  # two child processes each
         pytest.param("arith.after-write", marks=pytest.mark.slow),
         pytest.param("arith.after-register", marks=pytest.mark.slow),
     ],

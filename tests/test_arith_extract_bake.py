@@ -75,6 +75,7 @@ def stack_files(tmp_path, tiny_sd1_pipe):
     return a, b
 
 
+@pytest.mark.slow  # two bakes, three pipeline loads, four generations
 def test_bake_folder_and_single_file_generate_like_the_stack(tmp_path, tiny_sd1_dir, stack_files):
     from lorastack.core.base import load_base
 

@@ -78,6 +78,7 @@ def _stack_weights(pipe, loras):
     return stack
 
 
+@pytest.mark.slow  # two single-file bakes and four pipeline loads
 @pytest.mark.parametrize("setup", FAMILIES, indirect=True)
 def test_bake_single_files_then_generate_equals_the_stack(setup, tmp_path):
     _family, folder, pipe, made = setup
