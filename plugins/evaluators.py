@@ -28,12 +28,12 @@ from lorastack.plugins.api import (
     resolve_options,
 )
 
-from . import _vision
+from ._vision import MAX_BATCH, choose_device, image_embeddings, load, text_embeddings
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the CLIP of the DreamBooth paper's CLIP-I and CLIP-T
 DEFAULT_DINO = "facebook/dino-vits16"  # the paper's DINO ViT-S/16
 _DEVICE = Option("device", "str", None, "auto, cpu, cuda, cuda:1, mps (default: the device the images were made on).")
-_BATCH = Option("batch_size", "int", 16, "Images per forward pass.", minimum=1, maximum=_vision.MAX_BATCH)
+_BATCH = Option("batch_size", "int", 16, "Images per forward pass.", minimum=1, maximum=MAX_BATCH)
 
 
 def _pairwise(embeddings, reference) -> list[float]:
@@ -56,17 +56,15 @@ class ClipEvaluator:
 
     def score(self, request: EvalRequest, options: Mapping[str, Any]) -> list[dict[str, float | None]]:
         options = resolve_options(self.options, options, f"evaluator {self.name!r}")
-        device = _vision.choose_device(options["device"], request.device)
-        loaded = _vision.load("clip", options["model"], device, f"evaluator {self.name!r}", "--option clip.model")
+        device = choose_device(options["device"], request.device)
+        loaded = load("clip", options["model"], device, f"evaluator {self.name!r}", "--option clip.model")
         images = [i.image for i in request.images]
-        pictures = _vision.image_embeddings("clip", loaded, images, device, options["batch_size"])
+        pictures = image_embeddings("clip", loaded, images, device, options["batch_size"])
         prompts = sorted({i.prompt for i in request.images})
-        texts = dict(zip(prompts, _vision.text_embeddings(loaded, prompts, device, options["batch_size"])))
+        texts = dict(zip(prompts, text_embeddings(loaded, prompts, device, options["batch_size"])))
         clip_i: list[float | None] = [None] * len(images)
         if request.instance_images:
-            reference = _vision.image_embeddings(
-                "clip", loaded, request.instance_images, device, options["batch_size"]
-            )
+            reference = image_embeddings("clip", loaded, request.instance_images, device, options["batch_size"])
             clip_i = _pairwise(pictures, reference)
         out = []
         for k, item in enumerate(request.images):
@@ -91,14 +89,14 @@ class DinoEvaluator:
         options = resolve_options(self.options, options, f"evaluator {self.name!r}")
         if not request.instance_images:
             return [{"dino": None} for _ in request.images]
-        device = _vision.choose_device(options["device"], request.device)
-        loaded = _vision.load("dino", options["model"], device, f"evaluator {self.name!r}", "--option dino.model")
+        device = choose_device(options["device"], request.device)
+        loaded = load("dino", options["model"], device, f"evaluator {self.name!r}", "--option dino.model")
         subject = [k for k, i in enumerate(request.images) if i.subject]
         out: list[dict[str, float | None]] = [{"dino": None} for _ in request.images]
         if not subject:
             return out
-        reference = _vision.image_embeddings("dino", loaded, request.instance_images, device, options["batch_size"])
-        pictures = _vision.image_embeddings("dino", loaded, [request.images[k].image for k in subject], device,
+        reference = image_embeddings("dino", loaded, request.instance_images, device, options["batch_size"])
+        pictures = image_embeddings("dino", loaded, [request.images[k].image for k in subject], device,
                                             options["batch_size"])  # fmt: skip
         for k, value in zip(subject, _pairwise(pictures, reference)):
             out[k] = {"dino": value}
@@ -133,14 +131,12 @@ class LeakageEvaluator:
             base = item.base_image.convert("RGB").resize(item.image.size)
             out[k]["pixel"] = float(abs(_pixels(item.image) - _pixels(base)).mean())
         if plain and options["model"].strip().lower() != "none":
-            device = _vision.choose_device(options["device"], request.device)
-            loaded = _vision.load("clip", options["model"], device, f"evaluator {self.name!r}",
+            device = choose_device(options["device"], request.device)
+            loaded = load("clip", options["model"], device, f"evaluator {self.name!r}",
                                   "--option leakage.model")  # fmt: skip
             size = options["batch_size"]
-            mine = _vision.image_embeddings("clip", loaded, [request.images[k].image for k in plain], device, size)
-            base = _vision.image_embeddings(
-                "clip", loaded, [request.images[k].base_image for k in plain], device, size
-            )
+            mine = image_embeddings("clip", loaded, [request.images[k].image for k in plain], device, size)
+            base = image_embeddings("clip", loaded, [request.images[k].base_image for k in plain], device, size)
             for k, a, b in zip(plain, mine, base):
                 out[k]["feature"] = max(0.0, 1.0 - float(a @ b))
         return out

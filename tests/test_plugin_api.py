@@ -58,6 +58,7 @@ def test_the_builtin_plugin_modules_are_found():
     assert set(BUILTINS) == {
         "lorastack.plugins.captioners", "lorastack.plugins.sources", "lorastack.plugins.trainers",
         "lorastack.plugins._filetree", "lorastack.plugins.civitai", "lorastack.plugins.hubcard",
+        "lorastack.plugins.evaluators", "lorastack.plugins._vision",
     }  # fmt: skip
 
 
