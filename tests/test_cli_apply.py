@@ -36,6 +36,7 @@ def test_bad_apply_mode_is_one_line(tiny_sd1_dir):
     assert code == 2 and "'fast' is not one of 'auto', 'merge', 'bypass'" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
 def test_quantized_base_from_the_cli(tiny_sd1_dir, tmp_path):
     lora = make_case(load_pipeline(tiny_sd1_dir), "peft", tmp_path / "a.safetensors", seed=1)

@@ -42,6 +42,7 @@ def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
+@pytest.mark.slow  # two tiny pipelines, every layer kind, whole-UNet forwards (the GGUF test covers the default run)
 @needs_torchao
 def test_torchao_int8_base_takes_every_layer_kind_in_bypass(tiny_sd1_dir, tmp_path):
     float_pipe = load_pipeline(tiny_sd1_dir)
