@@ -138,17 +138,25 @@ def train(
     from lorastack.adapters.outputs import check_output_dir
     from lorastack.paths import data_home
 
+    from .processes import on_main, process_state
+
     data_home()
-    run_dir = Path(output) if output is not None else default_run_dir(name, trainer)
+    # under accelerate launch / torchrun: the main process names the folder (a default one has the time in its name)
+    state = process_state(resolved.device)
+    run_dir = on_main(state, lambda: Path(output) if output is not None else default_run_dir(name, trainer))
     check_output_dir(run_dir)
     dataset = open_dataset(data, source, source_options)
     identity = {
         "trainer": trainer, "base": str(base), "data": str(data), "recipe": recipe_fingerprint(resolved),
     }  # fmt: skip
+    if state.num_processes > 1:  # a step's batch is --batch-size x processes: resuming on another count differs
+        identity["processes"] = state.num_processes
     from .run import RunFolder
 
     recipe_text = dump_recipe(resolved, {"trainer": trainer, "base": str(base), "data": str(data)})
-    run = RunFolder(run_dir, identity, recipe_text, resume=resume)
+    # only the main process creates and writes the run folder; the others open it once it exists
+    run = on_main(state, lambda: RunFolder(run_dir, identity, recipe_text, resume=resume),
+                  lambda _: RunFolder.join(run_dir, identity))  # fmt: skip
     if pipe is None:
         from lorastack.core.base import load_base
 
@@ -176,8 +184,9 @@ def train(
     if hub_base is not None or not Path(base_id).exists():
         header["ss_sd_model_name"] = hub_base or base_id
     context = TrainingContext(
-        pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress, on_step=on_step
-    )
+        pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress and state.is_main_process,
+        on_step=on_step,
+    )  # fmt: skip
     evaluation = None
     if evaluation_settings:
         from lorastack.core.evaluation_training import start as start_evaluation
@@ -188,25 +197,7 @@ def train(
     if evaluation is not None:
         result.evaluation = evaluation.summary()
     if register and name is not None:
-        from lorastack.registry import Registry
-
-        imported = Registry().import_file(
-            result.adapter_path,
-            name,
-            tag,
-            trigger_words=context.trigger_words or None,
-            base_model=hub_base or (None if Path(base_id).exists() else base_id),
-            provenance={
-                "training": {
-                    "run": str(run.path),
-                    "trainer": trainer,
-                    "steps": result.steps,
-                    "base": base_id,
-                    "data": str(data),
-                }
-            },
-        )
-        result.registered = imported.version.ref
+        result.registered = on_main(state, lambda: _register(result, run, context, name, tag, hub_base, base_id, data))
     if evaluation is not None and result.registered:
         from lorastack.registry import Registry
 
@@ -224,6 +215,29 @@ def _chain(first, then):
         then(step)
 
     return both
+
+
+def _register(result, run, context, name, tag, hub_base, base_id, data) -> str:
+    """Import the run's adapter into the registry as a new version of ``name``; its ref."""
+    from lorastack.registry import Registry
+
+    imported = Registry().import_file(
+        result.adapter_path,
+        name,
+        tag,
+        trigger_words=context.trigger_words or None,
+        base_model=hub_base or (None if Path(base_id).exists() else base_id),
+        provenance={
+            "training": {
+                "run": str(run.path),
+                "trainer": context.trainer,
+                "steps": result.steps,
+                "base": base_id,
+                "data": str(data),
+            }
+        },
+    )
+    return imported.version.ref
 
 
 def _check_objective(pipe, options, given, guessed: str) -> None:

@@ -1,13 +1,18 @@
 """The training loop every trainer runs, on ``accelerate``, for every family: the family's objective (``flow``:
 DDPM or flow matching) on its denoiser (``denoisers``: a UNet, FLUX.1's or SD3's transformer).
 
-Every random choice of a step (which images, caption dropout, noise, timesteps) comes from a generator seeded by
-``(seed, micro-batch number)``, never from a global RNG that would have to be saved, so a run resumed from a
-checkpoint computes exactly the steps an uninterrupted run would, and ends with the same adapter tensors.
+Every random choice of a step comes from the seed and the micro-batch number, never from a global RNG that would
+have to be saved: which images (the micro-batch's seeded epoch order), and for each example, from a generator seeded
+by ``(seed, micro-batch, position in the batch)``, its flip, crop and caption dropout, latent sample, noise and
+timestep. So a run resumed from a checkpoint computes exactly the steps an uninterrupted run would, and under
+``accelerate launch`` a global batch of ``--batch-size`` × processes is the same whatever the number of processes:
+each process computes its slice of it (``processes``), and one model is trained.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +26,7 @@ from .conditioning import encode_captions
 from .denoisers import image_seq_len, predict
 from .lora import MODEL_COMPONENTS, add_lora, denoiser_name, export_adapter, remove_lora, trainable_parameters
 from .options import TrainingError
+from .processes import TrainedModules, check_agreement, local_positions, params_digest
 from .progress import Progress, smoothed_ends
 from .run import RunFolder
 
@@ -40,6 +46,8 @@ class TrainResult:
     text_encodes: int = 0  # text-encoder calls of the text cache (misses)
     seconds: float = 0.0  # the whole run, from the checks to the registered adapter
     evaluation: dict | None = None  # --eval-every: the metric, the best checkpoint and its score
+    processes: int = 1  # processes that trained it (accelerate launch / torchrun), each on a slice of every batch
+    digest: str = ""  # sha256 of the trained tensors, checked equal on every process at each checkpoint
 
     @property
     def loss_first(self) -> float:
@@ -128,7 +136,12 @@ class Engine:
             trackers = "tensorboard"
         except ImportError:
             pass
-        return Accelerator(mixed_precision=mixed, cpu=cpu, log_with=trackers, project_dir=str(self.run.path))
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # pivotal tuning trains the embeddings alone first: DDP must not wait for the LoRA's gradients then
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=self.extras is not None)
+        return Accelerator(mixed_precision=mixed, cpu=cpu, log_with=trackers, project_dir=str(self.run.path),
+                           kwargs_handlers=[ddp])  # fmt: skip
 
     def _optimizer(self, params: dict[str, torch.nn.Parameter]):
         embeddings = [p for n, p in params.items() if ".token_embeddings." in n]
@@ -161,8 +174,8 @@ class Engine:
     # --- data ---------------------------------------------------------------------------------------------------
 
     def _batch_indices(self, data, micro: int, key: int) -> list[int]:
-        """The image indices of micro-batch number ``micro``, walking epochs in their seeded orders."""
-        batch_size = self.options.batch_size
+        """The image indices of global micro-batch number ``micro``, walking epochs in their seeded orders."""
+        batch_size = self.options.batch_size * self.accelerator.num_processes
         epoch = 0
         while True:
             batches = self._epochs.get((key, epoch))
@@ -173,37 +186,42 @@ class Engine:
             micro -= len(batches)
             epoch += 1
 
-    def _examples(self, data, indices, rng) -> list[dict]:
-        return [data.example(i, rng) for i in indices]
-
-    def _latents(self, examples: list[dict], g: torch.Generator) -> torch.Tensor:
-        """Scaled latents of the examples: a sample of the VAE's distribution (from ``g``), or its mean."""
+    def _latents(self, examples: list[dict], gens: list[torch.Generator]) -> torch.Tensor:
+        """Scaled latents of the examples: a sample of the VAE's distribution (each from its generator), or its
+        mean."""
         vae = self.pipe.vae
         if self.cache is not None:
-            if self.options.latents == "sample":
-                return self.cache.latents(examples, g, self.device)
-            mean = torch.stack([m for m, _ in self.cache.distributions(examples)]).to(self.device)
+            pairs = self.cache.distributions(examples)
+            mean = torch.stack([m for m, _ in pairs]).to(self.device)
+            std = torch.stack([s for _, s in pairs]).to(self.device)
         else:
             pixels = torch.stack([ex["pixels"] for ex in examples]).to(self.device, vae.dtype)
             with torch.no_grad():
                 dist = vae.encode(pixels).latent_dist
-            mean = dist.mean
-            if self.options.latents == "sample":
-                mean = mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(self.device, dist.mean.dtype)
+            mean, std = dist.mean.float(), dist.std.float()
+        if self.options.latents == "sample":
+            noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
+            mean = mean + std * noise.to(self.device)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (mean - shift) * vae.config.scaling_factor
 
     # --- the step -----------------------------------------------------------------------------------------------
 
-    def _loss(self, examples: list[dict], g: torch.Generator, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example loss (a vector) for a list of examples: the family's objective on the family's denoiser."""
+    def _loss(self, examples: list[dict], gens: list[torch.Generator], timesteps: torch.Tensor | None = None):
+        """Per-example loss (a vector) for a list of examples, each drawing its randomness from its own generator:
+        the family's objective on the family's denoiser."""
         options = self.options
-        latents = self._latents(examples, g).float()
-        noise = torch.randn(latents.shape, generator=g)
+        latents = self._latents(examples, gens).float()
+        shape = latents.shape[1:]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
         if options.noise_offset:
-            noise = noise + options.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+            offsets = torch.stack([torch.randn((shape[0], 1, 1), generator=g) for g in gens])
+            noise = noise + options.noise_offset * offsets
         noise = noise.to(self.device)
-        noised = self.objective.noised(latents, noise, g, image_seq_len(latents), timesteps)
+        seq_len = image_seq_len(latents)
+        if timesteps is None:
+            timesteps = torch.cat([self.objective.draw_timesteps(g, seq_len) for g in gens])
+        noised = self.objective.noised(latents, noise, None, seq_len, timesteps)
         hidden, pooled = self._conditioning([ex["caption"] for ex in examples])
         with self.accelerator.autocast():
             pred = predict(self.family, self.model, noised.noisy, noised.timesteps, hidden, pooled, examples,
@@ -230,15 +248,23 @@ class Engine:
         return encode_captions(self.pipe, captions, self.device, max_sequence_length=self.options.max_sequence_length,
                                expand=getattr(self.extras, "expand", None))  # fmt: skip
 
+    def _part_loss(self, data, micro: int, key: int) -> torch.Tensor:
+        """This process's share of the mean loss over global micro-batch ``micro``: the sum of its slice's losses
+        times processes / batch size, so DDP's gradient average is the gradient of the whole batch's mean."""
+        indices = self._batch_indices(data, micro, key)
+        processes = self.accelerator.num_processes
+        positions = local_positions(len(indices), processes, self.accelerator.process_index)
+        weight = processes / len(indices)
+        if not positions:  # a short batch at an epoch's end: compute one example at weight 0 (DDP needs a backward)
+            positions, weight = [0], 0.0
+        gens = [_generator(self.options.seed, micro, key, j) for j in positions]
+        examples = [data.example(indices[j], g) for j, g in zip(positions, gens)]
+        return self._loss(examples, gens).sum() * weight
+
     def _micro_loss(self, micro: int) -> torch.Tensor:
-        # under `accelerate launch`, process r of n takes every n-th micro-batch: n GPUs see n times the data
-        micro = micro * self.accelerator.num_processes + self.accelerator.process_index
-        g = _generator(self.options.seed, micro)
-        examples = self._examples(self.data, self._batch_indices(self.data, micro, 0), g)
-        loss = self._loss(examples, g).mean()
+        loss = self._part_loss(self.data, micro, 0)
         if self.prior is not None:
-            prior_examples = self._examples(self.prior, self._batch_indices(self.prior, micro, 1), g)
-            loss = loss + self.prior_weight * self._loss(prior_examples, g).mean()
+            loss = loss + self.prior_weight * self._part_loss(self.prior, micro, 1)
         return loss
 
     @torch.no_grad()
@@ -252,7 +278,7 @@ class Engine:
             example = self.validation.example(index, g)
             for t in VALIDATION_TIMESTEPS:
                 t = min(t, self.objective.steps - 1)
-                total += float(self._loss([example], _generator(self.options.seed, index, t),
+                total += float(self._loss([example], [_generator(self.options.seed, index, t)],
                                           torch.tensor([t])).mean())  # fmt: skip
                 count += 1
         return total / count
@@ -306,14 +332,19 @@ class Engine:
             for name, p in self.extras.parameters().items():
                 params[name] = p.requires_grad_(True)  # add_lora froze the text encoders, these rows included
         optimizer = self._optimizer(params)
+        # stepped once per optimizer step, not prepared: accelerate would step it once per process, and here a step
+        # is one global batch whatever the number of processes
         lr_scheduler = self._scheduler(optimizer)
-        self.model, optimizer, lr_scheduler = self.accelerator.prepare(getattr(self.pipe, self.denoiser), optimizer,
-                                                                       lr_scheduler)  # fmt: skip
+        self.model = getattr(self.pipe, self.denoiser)
+        holders = {c: m for c in MODEL_COMPONENTS if (m := getattr(self.pipe, c, None)) is not None
+                   and any(p.requires_grad for p in m.parameters())}  # fmt: skip
+        self.step_model, optimizer = self.accelerator.prepare(TrainedModules(holders, self._micro_loss), optimizer)
         start, losses = self.run.restore(params, optimizer, lr_scheduler)
         if self.accelerator.trackers:
             self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.as_dict().items()})
         accumulation = options.gradient_accumulation
-        bar = Progress(options.steps, label="step", initial=start, enabled=self.progress)
+        main = self.accelerator.is_main_process
+        bar = Progress(options.steps, label="step", initial=start, enabled=self.progress and main)
         try:
             for step in range(start, options.steps):
                 for module in trained.values():
@@ -322,15 +353,20 @@ class Engine:
                 if self.extras is not None:
                     self.extras.before_step(step, params)
                 for micro in range(step * accumulation, (step + 1) * accumulation):
-                    loss = self._micro_loss(micro) / accumulation
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"the loss became {float(loss)} at step {step + 1}; training stopped and the last good "
-                            f"checkpoint is kept ({self.run.last_checkpoint() or 'none yet'}). Lower the learning "
-                            "rate, or train with --mixed-precision bf16 or no"
-                        )
-                    self.accelerator.backward(loss)
-                    total += float(loss.detach())
+                    last = micro == (step + 1) * accumulation - 1
+                    # gradients are reduced across processes once per optimizer step, after its last micro-batch
+                    with contextlib.nullcontext() if last else self.accelerator.no_sync(self.step_model):
+                        loss = self.step_model(micro) / accumulation
+                        # the whole batch's loss, the same on every process, so all of them stop together
+                        reduced = float(self.accelerator.reduce(loss.detach(), "mean"))
+                        if not math.isfinite(reduced):
+                            raise TrainingError(
+                                f"the loss became {reduced} at step {step + 1}; training stopped and the last good "
+                                f"checkpoint is kept ({self.run.last_checkpoint() or 'none yet'}). Lower the "
+                                "learning rate, or train with --mixed-precision bf16 or no"
+                            )
+                        self.accelerator.backward(loss)
+                    total += reduced
                 if options.max_grad_norm:
                     self.accelerator.clip_grad_norm_(list(params.values()), options.max_grad_norm)
                 optimizer.step()
@@ -352,12 +388,17 @@ class Engine:
             ) from None
         finally:
             bar.close()
-        final = self.run.finish(losses)
+        digest = params_digest(params)
+        if main:
+            self.run.finish(losses)
+        self.accelerator.wait_for_everyone()
+        final = self.run.state if main else self.run.reload()
         adapter_path = self.run.adapter_path
         result = TrainResult(self.run.path, adapter_path, options.steps, losses, final.get("best"),
                              {int(k): v for k, v in final.get("validation", {}).items()},
                              encodes=getattr(self.cache, "encodes", 0),
-                             text_encodes=getattr(self.text_cache, "encodes", 0))  # fmt: skip
+                             text_encodes=getattr(self.text_cache, "encodes", 0),
+                             processes=self.accelerator.num_processes, digest=digest)  # fmt: skip
         remove_lora(trained)
         if self.extras is not None:
             self.extras.close()
@@ -370,14 +411,16 @@ class Engine:
         return done == self.options.steps or (every and done % every == 0)
 
     def _checkpoint(self, done, trained, params, optimizer, lr_scheduler, losses) -> None:
+        """Save checkpoint ``done``: the main process writes it, once every process holds the same tensors."""
+        check_agreement(self.accelerator, params_digest(params), done)
         for module in trained.values():
             module.eval()
         adapter = export_adapter(trained, self.options.alpha, self.header)
         if self.extras is not None:
             self.extras.export(adapter)
         validation = self.validation_loss()
-        samples = self._samples(done)
         if self.accelerator.is_main_process:
+            samples = self._samples(done)  # the pipeline's own modules, unwrapped: no process need join in
             self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)
         self.accelerator.wait_for_everyone()
         if self.accelerator.trackers and validation is not None:

@@ -111,6 +111,10 @@ class FlowObjective:
     def __init__(self, sampler: FlowSampler, weighting: str = "none", num_train_timesteps: int = 1000):
         self.sampler, self.weighting, self.steps = sampler, weighting, num_train_timesteps
 
+    def draw_timesteps(self, generator: torch.Generator, seq_len: int) -> torch.Tensor:
+        """One example's timestep (σ·1000) drawn from ``generator``: what ``noised`` takes as ``timesteps``."""
+        return self.sampler.sample(1, generator, seq_len) * self.steps
+
     def noised(self, latents, noise, generator, seq_len: int, timesteps: torch.Tensor | None = None) -> Noised:
         if timesteps is None:
             sigmas = self.sampler.sample(latents.shape[0], generator, seq_len)
@@ -129,6 +133,10 @@ class DiffusionObjective:
     def __init__(self, scheduler, prediction: str, min_snr_gamma: float = 0.0):
         self.scheduler, self.prediction, self.min_snr_gamma = scheduler, prediction, min_snr_gamma
         self.steps = scheduler.config.num_train_timesteps
+
+    def draw_timesteps(self, generator: torch.Generator, seq_len: int) -> torch.Tensor:
+        """One example's integer timestep drawn from ``generator``: what ``noised`` takes as ``timesteps``."""
+        return torch.randint(0, self.steps, (1,), generator=generator)
 
     def noised(self, latents, noise, generator, seq_len: int, timesteps: torch.Tensor | None = None) -> Noised:
         if timesteps is None:

@@ -68,6 +68,25 @@ class RunFolder:
             atomic_write_bytes(self.path / "recipe.toml", recipe_text.encode())
             self._write()
 
+    @classmethod
+    def join(cls, path: str | Path, identity: dict[str, Any]) -> RunFolder:
+        """The run folder the main process of a multi-process launch has just opened, for another process of it:
+        read, never written (only the main process writes)."""
+        self = cls.__new__(cls)
+        self.path, self.identity = Path(path), identity
+        self.state = self.reload()
+        if self.state.get("identity") != identity:
+            raise TrainingError(f"run folder {str(self.path)!r} holds another recipe's run than this process's; "
+                                "every process of a launch must be given the same options")  # fmt: skip
+        return self
+
+    def reload(self) -> dict[str, Any]:
+        """``run.json`` as the main process last wrote it."""
+        state = self._read()
+        if state is None:
+            raise TrainingError(f"run folder {str(self.path)!r} holds no run.json: the main process made none")
+        return state
+
     # --- files --------------------------------------------------------------------------------------------------
 
     @property
