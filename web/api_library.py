@@ -81,8 +81,18 @@ def get_adapter(request: Request, ref: str) -> dict[str, Any]:
         for v in registry.versions(version.name)
     ]
     data["training"] = _training(version)
+    data["scores"] = _scores(registry, version.ref)
     data["download_url"] = f"/api/download/{version.ref}"
     return data
+
+
+def _scores(registry, ref: str) -> dict[str, Any] | None:
+    """The version's stored evaluation scores (``lorastack eval``, ``train --eval-every``) with the headline value of
+    each metric; ``None`` when it was never evaluated."""
+    from lorastack.registry.scores import get_scores, headline
+
+    stored = get_scores(registry, ref)
+    return None if stored is None else {**stored.as_dict(), "headline": headline(stored)}
 
 
 def _run_folder(version) -> Path | None:

@@ -169,10 +169,29 @@ async function adapterPage(ref) {
       el("li", {}, el("a", { href: `#/adapter/${v.ref}`, text: v.ref }), " ", v.tags.join(", "))))),
     el("div", { class: "row" }, tag, el("button", { class: "plain", onclick: addTag }, "Add tag")),
     training,
+    scoresPanel(data.scores),
     el("div", { class: "panel" }, el("h3", { text: "Hashes" }), el("table", { class: "meta" }, data.files.map((f) =>
       el("tr", {}, el("td", { text: f.path }), el("td", { class: "muted", text: f.sha256 }))))),
     el("div", { class: "row" }, repo, el("button", { class: "plain", onclick: push }, "Push to the Hub"), pushStatus),
     el("button", { class: "danger", id: "delete", onclick: remove }, `Remove ${data.ref}`));
+}
+
+// the stored evaluation: a row per metric, a column per weight (0: the base), the recommended weight
+function scoresPanel(scores) {
+  if (!scores || !scores.results.length) return null;
+  const weights = [...new Set(scores.results.map((r) => r.weight))].sort((a, b) => a - b);
+  const metrics = [...new Set(scores.results.map((r) => `${r.evaluator}.${r.metric}`))].sort();
+  const cell = new Map(scores.results.map((r) => [`${r.evaluator}.${r.metric}@${r.weight}`, r]));
+  const up = new Map(scores.results.map((r) => [`${r.evaluator}.${r.metric}`, r.higher_is_better]));
+  const head = el("tr", {}, el("th", { text: "metric" }), weights.map((w) => el("th", { text: w === 0 ? "base" : `weight ${w}` })));
+  const rows = metrics.map((m) => el("tr", {}, el("td", { text: `${m} ${up.get(m) ? "↑" : "↓"}` }), weights.map((w) => {
+    const r = cell.get(`${m}@${w}`);
+    return el("td", { text: r ? `${r.mean.toFixed(3)} ±${r.std.toFixed(3)} (n=${r.n})` : "" });
+  })));
+  const weight = scores.recommended_weight === null ? "none" : String(scores.recommended_weight);
+  return el("div", { class: "panel", id: "scores" }, el("h3", { text: "Evaluation" }),
+    el("table", { class: "meta" }, head, rows),
+    el("div", { class: "muted", text: `recommended weight: ${weight} · from ${scores.source}` }));
 }
 
 // --- generate / compare --------------------------------------------------------------------------------------
