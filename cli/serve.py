@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -18,8 +19,12 @@ import click
               help="Another base requests may choose (repeat); the toy is always offered.")  # fmt: skip
 @click.option("--max-upload-mb", type=click.IntRange(1, 65536), default=1024, show_default=True,
               help="The largest upload, in MiB.")  # fmt: skip
+@click.option("--folder", "folders", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder on this machine the pages may train on or scan (and those under it); repeatable. "
+              "Default: none (datasets are uploaded as zips).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the address) when listening.")
-def serve_cmd(host, port, token, base, bases, max_upload_mb, as_json):
+def serve_cmd(host, port, token, base, bases, max_upload_mb, folders, as_json):
     """Serve the library, the studio (generate, compare, weight sweeps), training and imports in a browser.
 
     The JSON API is under /api (schema at /openapi.json). Long work runs as jobs, one at a time, recorded beside
@@ -37,7 +42,8 @@ def serve_cmd(host, port, token, base, bases, max_upload_mb, as_json):
     quiet_libraries()
     token = check_token(token)
     check_bind(host, token)
-    app = create_app(token=token, default_base=base, bases=list(bases), max_upload=max_upload_mb << 20)
+    app = create_app(token=token, default_base=base, bases=list(bases), max_upload=max_upload_mb << 20,
+                     folders=list(folders))  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)

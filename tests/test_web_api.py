@@ -25,7 +25,7 @@ def library(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(library):
-    with TestClient(create_app(library / "registry", default_base="toy")) as c:
+    with TestClient(create_app(library / "registry", default_base="toy", folders=[library.parent])) as c:
         yield c
 
 
@@ -271,3 +271,8 @@ def test_a_folder_scan_imports_in_place(client, library, tmp_path):
     assert card["location"] == "inplace"
     assert "not a folder" in error(client.post("/api/scan", json={"folder": str(folder / "nope")}, headers=HEADERS),
                                    400)  # fmt: skip
+    # only folders under the server's --folder: not its parent, nor one reached by a link out of it
+    (folder / "out").symlink_to(library.parent.parent)
+    for outside in (str(library.parent.parent), str(folder / "out"), str(folder / ".." / ".." / "..")):
+        refused = error(client.post("/api/scan", json={"folder": outside}, headers=HEADERS), 403)
+        assert "is not under a folder this server may read (--folder: " in refused and "\n" not in refused

@@ -28,7 +28,7 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("browser")
     fill_library(root / "registry", root / "files").close()
-    app = create_app(root / "registry", default_base="toy")
+    app = create_app(root / "registry", default_base="toy", folders=[tmp_path_factory.getbasetemp()])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -24,7 +24,7 @@ from lorastack.web.jobs import JobStore
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs")
-    app = create_app(root / "registry", default_base="toy")
+    app = create_app(root / "registry", default_base="toy", folders=[tmp_path_factory.getbasetemp()])
     with TestClient(app) as c:
         yield c, app.state.server
 
@@ -117,11 +117,14 @@ def test_job_ids_events_and_cancel(served):
 
 
 def test_training_requests_are_checked_before_queueing(served):
-    client, _ = served
-    unknown = client.post("/api/train", json={"trainer": "nope", "data": "/tmp"}, headers=HEADERS)
+    client, server = served
+    data = str(server.folders[0])
+    unknown = client.post("/api/train", json={"trainer": "nope", "data": data}, headers=HEADERS)
     assert "lora" in error(unknown, 404 if unknown.status_code == 404 else 400)
-    bad = client.post("/api/train", json={"trainer": "lora", "data": "/tmp", "options": {"rank": 10**9}},
+    bad = client.post("/api/train", json={"trainer": "lora", "data": data, "options": {"rank": 10**9}},
                       headers=HEADERS)  # fmt: skip
+    outside = client.post("/api/train", json={"trainer": "lora", "data": "/etc"}, headers=HEADERS)
+    assert "'/etc' is not under a folder this server may read" in error(outside, 403)
     assert "rank" in error(bad, 400)
     assert "give data" in error(client.post("/api/train", json={"trainer": "lora"}, headers=HEADERS), 400)
     assert "not an upload id" in error(client.post("/api/train", json={"trainer": "lora", "upload": "../x"},

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorastack.core.generate import MAX_ADAPTERS, MAX_PROMPT_CHARS
 from lorastack.registry.errors import InvalidValueError, NotFoundError
 
+from .folders import check_folder
 from .security import UploadTooLarge
 
 router = APIRouter(prefix="/api", tags=["studio"])
@@ -186,6 +187,8 @@ def start_training(request: Request, body: TrainRequest) -> dict[str, Any]:
     params["base"] = server.studio.check_base(body.base)
     if body.upload:
         params["data"] = str(_upload_path(server, body.upload, ".zip"))
+    elif body.data:
+        params["data"] = str(check_folder(server.folders, body.data, "data"))
     check_train(params)
     params["run_dir"] = str(server.jobs.folder / "runs" / secrets.token_hex(8))
     return server.jobs.submit("train", params)
@@ -273,7 +276,7 @@ class ScanRequest(BaseModel):
 
 @router.post("/scan", summary="Scan a folder on this machine into the library (a job)")
 def scan_folder(request: Request, body: ScanRequest) -> dict[str, Any]:
-    folder = Path(body.folder).expanduser()
+    folder = check_folder(_server(request).folders, body.folder, "folder")
     if not folder.is_dir():
         raise InvalidValueError(f"{body.folder!r} is not a folder on this machine")
     params = {"folder": str(folder), "copy": body.copy_files, "namespace": body.namespace}

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorastack.errors import LorastackError
 from lorastack.registry import Registry
 
+from .folders import FolderNotAllowed, allowed_roots
 from .jobs import JobQueueFull, JobStore
 from .security import MAX_BODY, Guard, UploadTooLarge, check_token
 from .studio import Studio
@@ -46,10 +47,11 @@ class Registries:
 class Server:
     """What the routes share: the registries, the job store with its worker, the studio."""
 
-    def __init__(self, root: Path, folder: Path, bases: list[str], max_upload: int):
+    def __init__(self, root: Path, folder: Path, bases: list[str], max_upload: int, folders: list[Path] = ()):
         from . import work
 
         self.registries = Registries(root)
+        self.folders = list(folders)  # the folders requests may name (web/folders.py)
         self.studio = Studio(self.registries, bases)
         self.max_upload = max_upload
         self.jobs = JobStore(folder, {
@@ -74,12 +76,14 @@ def create_app(
     bases: list[str] | None = None,
     folder: str | Path | None = None,
     max_upload: int = MAX_BODY,
+    folders: list[str | Path] | None = None,
 ) -> FastAPI:
     """The app over ``registry`` (default: ``$LORASTACK_HOME/registry``).
 
     ``token``: required on every request when given. ``default_base``: the base the pages start with; ``bases``:
     every base a request may name (default: the default base and the toy). ``folder``: jobs, uploads and runs
-    (default :func:`default_folder`). ``max_upload``: the largest request body, in bytes.
+    (default :func:`default_folder`). ``max_upload``: the largest request body, in bytes. ``folders``: the folders on
+    this machine that requests may name to train on or scan (default: none; uploads only).
     """
     from lorastack.core.config import default_base as configured_base
 
@@ -87,7 +91,13 @@ def create_app(
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     default_base = default_base or configured_base()
     offered = list(dict.fromkeys([b for b in [default_base, *(bases or []), "toy"] if b]))
-    server = Server(registry.root, Path(folder) if folder else default_folder(registry), offered, max_upload)
+    server = Server(
+        registry.root,
+        Path(folder) if folder else default_folder(registry),
+        offered,
+        max_upload,
+        allowed_roots(folders),
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -137,6 +147,8 @@ def status_of(e: LorastackError) -> int:
 
     if isinstance(e, NotFoundError):
         return 404
+    if isinstance(e, FolderNotAllowed):
+        return 403
     if isinstance(e, UploadTooLarge):
         return 413
     if isinstance(e, ConflictError):
