@@ -265,9 +265,15 @@ async function generatePage(query) {
     return el("figure", { class: "result" },
       el("img", { src: image.url, class: wide ? "wide" : "", alt: image.kind }),
       el("figcaption", { class: "muted", text: image.scale !== undefined ? `scale ${image.scale}` :
-        `seed ${image.recipe.seed ?? ""} · ${result.modules_changed} module(s) rewritten` }),
+        [`seed ${image.recipe.seed ?? ""}`, ...stackText(image.recipe),
+         `${result.modules_changed} module(s) rewritten`].join(" · ") }),
       el("details", {}, el("summary", { text: "recipe" }), el("pre", { class: "recipe", text: JSON.stringify(image.recipe, null, 1) })),
       image.recipe.prompt !== undefined ? el("button", { class: "plain reproduce", onclick: () => reproduce(image.recipe) }, "reproduce") : null);
+  }
+
+  // the weights an image was made with, as its caption says them: "toy-style 0.3"
+  function stackText(recipe) {
+    return (recipe.adapters || []).map((a) => `${a.name} ${typeof a.scale === "number" ? a.scale : JSON.stringify(a.scale)}`);
   }
 
   function reproduce(recipe) {
