@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from .base_options import base_component_options
@@ -51,17 +53,55 @@ def _check(prompts, seed, steps, size):
     return Check(prompts, seed, steps, size)
 
 
-def _report(data: dict, as_json: bool) -> None:
+#: the layers the default summary names (the largest relative errors)
+WORST_SHOWN = 5
+
+
+def _verbose_option(f):
+    text = "Print every layer's line (kohya's per-module report) before the summary."
+    return click.option("-v", "--verbose", is_flag=True, help=text)(f)
+
+
+def _layer_line(layer: dict) -> str:
+    from lorastack.core.arith import LayerReport
+
+    def number(value):
+        return float(value) if isinstance(value, str) else value  # the JSON-ready report writes inf as "inf"
+
+    fields = {k: number(layer.get(k)) for k in ("sum_retained", "fro_retained", "max_ratio", "optimal_error")}
+    report = LayerReport(layer["layer"], layer["rank"], number(layer["target_norm"]), number(layer["error"]),
+                         **fields)  # fmt: skip
+    return printable(report.line())
+
+
+def _ranks(ranks: list[int]) -> str:
+    """The distinct ranks, listed when few, else their range (a dynamic resize gives each layer its own)."""
+    if not ranks:
+        return "-"
+    if len(ranks) <= 8:
+        return ", ".join(map(str, ranks))
+    return f"{ranks[0]} to {ranks[-1]} ({len(ranks)} distinct)"
+
+
+def _worst(layers: list[dict]) -> list[dict]:
+    def key(layer):
+        value = layer.get("relative_error")
+        return float(value) if isinstance(value, str | int | float) else math.inf  # "inf" in JSON-ready reports
+
+    return sorted(layers, key=key, reverse=True)[:WORST_SHOWN]
+
+
+def _report(data: dict, as_json: bool, verbose: bool = False) -> None:
+    """``--json``: the whole report. Else a summary (the retention, the errors, the ranks, the worst layers);
+    ``verbose`` prints every layer's line first, as kohya's scripts do."""
     if as_json:
         echo_json(data)
         return
-    from lorastack.core.arith import LayerReport
-
-    if "layers" in data and isinstance(data["layers"], list):
-        for layer in data["layers"]:
-            fields = {k: layer.get(k) for k in ("sum_retained", "fro_retained", "max_ratio", "optimal_error")}
-            report = LayerReport(layer["layer"], layer["rank"], layer["target_norm"], layer["error"], **fields)
-            click.echo(printable(report.line()))
+    layers = data.get("layers") if isinstance(data.get("layers"), list) else None
+    if layers is not None:
+        if verbose:
+            for layer in layers:
+                click.echo(_layer_line(layer))
         s = data["summary"]
         if "average_fro_retained" in s:
             click.echo(
@@ -69,9 +109,15 @@ def _report(data: dict, as_json: bool) -> None:
                 f"std: {s['fro_retained_std']:0.3f}"
             )
         click.echo(
-            f"{data['method']}: {s['layers']} layers, ranks {', '.join(map(str, s['ranks'])) or '-'}, "
-            f"relative error {s['relative_error']:.3e} (worst layer {s['max_layer_relative_error']:.3e})"
+            f"{data['method']}: {s['layers']} layers, ranks {_ranks(s['ranks'])}"
+            + (f" ({s['full_layers']} full differences)" if s.get("full_layers") else "")
+            + f", relative error {s['relative_error']:.3e} (worst layer {s['max_layer_relative_error']:.3e})"
         )
+        if not verbose and layers:
+            shown = _worst(layers)
+            click.echo(f"worst {len(shown)} of {len(layers)} layers by relative error (-v: every layer):")
+            for layer in shown:
+                click.echo("  " + _layer_line(layer))
     for what, left in ((data.get("summary") or {}).get("left_out") or {}).items():
         count = left.get("tensors", left.get("layers"))
         click.echo(
@@ -106,15 +152,16 @@ def _report(data: dict, as_json: bool) -> None:
 @force_option()
 @_name_option
 @_check_options
+@_verbose_option
 @json_option("the error report")
 def merge_cmd(inputs, output, method, rank, density, seed, base, fmt, force, name, check_prompts, check_seed,
-              check_steps, check_size, as_json, base_components, config_dir):  # fmt: skip
+              check_steps, check_size, verbose, as_json, base_components, config_dir):  # fmt: skip
     """Merge adapters A, B, ... (each FILE or registry reference, :W its weight, block weights as in --lora)."""
     from lorastack.core.arith_runs import Output, run_merge
 
     out = Output(output, fmt, force, name, base, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
-    _report(run_merge(list(inputs), out, method, rank, density, seed, check), as_json)
+    _report(run_merge(list(inputs), out, method, rank, density, seed, check), as_json, verbose)
 
 
 @click.command("resize")
@@ -128,15 +175,16 @@ def merge_cmd(inputs, output, method, rank, density, seed, base, fmt, force, nam
 @force_option()
 @_name_option
 @_check_options
+@_verbose_option
 @json_option("the error report")
 def resize_cmd(adapter, output, rank, dynamic, target, base, fmt, force, name, check_prompts, check_seed,
-               check_steps, check_size, as_json, base_components, config_dir):  # fmt: skip
+               check_steps, check_size, verbose, as_json, base_components, config_dir):  # fmt: skip
     """Re-factor ADAPTER to a lower rank (--rank R, or --dynamic with --target), reporting what each layer kept."""
     from lorastack.core.arith_runs import Output, run_resize
 
     out = Output(output, fmt, force, name, base, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
-    _report(run_resize(adapter, out, rank, dynamic, target, check), as_json)
+    _report(run_resize(adapter, out, rank, dynamic, target, check), as_json, verbose)
 
 
 @click.command("extract")
@@ -153,9 +201,11 @@ def resize_cmd(adapter, output, rank, dynamic, target, base, fmt, force, name, c
 @force_option()
 @_name_option
 @_check_options
+@_verbose_option
 @json_option("the error report")
 def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_quantile, min_diff, fmt, force, name,
-                check_prompts, check_seed, check_steps, check_size, as_json, base_components, config_dir):  # fmt: skip
+                check_prompts, check_seed, check_steps, check_size, verbose, as_json, base_components,
+                config_dir):  # fmt: skip
     """Extract a LoRA from a fine-tuned model (--tuned) and its --base, with the relative error per layer."""
     from lorastack.core.arith_runs import Output, run_extract
 
@@ -163,7 +213,7 @@ def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_qu
     check = _check(check_prompts, check_seed, check_steps, check_size)
     result = run_extract(base, tuned, out, rank=rank, dynamic=dynamic, target=target, components=components,
                          clamp_quantile=clamp_quantile, min_diff=min_diff, check=check)  # fmt: skip
-    _report(result, as_json)
+    _report(result, as_json, verbose)
 
 
 @click.command("bake")
@@ -181,9 +231,10 @@ def extract_cmd(base, tuned, output, rank, dynamic, target, components, clamp_qu
 @force_option()
 @_name_option
 @_check_options
+@_verbose_option
 @json_option("the result")
 def bake_cmd(base, loras, blocks, output, as_lora, rank, fmt, force, name, check_prompts, check_seed, check_steps,
-             check_size, as_json, base_components, config_dir):  # fmt: skip
+             check_size, verbose, as_json, base_components, config_dir):  # fmt: skip
     """Merge the --lora stack into BASE and write the model (or, --as-lora, one adapter equal to the stack)."""
     from lorastack.core.arith_runs import Output, run_bake
 
@@ -193,7 +244,7 @@ def bake_cmd(base, loras, blocks, output, as_lora, rank, fmt, force, name, check
     out = Output(output, fmt, force, name, base, base_components, config_dir)
     check = _check(check_prompts, check_seed, check_steps, check_size)
     result = run_bake(base, list(loras), out, blocks=blocks, as_lora=as_lora, rank=rank, check=check)
-    _report(result, as_json)
+    _report(result, as_json, verbose)
 
 
 def register(group: click.Group) -> None:
