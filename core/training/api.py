@@ -162,6 +162,8 @@ def train(
 
         pipe = load_base(base, **dict(base_components or {}))
     _check_objective(pipe, resolved, given, settings.family)
+    if resolved.quantize_base != "none":
+        quantize_base(pipe, base, resolved)
     header = {
         "modelspec.title": name or trainer,
         "ss_output_name": name or trainer,
@@ -238,6 +240,26 @@ def _register(result, run, context, name, tag, hub_base, base_id, data) -> str:
         },
     )
     return imported.version.ref
+
+
+def quantize_base(pipe, base, options) -> None:
+    """QLoRA: the pipeline's denoiser replaced by the same weights loaded quantized (``--quantize-base``), in the
+    run's compute dtype; LoRA layers then train beside the frozen quantized weights (peft's bnb/torchao layers)."""
+    from lorastack.core.base import base_info
+    from lorastack.core.quantized import quantize_pipeline
+
+    from .lora import denoiser_name
+
+    info = base_info(pipe)
+    folder = Path(info.location if info is not None and info.kind == "folder" else str(base))
+    if not (folder / denoiser_name(pipe) / "config.json").is_file():
+        raise TrainingError(f"--quantize-base {options.quantize_base} needs a diffusers-folder base; {str(base)!r} "
+                            "is not one (convert a single file with lorastack's base tools first)")  # fmt: skip
+    import torch
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options.mixed_precision, torch.float32)
+    getattr(pipe, denoiser_name(pipe)).to(dtype=dtype)  # quantize_pipeline loads in the current dtype
+    quantize_pipeline(pipe, folder, options.quantize_base)
 
 
 def _check_objective(pipe, options, given, guessed: str) -> None:

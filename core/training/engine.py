@@ -303,7 +303,8 @@ class Engine:
         for component in MODEL_COMPONENTS:
             module = getattr(self.pipe, component, None)
             dtype = torch.float32 if component == "vae" else weight_dtype  # the SD VAEs overflow in fp16
-            if module is not None and module.dtype != dtype:
+            quantized = getattr(module, "is_quantized", False) or getattr(module, "_diffusers_hook", None)
+            if module is not None and module.dtype != dtype and not quantized:  # a quantized base keeps its storage
                 module.to(dtype=dtype)
         if options.cache_latents:
             if not options.center_crop:

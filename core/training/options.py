@@ -32,6 +32,9 @@ TARGETS = {
     ),
 }  # fmt: skip
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+#: --quantize-base: none, or a quantization of lorastack.core.quantized that trains (fp8-storage casts the weights
+#: back to fp8 after each layer's forward, under the backward pass that still needs them)
+QUANTIZE_CHOICES = ("none", "torchao-int8", "torchao-fp8", "bnb-nf4", "bnb-int8")
 #: flow-matching timestep samplers and loss weightings (see ``flow``); ``auto`` is the family's published default
 FLOW_SAMPLERS = ("uniform", "sigmoid", "shift", "flux_shift")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
@@ -75,6 +78,10 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            choices=("no", "fp16", "bf16")),
     Option("gradient_checkpointing", "bool", False, "Trade compute for memory."),
     Option("optimizer", "choice", "adamw", "adamw or adamw8bit (needs bitsandbytes).", choices=("adamw", "adamw8bit")),
+    # QLoRA: the frozen denoiser quantized (lorastack.core.quantized), the LoRA weights in fp32 beside it
+    Option("quantize_base", "choice", "none", "Train on the denoiser loaded quantized from a diffusers-folder base "
+           "(QLoRA): torchao-int8 (runs on the CPU too), torchao-fp8, bnb-nf4, bnb-int8 (these three on a GPU).",
+           choices=QUANTIZE_CHOICES),
     # decoupled decay shrinks weights by lr x decay per step: 0.01–0.1 is usual, over 1 is never meant
     Option("weight_decay", "float", 1e-2, "AdamW weight decay.", minimum=0, maximum=1),
     Option("lr_scheduler", "choice", "constant", "Learning-rate schedule.",
