@@ -57,3 +57,17 @@ def lycoris_layers(weights, kind="loha", seed=0, std=0.3):
 def save(layers, path: Path, fmt="kohya", family="sd1") -> Path:
     write_adapter(Adapter(layers), path, format=fmt, family=family)
     return path
+
+
+def kohya_rank(S, method, target, cap):
+    """kohya-ss/sd-scripts networks/resize_lora.py rank_resize, written out from its definitions."""
+    if method == "sv_ratio":
+        index = int(torch.sum(S[0] / target < S).item()) - 1
+    elif method == "sv_cumulative":
+        index = int(torch.searchsorted(torch.cumsum(S, 0) / float(S.sum()), target))
+    else:
+        index = int(torch.searchsorted(torch.cumsum(S**2, 0) / float((S**2).sum()), target**2))
+    new_rank = max(0, min(index, len(S) - 1)) + 1
+    if S[0] <= 1e-6:
+        return 1
+    return min(new_rank, cap)

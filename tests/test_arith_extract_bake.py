@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from arith_helpers import lora_layers, save, targets
+from arith_helpers import kohya_rank, lora_layers, save, targets
 from click.testing import CliRunner
 
 from lorastack.adapters import read_adapter
@@ -59,6 +59,38 @@ def test_extract_recovers_a_known_rank_r_change(tmp_path, tiny_sd1_dir):
     share = clamped["layers"][0]["clamped_share"]
     assert 0.1 < share < 0.3  # signed quantile: about 2 × (1 − Q) of the values
     assert clamped["layers"][0]["relative_error"] > 1e-3  # the clamp's cost is in the measured error
+
+
+#: constructed spectra of the known changes; sv_fro 0.9 keeps 3, 2, 1 and 5 of them (Σσ² kept ≥ 0.81)
+KNOWN_SPECTRA = [[2.0, 2.0, 2.0, 0.5], [3.0, 3.0, 0.2, 0.1], [5.0, 0.5, 0.25], [1.0, 1.0, 1.0, 1.0, 1.0]]
+
+
+def test_extract_dynamic_sv_fro_picks_kohya_s_ranks(tiny_sd1_dir):
+    from lorastack.core.extract import extract
+
+    base, tuned = load_pipeline(tiny_sd1_dir), load_pipeline(tiny_sd1_dir)
+    weights = targets(tuned, components=("unet",), conv=False)
+    names = [n for n, w in weights.items() if min(w.shape) >= 8][: len(KNOWN_SPECTRA)]
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, spectrum in zip(names, KNOWN_SPECTRA):
+            S, w = torch.tensor(spectrum), weights[name]
+            q1, _ = torch.linalg.qr(torch.randn(w.shape[0], len(S), generator=g))
+            q2, _ = torch.linalg.qr(torch.randn(w.shape[1], len(S), generator=g))
+            w.add_((q1 * S) @ q2.T)
+    result = extract(base, tuned, dynamic="sv_fro", target=0.9, components="unet")
+    reports = {r.name: r for r in result.reports}
+    assert set(reports) == set(names)
+    for name, spectrum in zip(names, KNOWN_SPECTRA):
+        S = torch.tensor(spectrum)
+        w = weights[name]
+        expected = kohya_rank(S, "sv_fro", 0.9, min(w.shape))
+        assert reports[name].rank == result.layers[name].rank == expected, (name, spectrum)
+        assert reports[name].fro_retained >= 0.9 - 1e-6
+        assert reports[name].error == pytest.approx(float(S[expected:].norm()), abs=1e-4)  # √Σ discarded σ²
+    assert [reports[n].rank for n in names] == [3, 2, 1, 5]
+    capped = extract(base, tuned, rank=2, dynamic="sv_fro", target=0.9, components="unet")
+    assert [r.rank for r in capped.reports] == [2, 2, 1, 2]  # --rank caps the criterion
 
 
 def _image(pipe, stack=None, scales=None, seed=3):

@@ -85,6 +85,45 @@ def test_ties_and_dare_use_peft(two):
     assert torch.equal(one.layers[name].up, again.layers[name].up)
 
 
+def _first_layer_tasks(sources, result):
+    name = result.reports[0].name
+    shape = (result.layers[name].out_features, -1)
+    return name, [s.adapter.layers[name].delta().reshape(shape) for s in sources]
+
+
+def test_magnitude_prune_is_peft_s(two):
+    from peft.utils.merge_utils import magnitude_prune
+
+    a, b, _ = two
+    sources = load_sources([f"{a}:0.6", f"{b}:1.2"])
+    result = merge(sources, "magnitude_prune", rank=64, density=0.3)
+    name, tasks = _first_layer_tasks(sources, result)
+    expected = magnitude_prune(tasks, torch.tensor([0.6, 1.2]), 0.3)
+    got = result.layers[name].delta().reshape(expected.shape)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    plain_sum = 0.6 * tasks[0] + 1.2 * tasks[1]
+    assert float((got - plain_sum).norm()) > 0.1 * float(plain_sum.norm())  # pruning 70 % changes the sum
+
+
+def test_dare_ties_is_peft_s_with_the_seeded_masks(two):
+    from peft.utils.merge_utils import dare_ties
+
+    a, b, _ = two
+    sources = load_sources([str(a), f"{b}:0.5"])
+    result = merge(sources, "dare_ties", rank=64, density=0.5, seed=11)
+    name, tasks = _first_layer_tasks(sources, result)
+    # the first layer's masks: peft's global generator seeded from the --seed's generator's first draw
+    first = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(11)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(first)
+        expected = dare_ties(tasks, torch.tensor([1.0, 0.5]), 0.5)
+    got = result.layers[name].delta().reshape(expected.shape)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    other = merge(sources, "dare_ties", rank=64, density=0.5, seed=12)
+    assert not torch.allclose(other.layers[name].delta().reshape(expected.shape), expected, atol=1e-3)
+    assert result.settings["seed"] == 11 and result.reports[0].kind == "lora (dare_ties)"
+
+
 def test_lycoris_and_dora_merge_through_full_delta(tmp_path, tiny_sd1_pipe, tiny_sd1_dir):
     weights = targets(tiny_sd1_pipe, conv=False, limit=12)
     loha = save(lycoris_layers(weights, "loha", seed=4), tmp_path / "loha.safetensors")

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from arith_helpers import lora_layers, lycoris_layers, save, targets
+from arith_helpers import kohya_rank, lora_layers, lycoris_layers, save, targets
 
 from lorastack.adapters import read_adapter
 from lorastack.core.arith import ArithmeticInputError, choose_rank, svd_factored
 from lorastack.core.arith_runs import Output, run_resize
-
-
-def kohya_rank(S, method, target, cap):
-    """kohya-ss/sd-scripts networks/resize_lora.py rank_resize, written out from its definitions."""
-    if method == "sv_ratio":
-        index = int(torch.sum(S[0] / target < S).item()) - 1
-    elif method == "sv_cumulative":
-        index = int(torch.searchsorted(torch.cumsum(S, 0) / float(S.sum()), target))
-    else:
-        index = int(torch.searchsorted(torch.cumsum(S**2, 0) / float((S**2).sum()), target**2))
-    new_rank = max(0, min(index, len(S) - 1)) + 1
-    if S[0] <= 1e-6:
-        return 1
-    return min(new_rank, cap)
-
 
 SPECTRA = [
     torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625]),
