@@ -38,8 +38,9 @@ from .bypass import Bypass
 from .embeddings import add_embeddings, remove_embeddings
 from .errors import IncompatibleAdapterError, ScaleError, UnknownAdapterError
 from .modules import ModuleIndex, block_counts, denoiser, pipeline_family
-from .quantized import bypass_reason, compute_dtype, dequantized_weight, execution_device, weight_shape
+from .quantized import weight_shape
 from .scales import asked_blocks, compile_scale
+from .stack_modes import APPLY_MODES, ApplyModes, Contribution
 from .stack_records import LoadedAdapter, LoadReport, _moved
 
 logger = logging.getLogger(__name__)
@@ -49,13 +50,9 @@ logger = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+:-]{0,199}$")
 NAME_RULE = "use letters, digits and . _ - / @ + :, starting with a letter or digit, at most 200 characters"
 
-Contribution = tuple[tuple[str, float], ...]
-
-#: How adapters are applied: patched into the weights, added in the forward pass, or chosen per layer.
-APPLY_MODES = ("auto", "merge", "bypass")
 
 
-class AdapterStack:
+class AdapterStack(ApplyModes):
     """Load named adapters once; make any combination of them active at any scales; restore the base exactly.
 
     >>> stack = AdapterStack(pipe)
@@ -296,47 +293,6 @@ class AdapterStack:
                 f"adapter '{name}': scale for {', '.join(missing)} changes nothing (the adapter touches {have} blocks "
                 f"only: {block_summary(touched)})"
             )
-
-    # --- apply modes -----------------------------------------------------------------------------------------
-    def module_mode(self, module_name: str) -> tuple[str, str]:
-        """``("merge" | "bypass", why)`` for a module of the base, decided once from the stack's mode and the layer."""
-        if module_name not in self._modes:
-            module = self.index.get(module_name).module
-            reason = bypass_reason(module)
-            if self.mode == "bypass":
-                self._modes[module_name] = ("bypass", "bypass mode" + (f", {reason}" if reason else ""))
-            elif reason is None:
-                self._modes[module_name] = ("merge", "merge mode" if self.mode == "merge" else "a plain weight")
-            elif self.mode == "merge":
-                raise IncompatibleAdapterError(
-                    f"{module_name} is {reason}: merge mode cannot patch its weight exactly; use bypass or auto"
-                )
-            else:
-                self._modes[module_name] = ("bypass", reason)
-        return self._modes[module_name]
-
-    def apply_report(self) -> dict[str, Any]:
-        """How the loaded adapters' modules take them: ``{"mode", "merge": n, "bypass": n, "layers": {module:
-        {"mode", "why"}}}``."""
-        names = sorted({m for a in self._adapters.values() for m in a.layers})
-        layers = {m: dict(zip(("mode", "why"), self.module_mode(m), strict=True)) for m in names}
-        counts = {k: sum(1 for v in layers.values() if v["mode"] == k) for k in ("merge", "bypass")}
-        return {"mode": self.mode, **counts, "layers": layers}
-
-    def _write_bypass(self, module_name: str, contributions: Contribution) -> None:
-        module = self.index.get(module_name).module
-        shape = weight_shape(module)
-
-        def dense(layer: Layer) -> torch.Tensor:
-            if layer.is_dora:
-                return layer.delta(dequantized_weight(module).to(_layer_device(layer)))
-            if isinstance(layer, RowSliceLayer):
-                return self._slice_delta(layer, shape)
-            return layer.delta(shape=shape)
-
-        terms = [(s, self._adapters[name].layers[module_name]) for name, s in contributions]
-        device = execution_device(module, self._device())
-        self.bypass.write(module_name, module, shape, device, compute_dtype(module), terms, dense)
 
     # --- weight patching -------------------------------------------------------------------------------------
     def _apply(self, desired: dict[str, Contribution]) -> None:
