@@ -4,10 +4,15 @@ Before the first step the base is scored (step 0: a LoRA starts at zero, so the 
 what the base draws), then the adapter every N steps and at the end, on the same prompts and seeds. The scores go
 into the run folder (``run.json``: ``evaluation``), the best checkpoint by the metric is marked there (as the
 validation loss marks its own), and the registered version and its Hub model card get the final adapter's scores.
+
+Under ``accelerate launch`` the main process alone draws and scores (it alone writes the run folder); the others
+wait for it at the barrier the engine's checkpoints use. A resumed run keeps the step-0 scores of its ``run.json``
+and reads the base's images back from ``evaluation/`` (leakage compares with them) instead of drawing them again.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +31,7 @@ from .evaluation_run import EvalPlan, draw, resolve_evaluators
 
 MAX_EVAL_PROMPTS = 16
 EVAL_OPTION_NAMES = ("eval_every", "eval_metric", "evaluators", "eval_prompts", "eval_seeds")
+BASE_FOLDER = "evaluation"  # RUN/evaluation/base-NNN.png: the base's images, prompt by prompt, seed by seed
 LABEL = "checkpoint"  # the adapter's name in a run's rows (the registered version's ref replaces it when stored)
 
 
@@ -78,6 +84,7 @@ class RunEvaluation:
     instance: list[Any]
     base_images: dict[tuple[str, int], Any] = field(default_factory=dict)
     history: dict[int, list[ScoreRow]] = field(default_factory=dict)
+    process: Any = None  # accelerate's PartialState of the run: only its main process draws, scores and writes
 
     @property
     def state(self) -> dict[str, Any]:
@@ -117,6 +124,8 @@ class RunEvaluation:
         adapter, weight = (None, 0.0) if step == 0 else (LABEL, 1.0)
         images = [EvalImage(img, p, s, weight, adapter, self._subject(p), self.base_images.get((p, s)))
                   for p, s, img in drawn]  # fmt: skip
+        if step == 0:
+            self._keep_base(drawn)
         rows = score_images(
             self.settings["evaluators"], images, self.instance, device=str(self.context.options.device)
         )
@@ -128,41 +137,81 @@ class RunEvaluation:
         best = best_step(self.history, self.settings["metric"])
         state["best"] = None if best is None else checkpoint_name(best)
         state["best_step"] = best
-        if _main_process():
-            self.context.run._write()
+        state["best_value"] = self._value(best)
+        self.context.run._write()
         return rows
+
+    @property
+    def main(self) -> bool:
+        return self.process is None or self.process.is_main_process
+
+    def _on_main(self, step: int) -> None:
+        """Score ``step`` on the main process; every process leaves together (the others wait at the barrier)."""
+        if self.main:
+            self.score(step)
+        if self.process is not None and self.process.num_processes > 1:
+            self.process.wait_for_everyone()
 
     def on_step(self, done: int) -> None:
         if done % self.settings["every"] == 0 or done == self.context.options.steps:
-            self.score(done)
+            self._on_main(done)
+
+    def _keep_base(self, drawn: list[tuple[str, int, Any]]) -> None:
+        """The base's images as PNGs in ``RUN/evaluation/`` (written before ``run.json`` lists step 0), so a resumed
+        run compares with the very same images."""
+        from lorastack.adapters.outputs import atomic_write_bytes
+
+        folder = self.context.run.path / BASE_FOLDER
+        folder.mkdir(exist_ok=True)
+        for k, (_, _, image) in enumerate(drawn):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")  # lossless: the toy's and the pipelines' images are 8-bit RGB
+            atomic_write_bytes(folder / f"base-{k:03d}.png", buffer.getvalue())
+
+    def _read_base(self) -> bool:
+        """The base's images of an earlier part of this run, if they are all there."""
+        from PIL import Image
+
+        folder = self.context.run.path / BASE_FOLDER
+        keys = [(p, s) for p in self.plan.prompts for s in self.plan.seeds]
+        files = [folder / f"base-{k:03d}.png" for k in range(len(keys))]
+        if not all(f.is_file() for f in files):
+            return False
+        try:
+            images = [Image.open(f).convert("RGB") for f in files]
+        except OSError:  # a damaged file: draw them again
+            return False
+        self.base_images = dict(zip(keys, images))
+        return True
 
     def final_rows(self) -> list[ScoreRow]:
         return self.history.get(max(self.history), []) if self.history else []
 
+    def _value(self, best: int | None) -> float | None:
+        if best is None:
+            return None
+        rows = [r for r in find_metric(self.history[best], self.settings["metric"])
+                if r.adapter == (None if best == 0 else LABEL)]  # fmt: skip
+        return rows[0].mean if rows else None
+
     def summary(self) -> dict[str, Any]:
-        best = self.state.get("best_step")
-        value = None
-        if best is not None:
-            rows = [r for r in find_metric(self.history[best], self.settings["metric"]) if r.adapter == (
-                None if best == 0 else LABEL)]  # fmt: skip
-            value = rows[0].mean if rows else None
-        return {"metric": self.settings["metric"], "best": self.state.get("best"), "best_step": best,
-                "best_value": value}  # fmt: skip
+        # the main process scored; the others read its run.json (written before they left the last barrier)
+        found = self.state if self.main else self.context.run.reload().get("evaluation", {})
+        return {"metric": self.settings["metric"], "best": found.get("best"), "best_step": found.get("best_step"),
+                "best_value": found.get("best_value")}  # fmt: skip
 
     def record(self, registry, ref: str) -> None:
         """The final adapter's scores (and the base's at weight 0) stored with the registered version ``ref``."""
         from lorastack.registry.scores import record_scores
 
+        if not self.main:  # one process records (the others have no scores)
+            return
         rows = [ScoreRow(ref if r.adapter else None, r.weight, r.evaluator, r.metric, r.higher_is_better, r.mean,
                          r.std, r.n) for r in self.final_rows()]  # fmt: skip
         protocol = {"run": str(self.context.run.path), "prompts": self.plan.prompts, "seeds": self.plan.seeds,
                     "steps": self.plan.steps, "evaluators": [e.name for e, _ in self.settings["evaluators"]],
                     **self.summary()}  # fmt: skip
         record_scores(registry, ref, rows, recommend(rows).get(ref), protocol, source="training")
-
-
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def _fill(text: str, fill: dict[str, str]) -> str:
@@ -210,10 +259,28 @@ def start(context) -> RunEvaluation | None:
     options = context.options
     plan = EvalPlan(prompts, list(range(options.seed, options.seed + settings["seeds"])), [0.0, 1.0],
                     options.sample_steps, None, options.resolution)  # fmt: skip
-    evaluation = RunEvaluation(context, settings, plan, words, [i.image for i in context.dataset.items])
-    for step, rows in evaluation.state.get("steps", {}).items():
-        evaluation.history[int(step)] = [ScoreRow(**row) for row in rows]
-    evaluation.state["prompts"] = prompts
-    # the base's images are drawn on a resumed run too (leakage compares with them); its scores come out the same
-    evaluation.score(0)
+    evaluation = RunEvaluation(context, settings, plan, words, [i.image for i in context.dataset.items],
+                               process=_process_state())  # fmt: skip
+    drawn_with = {"prompts": prompts, "seeds": plan.seeds, "evaluators": [e.name for e, _ in settings["evaluators"]],
+                  "sample_steps": plan.steps, "resolution": plan.size, "metric": settings["metric"]}  # fmt: skip
+    state = evaluation.state
+    if state.get("plan") == drawn_with:  # a resumed run with the same evaluation: its scores stand
+        for step, rows in state.get("steps", {}).items():
+            evaluation.history[int(step)] = [ScoreRow(**row) for row in rows]
+    elif evaluation.main:
+        state.update({"metric": settings["metric"], "steps": {}, "best": None, "best_step": None})
+    state["plan"], state["prompts"] = drawn_with, prompts
+    if 0 in evaluation.history and (not evaluation.main or evaluation._read_base()):
+        return evaluation  # step 0 scored before, the base's images read back: nothing to draw
+    evaluation._on_main(0)
     return evaluation
+
+
+def _process_state():
+    """accelerate's process state, which a run under ``accelerate launch``/``torchrun`` (they set ``WORLD_SIZE``)
+    has joined before evaluation starts (``training.processes.process_state``); ``None`` for one process."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
