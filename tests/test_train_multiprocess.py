@@ -150,3 +150,76 @@ def test_two_processes_train_one_model_equal_to_one_process_with_twice_the_batch
                   progress=False)  # fmt: skip
     assert other.losses != pytest.approx(first["losses"], rel=1e-3)
     _assert_same_model(one.adapter_path, adapter, other.adapter_path)
+
+
+@pytest.mark.slow
+def test_sdxl_pivotal_and_memory_options_train_one_model_on_two_processes(tiny_sdxl_dir, tiny_sd1_dir, tmp_path):
+    """New token rows and both text encoders' LoRA synchronise too (pivotal tuning on SDXL, equal to one process
+    with twice the batch), and gradient checkpointing, bf16, 8-bit AdamW and an int8 base keep working under DDP."""
+    data = _images(tmp_path / "data", 4)
+    home = tmp_path / "home"
+    pivotal = {**BASE_OPTIONS, "steps": 3, "text_encoder_lr": 1e-3, "token": "aawxbc", "class_name": "square",
+               "ti_steps": 1, "lr_scheduler": "cosine", "warmup_steps": 1}  # fmt: skip
+    memory = {**BASE_OPTIONS, "resolution": 32, "steps": 2, "gradient_checkpointing": True, "mixed_precision": "bf16",
+              "gradient_accumulation": 2, "text_encoder_lr": 1e-4}  # fmt: skip
+    try:
+        import bitsandbytes  # noqa: F401
+
+        memory["optimizer"] = "adamw8bit"
+    except ImportError:
+        pass
+    jobs = [
+        {"trainer": "pivotal", "base": str(tiny_sdxl_dir), "data": str(data), "output": str(tmp_path / "piv-2"),
+         "options": {**pivotal, "batch_size": 1}},
+        {"trainer": "lora", "base": str(tiny_sd1_dir), "data": str(data), "output": str(tmp_path / "mem-2"),
+         "options": {**memory, "batch_size": 1}, "name": "mem"},
+        {"trainer": "lora", "base": str(tiny_sdxl_dir), "data": str(data), "output": str(tmp_path / "int8-2"),
+         "options": {**BASE_OPTIONS, "resolution": 32, "steps": 2, "quantize_base": "torchao-int8"}},
+    ]  # fmt: skip
+    ranks = _launch(jobs, tmp_path, home, timeout=600)
+    for first, second in zip(*(r["jobs"] for r in ranks)):
+        assert first["digest"] == second["digest"] and first["losses"] == second["losses"]
+    # the registry got one version, from the main process, and both processes report it
+    assert ranks[0]["jobs"][1]["registered"] == ranks[1]["jobs"][1]["registered"] == "mem@1"
+    piv = load_file(tmp_path / "piv-2" / "adapter.safetensors")
+    assert {"text_encoder", "text_encoder_2"} <= {k.split(".")[0] for k in piv}
+
+    os.environ["LORASTACK_HOME"] = str(home)
+    one = train("pivotal", tiny_sdxl_dir, data, output=tmp_path / "piv-1", options={**pivotal, "batch_size": 2},
+                progress=False)  # fmt: skip
+    other = train("pivotal", tiny_sdxl_dir, data, output=tmp_path / "piv-b1", options={**pivotal, "batch_size": 1},
+                  progress=False)  # fmt: skip
+    assert one.losses == pytest.approx(ranks[0]["jobs"][0]["losses"], rel=1e-4)
+    _assert_same_model(one.adapter_path, tmp_path / "piv-2" / "adapter.safetensors", other.adapter_path)
+    embeddings = {k: v for k, v in piv.items() if "aawxbc" in k or k.startswith(("clip_l", "clip_g"))}
+    reference = load_file(one.adapter_path)
+    assert embeddings and all(torch.allclose(v, reference[k], atol=1e-4) for k, v in embeddings.items())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_cli_and_a_second_process_fails_with_the_first(tiny_sd1_dir, tmp_path):
+    """The user's command: ``accelerate launch --multi_gpu --num_processes 2 $(which lorastack) train …`` (gloo on a
+    machine without a GPU); a refused folder stops both processes with the main process's one-line error."""
+    data = _images(tmp_path / "data", 2)
+    lorastack = shutil.which("lorastack") or str(Path(sys.executable).with_name("lorastack"))
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
+    train_args = ["train", "lora", "--base", str(tiny_sd1_dir), "--data", str(data), "--steps", "2",
+                  "--resolution", "32", "--text-encoder-lr", "1e-4", "--quiet", "--json"]  # fmt: skip
+    env = _env(tmp_path / "home")
+    done = subprocess.run([*launch, lorastack, *train_args, "-o", str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["identity"]["processes"] == 2
+    assert (tmp_path / "run" / "adapter.safetensors").is_file()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "other.txt").write_text("not a run")
+    refused = subprocess.run([*launch, lorastack, *train_args, "-o", str(tmp_path / "full")], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode != 0
+    assert refused.stderr.count("is not empty and holds no run") == 2  # each process says it, once
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 2 and sum(e.endswith("(reported by the main process)") for e in errors) == 1
+    # the launcher prints its own traceback of the failed child; lorastack's processes print none
+    assert "training/api.py" not in refused.stderr and "training/run.py" not in refused.stderr

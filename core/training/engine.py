@@ -26,6 +26,7 @@ from .conditioning import encode_captions
 from .denoisers import image_seq_len, predict
 from .lora import MODEL_COMPONENTS, add_lora, denoiser_name, export_adapter, remove_lora, trainable_parameters
 from .options import TrainingError
+from .pictures import checkpoint_samples
 from .processes import TrainedModules, check_agreement, local_positions, params_digest
 from .progress import Progress, smoothed_ends
 from .run import RunFolder
@@ -136,7 +137,12 @@ class Engine:
             trackers = "tensorboard"
         except ImportError:
             pass
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs
+
+        # one process may train several runs (serve's worker, a script), each with its own mixed precision, and
+        # accelerate refuses a second Accelerator that differs from its global state: reset it (not the processes')
+        AcceleratorState._reset_state()
 
         # pivotal tuning trains the embeddings alone first: DDP must not wait for the LoRA's gradients then
         ddp = DistributedDataParallelKwargs(find_unused_parameters=self.extras is not None)
@@ -339,7 +345,17 @@ class Engine:
         self.model = getattr(self.pipe, self.denoiser)
         holders = {c: m for c in MODEL_COMPONENTS if (m := getattr(self.pipe, c, None)) is not None
                    and any(p.requires_grad for p in m.parameters())}  # fmt: skip
-        self.step_model, optimizer = self.accelerator.prepare(TrainedModules(holders, self._micro_loss), optimizer)
+        trainable = TrainedModules(holders, self._micro_loss)
+        if self.accelerator.num_processes > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # the frozen base is the same on every process (the same files): DDP need not broadcast gigabytes of it
+            # at the start, and cannot broadcast quantized tensor subclasses at all; only the trained ones sync
+            frozen = [n for n, p in trainable.named_parameters() if not p.requires_grad]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                trainable, frozen + [n for n, _ in trainable.named_buffers()]
+            )
+        self.step_model, optimizer = self.accelerator.prepare(trainable, optimizer)
         start, losses = self.run.restore(params, optimizer, lr_scheduler)
         if self.accelerator.trackers:
             self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.as_dict().items()})
@@ -421,37 +437,8 @@ class Engine:
             self.extras.export(adapter)
         validation = self.validation_loss()
         if self.accelerator.is_main_process:
-            samples = self._samples(done)  # the pipeline's own modules, unwrapped: no process need join in
+            samples = checkpoint_samples(self, done)  # the pipeline's own modules, unwrapped: no process need join in
             self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)
         self.accelerator.wait_for_everyone()
         if self.accelerator.trackers and validation is not None:
             self.accelerator.log({"validation_loss": validation}, step=done)
-
-    @torch.no_grad()
-    def _samples(self, done: int) -> bytes | None:
-        """The validation prompts sampled at this checkpoint: a labelled grid (PNG bytes, with its recipe)."""
-        prompts = [p.strip() for p in self.options.validation_prompts.split("|") if p.strip()]
-        every = self.options.validate_every
-        if not prompts or (every and done % every and done != self.options.steps):
-            return None
-        from ..base_settings import pipe_settings
-        from ..grids import labelled_grid
-        from .conditioning import pipeline_kwargs
-        from .pictures import sample_png
-
-        size, guidance = self.options.resolution, pipe_settings(self.pipe).guidance
-        extra = pipeline_kwargs(self.pipe, self.options.max_sequence_length)  # the T5 length of Flux and SD3
-        seeds = [self.options.seed + i for i in range(len(prompts))]
-        images = []
-        for prompt, seed in zip(prompts, seeds):
-            g = torch.Generator().manual_seed(seed)
-            images.append(self.pipe(prompt, num_inference_steps=self.options.sample_steps, generator=g,
-                                    height=size, width=size, guidance_scale=guidance, **extra).images[0])  # fmt: skip
-        grid = labelled_grid([images], prompts, [f"step {done}"])
-        recipe = {
-            "trainer": self.run.identity.get("trainer"), "base": self.run.identity.get("base"),
-            "run": str(self.run.path), "step": done, "adapter": f"checkpoints/step-{done:06d}/adapter.safetensors",
-            "prompts": prompts, "seeds": seeds, "sample_steps": self.options.sample_steps, "guidance": guidance,
-            "width": size, "height": size, "scheduler": type(self.pipe.scheduler).__name__,
-        }  # fmt: skip
-        return sample_png(grid, recipe)

@@ -66,3 +66,35 @@ def sample_png(grid, recipe: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def checkpoint_samples(engine, done: int) -> bytes | None:
+    """The validation prompts sampled at this checkpoint: a labelled grid (PNG bytes, with its recipe)."""
+    prompts = [p.strip() for p in engine.options.validation_prompts.split("|") if p.strip()]
+    every = engine.options.validate_every
+    if not prompts or (every and done % every and done != engine.options.steps):
+        return None
+    import torch
+
+    from ..base_settings import pipe_settings
+    from ..grids import labelled_grid
+    from .conditioning import pipeline_kwargs
+
+    size, guidance = engine.options.resolution, pipe_settings(engine.pipe).guidance
+    extra = pipeline_kwargs(engine.pipe, engine.options.max_sequence_length)  # the T5 length of Flux and SD3
+    seeds = [engine.options.seed + i for i in range(len(prompts))]
+    images = []
+    with torch.no_grad():
+        for prompt, seed in zip(prompts, seeds):
+            g = torch.Generator().manual_seed(seed)
+            image = engine.pipe(prompt, num_inference_steps=engine.options.sample_steps, generator=g, height=size,
+                                width=size, guidance_scale=guidance, **extra).images[0]  # fmt: skip
+            images.append(image)
+    grid = labelled_grid([images], prompts, [f"step {done}"])
+    recipe = {
+        "trainer": engine.run.identity.get("trainer"), "base": engine.run.identity.get("base"),
+        "run": str(engine.run.path), "step": done, "adapter": f"checkpoints/step-{done:06d}/adapter.safetensors",
+        "prompts": prompts, "seeds": seeds, "sample_steps": engine.options.sample_steps, "guidance": guidance,
+        "width": size, "height": size, "scheduler": type(engine.pipe.scheduler).__name__,
+    }  # fmt: skip
+    return sample_png(grid, recipe)
