@@ -45,3 +45,23 @@ def test_bench_library_quick_runs(tmp_path):
     changes = results["rescan_after_changes"]
     assert changes["hashed"] == changes["changed"] == changes["new_versions"] == 10  # exactly the changed files
     assert results["list"]["rows"] == first["added"] and (tmp_path / "r.json").exists()
+
+
+def test_bench_arith_quick_runs(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_arith
+    finally:
+        sys.path.remove(str(BENCH))
+    results = bench_arith.main(["--quick", "--json", str(tmp_path / "r.json")])
+    assert results["layers"] == 2 and (results["source_rank"], results["rank"]) == (16, 4)
+    for op in ("resize", "merge"):
+        r = results[op]
+        assert r["lorastack_s"] > 0 and r["kohya_s"] > 0
+        # both are the optimal truncation: the same error, √Σ discarded σ² (float32 rounding apart)
+        assert r["lorastack_relative_error"] <= r["optimal_relative_error"] * (1 + 1e-3) + 1e-6
+        assert (
+            abs(r["lorastack_relative_error"] - r["kohya_relative_error"]) <= 1e-3 * r["kohya_relative_error"] + 1e-6
+        )
+    assert results["resize"]["optimal_relative_error"] > 0.1  # rank 16 → 4 loses something real
+    assert (tmp_path / "r.json").exists()
