@@ -47,7 +47,8 @@ _APPLY_OPTIONS = [
         "--quantize",
         type=click.Choice(["torchao-int8", "torchao-fp8", "bnb-nf4", "bnb-int8", "fp8-storage"]),
         default=None,
-        help="Load the denoiser of a diffusers-folder base quantized (adapters are bypassed on it).",
+        help="Load the denoiser quantized (a folder, single-file or Hub base; adapters are bypassed on it). A .gguf "
+        "base is quantized already.",
     ),
 ]
 

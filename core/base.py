@@ -25,12 +25,13 @@ from lorastack.adapters.files import PICKLE_SUFFIXES, read_safetensors_header
 
 from .config import alias_components, aliases, cache_dir
 from .errors import BaseModelError
+from .gguf_parts import GGUF_SUFFIX
 from .modules import pipeline_family
 from .options import DEVICES, DTYPE_NAMES
 from .tokenizers import clip_tokenizer
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
-CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+CHECKPOINT_SUFFIXES = (".safetensors", GGUF_SUFFIX, *PICKLE_SUFFIXES)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # single-file checkpoint family → (shipped config folder, pipeline class, inpainting class)
@@ -133,6 +134,7 @@ def load_base(
     text_encoder_3: str | Path | None = None,
     vae: str | Path | None = None,
     t5_tokenizer: str | Path | None = None,
+    quantize: str | None = None,
 ):
     """Load a base model and return an ordinary diffusers pipeline.
 
@@ -146,11 +148,18 @@ def load_base(
     FLUX.1 and SD3.x single files (a transformer alone, or a bundled checkpoint): ``text_encoder``,
     ``text_encoder_2``, ``text_encoder_3`` and ``vae`` are component files that replace or supply the parts (see
     :mod:`lorastack.core.transformer_bases`); ``t5_tokenizer`` is a folder with the T5 tokenizer (else the Hub
-    cache's). An alias table in the user config may name them too; the ones given here win.
+    cache's). An alias table in the user config may name them too; the ones given here win. A ``.gguf`` file is
+    such a transformer, quantized (its layers take adapters in bypass mode).
+
+    ``quantize``: load the denoiser quantized (one of :data:`lorastack.core.quantized.QUANTIZATIONS`).
     """
     if dtype not in DTYPES:
         raise BaseModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     _check_device(device)
+    if quantize is not None:
+        from .quantized import check_quantization
+
+        check_quantization(quantize)
     torch_dtype = DTYPES[dtype]
     resolved, via_alias = _resolve_alias(str(source))
     given = {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "text_encoder_3": text_encoder_3}
@@ -160,11 +169,11 @@ def load_base(
     path = Path(resolved).expanduser()
     settings: dict[str, Any] = {}
     record: dict[str, Any] = {}
-    if (parts or t5_tokenizer) and not (path.is_file() and path.suffix.lower() == ".safetensors"):
+    if (parts or t5_tokenizer) and not (path.is_file() and path.suffix.lower() in (".safetensors", GGUF_SUFFIX)):
         named = ", ".join("--" + k.replace("_", "-") for k in [*parts, *(["t5_tokenizer"] if t5_tokenizer else [])])
         raise BaseModelError(
-            f"{resolved}: {named} complete a FLUX.1 or SD3 single file (.safetensors); a folder or Hub repo brings "
-            "its own parts"
+            f"{resolved}: {named} complete a FLUX.1 or SD3 single file (.safetensors, .gguf); a folder or Hub repo "
+            "brings its own parts"
         )
     if path.is_dir():
         settings = read_recommended(path)  # a broken lorastack.json fails before the weights load
@@ -188,6 +197,10 @@ def load_base(
         )
     if prediction_type is not None:
         _set_prediction_type(pipe, prediction_type)
+    if quantize is not None:
+        from .quantized import quantize_base
+
+        pipe = quantize_base(pipe, quantize, path if info[0] == "folder" else None, device)
     _configure(pipe, device, attention_slicing, vae_tiling, cpu_offload)
     kind, location, revision = info
     _INFO[pipe] = BaseInfo(
@@ -201,6 +214,7 @@ def load_base(
         extra={
             **({"alias": via_alias} if via_alias else {}),
             **({"config": str(Path(config).resolve())} if config is not None and kind == "single_file" else {}),
+            **({"quantize": quantize} if quantize else {}),
             **record,
         },
         recommended=settings,
@@ -352,11 +366,12 @@ def _load_single_file(path: Path, torch_dtype, config, allow_pickle: bool, parts
     """The pipeline of a single file and what to record about it beyond its path."""
     import diffusers
 
-    if path.suffix.lower() == ".safetensors":
+    if path.suffix.lower() in (".safetensors", GGUF_SUFFIX):
         from .checkpoint_parts import read_parts, transformer_part
+        from .gguf_parts import read_gguf_parts
         from .transformer_bases import load_transformer_base
 
-        found = read_parts(path)
+        found = read_gguf_parts(path) if path.suffix.lower() == GGUF_SUFFIX else read_parts(path)
         if transformer_part(found) is not None:
             return load_transformer_base(
                 path, found, torch_dtype=torch_dtype, config=config, components=parts, t5_tokenizer=t5_tokenizer,

@@ -35,6 +35,22 @@ def _require(package: str, what: str) -> None:
         raise BaseModelError(f"{what} needs the '{package}' package; pip install 'lorastack[quantized]' or {package}")
 
 
+def check_quantization(kind: str) -> None:
+    """Refuse an unknown ``--quantize`` choice, or one whose backend package is missing, in one line."""
+    if kind not in QUANTIZATIONS:
+        raise BaseModelError(f"unknown quantization {kind!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    backend = kind.split("-")[0]
+    if backend in _BACKEND_PACKAGE:
+        _require(_BACKEND_PACKAGE[backend], f"--quantize {kind}")
+
+
+def quantize_base(pipe, kind: str, folder: Path | None = None, device: str = "cpu"):
+    """``pipe`` with its denoiser quantized as ``kind``: reloaded from ``folder`` (a diffusers folder base), else
+    rebuilt from the loaded tensors (single files, Hub repos)."""
+    check_quantization(kind)
+    return quantize_pipeline(pipe, folder, kind) if folder is not None else quantize_loaded(pipe, kind, device)
+
+
 def quantization_config(kind: str, compute_dtype: torch.dtype = torch.bfloat16):
     """The diffusers quantization config for ``kind`` (one of :data:`QUANTIZATIONS` but ``fp8-storage``)."""
     if kind not in QUANTIZATIONS or kind == "fp8-storage":
@@ -101,30 +117,74 @@ def load_gguf_denoiser(
 ):
     """A denoiser from a ``.gguf`` single file: its quantized tensors stay quantized (``GGUFLinear``).
 
-    Files with the original (BFL) Flux names are converted with lorastack's width-aware converter (diffusers' own
-    assumes FLUX.1's full width) before diffusers builds the model from the converted tensors.
+    Files with the original (BFL / MMDiT) names are converted with lorastack's width-aware converters (diffusers'
+    own assume the full-size models) before diffusers builds the model from the converted tensors.
     """
     _require("gguf", "a .gguf base")
-    from diffusers import GGUFQuantizationConfig
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig, SD3Transformer2DModel
     from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
-    from .transformer_layouts import flux_to_diffusers
+    from .transformer_layouts import flux_to_diffusers, sd3_to_diffusers
 
     config_dir = Path(config_dir)
     config = _read_json(config_dir / slot / "config.json")
-    state = load_gguf_checkpoint(str(path), return_tensors=True)
     name = config.get("_class_name", "")
-    if name.startswith("Flux") and any(k.startswith("double_blocks.") for k in state):
-        state = flux_to_diffusers(state, config)
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
-
-    classes = {c.__name__: c for c in (UNet2DConditionModel, FluxTransformer2DModel, SD3Transformer2DModel)}
+    classes = {c.__name__: c for c in (FluxTransformer2DModel, SD3Transformer2DModel)}
     if name not in classes:
         raise BaseModelError(f"{path}: a GGUF file for a {name or 'unknown'} denoiser is not supported")
+    try:
+        state = load_gguf_checkpoint(str(path), return_tensors=True)
+    except (ValueError, OSError) as e:
+        raise BaseModelError(f"{path}: cannot read the GGUF tensors ({str(e).splitlines()[0][:160]})") from None
+    state = {k.removeprefix("model.diffusion_model."): v for k, v in state.items()}
+    if name.startswith("Flux") and any(k.startswith("double_blocks.") for k in state):
+        state = flux_to_diffusers(state, config)
+    elif name.startswith("SD3") and any(k.startswith("joint_blocks.") for k in state):
+        state = sd3_to_diffusers(state, config)
     return classes[name].from_single_file(
         state, quantization_config=GGUFQuantizationConfig(compute_dtype=compute_dtype), config=str(config_dir),
         subfolder=slot, torch_dtype=compute_dtype,
     )  # fmt: skip
+
+
+def quantize_loaded(pipe, kind: str, device: str = "cpu"):
+    """Rebuild ``pipe``'s loaded denoiser quantized as ``kind`` from its own tensors (a single-file or Hub base: the
+    checkpoint is not read twice); returns ``pipe``. bitsandbytes quantizes as it places weights on ``device``."""
+    from accelerate import init_empty_weights
+    from diffusers.models.model_loading_utils import load_model_dict_into_meta
+    from diffusers.quantizers import DiffusersAutoQuantizer
+
+    slot = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+    model = getattr(pipe, slot)
+    if any(quantized_kind(m) for m in model.modules()):
+        raise BaseModelError(f"the {slot} is quantized already; --quantize applies to float bases")
+    dtype = model.dtype
+    if kind == "fp8-storage":
+        store_in_fp8(model, dtype)
+        return pipe
+    # diffusers' from_single_file takes every quantization_config for a pre-quantized checkpoint (torchao then
+    # quantizes nothing), so its loading steps run here with a quantizer that quantizes: the same diffusers calls
+    try:
+        quantizer = DiffusersAutoQuantizer.from_config(quantization_config(kind, dtype), pre_quantized=False)
+        quantizer.validate_environment()
+        dtype = quantizer.update_torch_dtype(dtype)
+        state, config, cls = model.state_dict(), dict(model.config), type(model)
+        pipe.register_modules(**{slot: None})
+        del model
+        with init_empty_weights():
+            model = cls.from_config(config)
+        quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=[])
+        target = torch.device(device if kind.startswith("bnb") else "cpu")
+        load_model_dict_into_meta(
+            model, state, dtype=dtype, device_map={"": target}, hf_quantizer=quantizer, unexpected_keys=[]
+        )
+        del state
+        quantizer.postprocess_model(model)
+    except (RuntimeError, ValueError, ImportError) as e:  # e.g. bitsandbytes on a machine without a GPU
+        raise BaseModelError(f"cannot load the {slot} as {kind}: {str(e).splitlines()[0][:200]}") from None
+    model.hf_quantizer = quantizer
+    pipe.register_modules(**{slot: model.eval()})
+    return pipe
 
 
 def _read_json(path: Path) -> dict:

@@ -128,12 +128,8 @@ def generate_to_folder(
     pipe = load_base(
         source, device=device, dtype=base.dtype, config=base.config, prediction_type=base.prediction_type,
         allow_pickle=base.allow_pickle, attention_slicing=base.attention_slicing, vae_tiling=base.vae_tiling,
-        cpu_offload=base.cpu_offload, **base.components,
+        cpu_offload=base.cpu_offload, quantize=base.quantize, **base.components,
     )  # fmt: skip
-    if base.quantize:
-        from .quantized import quantize_pipeline
-
-        pipe = quantize_pipeline(pipe, source, base.quantize)
     generator = Generator(pipe, AdapterStack(pipe, mode=base.apply), progress=progress)
     run = GenerateRun([], source, device, {name: f.label for name, f in found.items()})
     for name, adapter in found.items():

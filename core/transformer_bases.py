@@ -21,6 +21,8 @@ import torch
 
 from .checkpoint_parts import KIND_NAMES, Part, bundled_role, read_parts, transformer_part, variant
 from .errors import BaseModelError
+from .gguf_parts import is_gguf
+from .quantized import load_gguf_denoiser
 from .tokenizers import load_t5_tokenizer
 
 #: family → slot → (kind, role in bundled checkpoints, what people call it, a typical file name)
@@ -91,7 +93,10 @@ def load_transformer_base(
     for slot, part in plan.items():  # every key and shape, from the headers, before any weight is read
         _check_keys(slot, part, models[slot], configs[slot])
     for slot, part in plan.items():
-        _load_weights(models[slot], part, configs[slot], torch_dtype, slot)
+        if is_gguf(part.path):  # diffusers' GGUF loader keeps the quantized tensors quantized (GGUFLinear)
+            models[slot] = load_gguf_denoiser(part.path, config_dir, torch_dtype, slot).eval()
+        else:
+            _load_weights(models[slot], part, configs[slot], torch_dtype, slot)
     pipe = _pipeline(family, index, config_dir, models, tokenizers)
     record: dict[str, Any] = {"variant": name}
     given = {slot: Path(file).resolve() for slot, file in components.items()}
