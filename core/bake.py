@@ -123,9 +123,9 @@ def _write_folder(pipe, output: Path, record, overwrite: bool, info) -> None:
     from lorastack.adapters.outputs import check_output_dir, fsync_dir
     from lorastack.faults import crash_point
 
-    from .bake_folder import recover, replace_folder
+    from .bake_folder import recover, replace_folder, temporary_prefix
 
-    recover(output)  # a replacement killed half-way: its old folder back first
+    recover(output)  # a bake killed half-way: its old folder back first, its new folder removed
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         if not overwrite:
             raise ArithmeticInputError(f"{output} exists and is not empty; choose another folder or pass --force")
@@ -133,7 +133,7 @@ def _write_folder(pipe, output: Path, record, overwrite: bool, info) -> None:
             raise ArithmeticInputError(f"{output} is not a diffusers folder; lorastack replaces only those")
     parent = output.absolute().parent
     check_output_dir(parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(output), suffix=".tmp", dir=parent))
     try:
         pipe.save_pretrained(tmp)
         if info is not None and info.kind == "folder" and (Path(info.location) / "lorastack.json").is_file():

@@ -10,6 +10,10 @@ A folder cannot be replaced by one ``rename`` as a file can (``rename`` onto a n
   missing for a moment, with the old folder complete aside; the next bake to the same path (or
   :func:`recover`) moves it back before doing anything else, so the old folder is what a reader finds again.
 
+The new folder is written beside the output as ``.NAME.<pid>.<random>.tmp``. A kill leaves it there (while it is
+written, or, after an exchange, holding the old folder); the next bake to the same path removes those whose writing
+process is gone, and never one a bake still running (its process alive) is writing.
+
 Python's standard library has no binding for ``renameat2``; it is called through ``ctypes`` for that reason.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -43,13 +48,49 @@ def exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+#: ``tempfile.mkdtemp``'s random part: 8 of ``[a-z0-9_]``, never a dot (so ``baked.v2``'s folders are not ``baked``'s)
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def temporary_prefix(output: Path) -> str:
+    """The ``mkdtemp`` prefix of a new folder for ``output``: its name and this process's id."""
+    return f".{output.name}.{os.getpid()}."
+
+
 def _asides(output: Path) -> list[Path]:
-    return sorted(output.parent.glob(f".{output.name}.*.old"))
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.{_RANDOM}\.old")
+    return sorted(p for p in output.parent.glob(f".{output.name}.*.old") if pattern.fullmatch(p.name))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or a platform that cannot tell: leave its folder
+    return True
+
+
+def stale_temporaries(output: Path) -> list[Path]:
+    """The ``.NAME.<pid>.<random>.tmp`` folders of ``output`` whose writing process is gone (a killed bake)."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.(\d+)\.{_RANDOM}\.tmp")
+    found = []
+    for path in output.parent.glob(f".{output.name}.*.tmp"):
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            found.append(path)
+    return sorted(found)
 
 
 def recover(output: Path) -> bool:
     """An old folder left aside by a killed replacement is moved back to ``output`` when nothing is there; the
-    asides of a completed replacement are removed. ``True`` when a folder was moved back."""
+    asides of a completed replacement and the new folders of killed bakes are removed. ``True`` when a folder was
+    moved back."""
+    for stale in stale_temporaries(output):
+        shutil.rmtree(stale, ignore_errors=True)
     moved = False
     for aside in _asides(output):
         folder = aside / "folder"

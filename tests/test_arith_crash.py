@@ -92,6 +92,8 @@ def test_a_killed_folder_bake_leaves_old_or_new(tmp_path, tiny_sd1_dir, inputs, 
     args = [*flag, "bake", tiny_sd1_dir, "--lora", f"{inputs[1]}:0.7", "-o", out, "--force"]
     done = lorastack(home, args, crash=point)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    # the killed bake's new folder (or, after the exchange, the old one) is left at its temporary name
+    assert _temporaries(tmp_path), sorted(p.name for p in tmp_path.iterdir())
     if point == "bake.folder-old-aside":
         # the path is missing for a moment here; the old folder lies complete aside and comes back first
         assert not out.exists()
@@ -106,3 +108,27 @@ def test_a_killed_folder_bake_leaves_old_or_new(tmp_path, tiny_sd1_dir, inputs, 
     assert again.returncode == 0, again.stderr[-2000:]
     assert _bake_record(out)["sources"][0]["scale"] == 0.7
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".baked.") and p.name.endswith(".old")]
+    assert not _temporaries(tmp_path)  # the rerun removed what the killed bake left
+
+
+def _temporaries(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".baked.") and p.name.endswith(".tmp")]
+
+
+def test_recover_removes_only_a_dead_bake_s_folders(tmp_path):
+    from lorastack.core.bake_folder import recover, stale_temporaries, temporary_prefix
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(child.stdout)  # a process that has ended
+    out = tmp_path / "baked"
+    killed = tmp_path / f".baked.{dead}.abcd_123.tmp"
+    running = tmp_path / f"{temporary_prefix(out)}efgh_456.tmp"  # this process: a bake still writing
+    other = tmp_path / f".baked.v2.{dead}.abcd_123.tmp"  # another output's (baked.v2)
+    other_aside = tmp_path / ".baked.v2.ijkl_789.old" / "folder"
+    for folder in (killed / "unet", running, other, other_aside):
+        folder.mkdir(parents=True)
+    (other_aside / "model_index.json").write_text("{}")
+    assert stale_temporaries(out) == [killed]
+    assert not recover(out)  # baked.v2's old folder stays where it is, and is not moved to baked
+    assert not killed.exists() and running.is_dir() and other.is_dir() and other_aside.is_dir()
+    assert not out.exists()
