@@ -21,7 +21,8 @@ from lorastack.errors import LorastackError
 from .text import printable
 
 #: Libraries whose logs, warnings and loading bars a user cannot act on: silenced unless ``lorastack -v``.
-LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "datasets", "torch", "PIL")
+LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "datasets", "torch", "PIL",
+             "torchao", "bitsandbytes")  # fmt: skip
 #: Environment variables the libraries read when they are first imported.
 QUIET_ENVIRONMENT = {
     "TRANSFORMERS_VERBOSITY": "error",
