@@ -17,11 +17,15 @@ from lorastack.core.arith_runs import Output, run_merge
 from lorastack.core.merge import merge
 
 
-@pytest.fixture
-def two(tmp_path, tiny_sd1_pipe):
-    weights = targets(tiny_sd1_pipe, limit=30)
-    a = save(lora_layers(weights, rank=4, alpha=2.0, seed=1), tmp_path / "a.safetensors")
-    b = save(lora_layers(weights, rank=3, alpha=6.0, seed=2), tmp_path / "b.safetensors", fmt="diffusers")
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, tiny_sd1_dir):
+    """Two adapters on 30 modules, made once for the module (the tests only read them)."""
+    from lorastack.testing.models import load_pipeline
+
+    folder = tmp_path_factory.mktemp("two")
+    weights = targets(load_pipeline(tiny_sd1_dir), limit=30)
+    a = save(lora_layers(weights, rank=4, alpha=2.0, seed=1), folder / "a.safetensors")
+    b = save(lora_layers(weights, rank=3, alpha=6.0, seed=2), folder / "b.safetensors", fmt="diffusers")
     return a, b, weights
 
 
@@ -145,9 +149,13 @@ def test_lycoris_and_dora_merge_through_full_delta(tmp_path, tiny_sd1_pipe, tiny
     assert data["summary"]["full_layers"] == len(weights) and data["format"] == "kohya"
 
 
-def test_refusals(two, tmp_path, tiny_sdxl_pipe):
+def test_refusals(two, tmp_path):
     a, b, _ = two
-    xl = save(lora_layers(targets(tiny_sdxl_pipe, limit=4)), tmp_path / "xl.safetensors", family="sdxl")
+    xl_shapes = {  # SDXL's own: its second text encoder, its 2048-wide cross-attention
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj": torch.empty(1280, 1280),
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": torch.empty(640, 2048),
+    }
+    xl = save(lora_layers(xl_shapes), tmp_path / "xl.safetensors", family="sdxl")
     with pytest.raises(ArithmeticInputError, match="different base families"):
         run_merge([str(a), str(xl)], Output(tmp_path / "m.safetensors"))
     with pytest.raises(ArithmeticInputError, match="density"):
