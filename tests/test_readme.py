@@ -57,18 +57,39 @@ def main_job(tmp_path_factory):
     return cwd, result
 
 
+def toy_table(stdout: str) -> dict[str, dict[str, float]]:
+    """The toy evaluator's table the demo prints: row (``base``, the adapter) → metric → mean."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ADAPTER"))
+    header = re.split(r"\s{2,}", lines[start])
+    assert header[:2] == ["ADAPTER", "WEIGHT"], header
+    metrics = [h.split()[0] for h in header[2:]]  # "toy.fidelity ↑" → "toy.fidelity"
+    table = {}
+    for line in lines[start + 1 :]:
+        if not line or line.startswith("recommended") or not re.match(r"^\S+\s{2,}[\d.]+\s", line):
+            break
+        name = line.split()[0]
+        means = re.findall(r"([\d.]+) ±[\d.]+ \(n=\d+\)", line)
+        assert len(means) == len(metrics), line  # every metric has a value for the base and the adapter
+        table[name] = dict(zip(metrics, map(float, means)))
+    return table
+
+
 @pytest.mark.slow  # the demo trains 300 steps: minutes on 2 cores (.ci/run runs it)
 def test_main_job(main_job):
-    """The demo teaches the toy base the new concept: the adapter's images are clearly more yellow than the base's,
-    and a prompt without the token keeps its colour."""
+    """The demo teaches the toy base the new concept: by the toy evaluator's table it prints, the adapter's images of
+    the token prompt are clearly closer to the training stars than the base's, and on a prompt without the token it
+    leaks little (prior preservation keeps the base's green square)."""
     cwd, result = main_job
-    (token, plain) = re.findall(r"base ([\d.]+)% -> adapter ([\d.]+)%", result.stdout)
-    base, adapter = float(token[0]), float(token[1])
-    assert adapter >= base + 5 and adapter >= 5 * base, (base, adapter)  # a star covers about 12 % of the image
-    # prior preservation: without the token, the base's green square stays mostly green with the adapter
-    assert float(plain[1]) >= 0.5 * float(plain[0]) > 0, plain
+    assert "toy evaluator on 'a aawxbc on a white background'" in result.stdout
+    table = toy_table(result.stdout)
+    assert set(table) == {"base", "aawxbc"} and set(table["base"]) == {"toy.fidelity", "toy.leak", "toy.prompt"}
+    base, adapter = table["base"], table["aawxbc"]
+    assert adapter["toy.fidelity"] >= base["toy.fidelity"] + 0.3, table  # the stars' yellow, where the base has none
+    assert base["toy.leak"] == 0.0 and adapter["toy.leak"] <= 0.15, table  # the base's own images: no change
+    assert adapter["toy.prompt"] >= 0.5 * base["toy.prompt"] > 0, table  # the green square stays mostly green
     assert (cwd / "lorastack-demo" / "demo-grid.png").exists()
-    assert "registered: demo/aawxbc@1" in result.stdout or "demo/aawxbc@1" in result.stdout
+    assert "demo/aawxbc@1" in result.stdout
 
 
 def run_in_process(line: str, cwd: Path, monkeypatch) -> tuple[int, str]:
