@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,8 @@ def _train(ctx: click.Context, trainer: str, values: dict[str, Any]) -> None:
     result = train(trainer, run["base"], run["data"], name=run["name"], output=run["output"], options=given,
                    resume=run["resume"], source=run["source"], progress=not run["quiet"],
                    base_components=components)  # fmt: skip
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # under accelerate launch / torchrun the main process reports the run, once
     report = result_json(result, trainer)
     if run["as_json"]:
         click.echo(json.dumps(report, indent=2, sort_keys=True))

@@ -211,6 +211,7 @@ def test_accelerate_launch_runs_the_cli_and_a_second_process_fails_with_the_firs
     done = subprocess.run([*launch, lorastack, *train_args, "-o", str(tmp_path / "run")], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["steps"] == 2  # one report, from the main process: the output is one JSON object
     assert json.loads((tmp_path / "run" / "run.json").read_text())["identity"]["processes"] == 2
     assert (tmp_path / "run" / "adapter.safetensors").is_file()
     (tmp_path / "full").mkdir()
