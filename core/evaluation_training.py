@@ -149,8 +149,11 @@ class RunEvaluation:
         """Score ``step`` on the main process; every process leaves together (the others wait at the barrier)."""
         if self.main:
             self.score(step)
+        self._barrier()
+
+    def _barrier(self) -> None:
         if self.process is not None and self.process.num_processes > 1:
-            self.process.wait_for_everyone()
+            self.process.wait_for_everyone()  # accelerate's barrier, the one Accelerator.wait_for_everyone uses
 
     def on_step(self, done: int) -> None:
         if done % self.settings["every"] == 0 or done == self.context.options.steps:
@@ -270,9 +273,10 @@ def start(context) -> RunEvaluation | None:
     elif evaluation.main:
         state.update({"metric": settings["metric"], "steps": {}, "best": None, "best_step": None})
     state["plan"], state["prompts"] = drawn_with, prompts
-    if 0 in evaluation.history and (not evaluation.main or evaluation._read_base()):
-        return evaluation  # step 0 scored before, the base's images read back: nothing to draw
-    evaluation._on_main(0)
+    # step 0 scored before and the base's images read back: nothing to draw (every process passes the barrier once)
+    if evaluation.main and (0 not in evaluation.history or not evaluation._read_base()):
+        evaluation.score(0)
+    evaluation._barrier()
     return evaluation
 
 
