@@ -1,15 +1,19 @@
 """Training throughput and peak memory: lorastack's engine against diffusers' LoRA training recipe, in one run.
 
     python bench/bench_train.py                      # SD1.5-size random weights, 512 px, rank 16 (GPU: bf16)
+    python bench/bench_train.py --family sdxl        # SDXL-size, 1024 px
+    python bench/bench_train.py --family sdxl --quantize-base bnb-nf4   # the frozen UNet in NF4 (QLoRA), a GPU's
     python bench/bench_train.py --quick              # the tiny pipeline, for a smoke test
     python bench/bench_train.py --device cpu --resolution 256 --steps 3
 
-The anchor is ``examples/text_to_image/train_text_to_image_lora.py`` of diffusers re-expressed as a plain loop:
-peft LoRA on the UNet attention, the VAE encoding every batch, the text encoder run every step, AdamW, fp32 LoRA
-weights under mixed precision. lorastack runs its own engine (``lorastack.core.training``) on the same pipeline,
-data and options, with its latent cache filled first. Both are timed over the same number of steps after warm-up,
-interleaved (anchor, lorastack, anchor, lorastack) so machine noise hits both. Prints steps/s, the ratio, and peak
-memory (CUDA: max allocated; CPU: peak RSS growth).
+The anchor is ``examples/text_to_image/train_text_to_image_lora.py`` of diffusers (``…_lora_sdxl.py`` for SDXL:
+both text encoders' penultimate states, the pooled embedding and the size/crop time ids) re-expressed as a plain
+loop: peft LoRA on the UNet attention, the VAE encoding every batch, the text encoders run every step, AdamW, fp32
+LoRA weights under mixed precision. With ``--quantize-base`` both get the same quantized UNet (diffusers'
+quantizers; peft trains beside its bnb/torchao layers). lorastack runs its own engine (``lorastack.core.training``)
+on the same pipeline, data and options, with its latent cache filled first. Both are timed over the same number of
+steps after warm-up, interleaved (anchor, lorastack, anchor, lorastack) so machine noise hits both. Prints steps/s,
+the ratio, and peak memory (CUDA: max allocated; CPU: peak RSS growth).
 """
 
 from __future__ import annotations
@@ -61,10 +65,17 @@ def anchor(pipe, data: Path, args, device, dtype) -> tuple[float, float]:
     from PIL import Image
 
     unet, vae, text = pipe.unet, pipe.vae, pipe.text_encoder
-    for m in (unet, vae, text):
-        m.requires_grad_(False)
-    unet.to(device, dtype)
-    text.to(device, dtype)
+    text_2 = getattr(pipe, "text_encoder_2", None)
+    for m in (unet, vae, text, text_2):
+        if m is not None:
+            m.requires_grad_(False)
+    if args.quantize_base == "none":
+        unet.to(device, dtype)
+    elif not args.quantize_base.startswith("bnb"):  # bitsandbytes placed its weights on the GPU already
+        unet.to(device)
+    for m in (text, text_2):
+        if m is not None:
+            m.to(device, dtype)
     vae.to(device, torch.float32)
     unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))  # fmt: skip
@@ -79,6 +90,20 @@ def anchor(pipe, data: Path, args, device, dtype) -> tuple[float, float]:
     captions = [f.with_suffix(".txt").read_text() for f in files]
     size = args.resolution
 
+    def ids(tokenizer, texts):
+        return tokenizer(texts, padding="max_length", truncation=True, max_length=77,
+                         return_tensors="pt").input_ids.to(device)  # fmt: skip
+
+    def conditioning(texts) -> dict:
+        if text_2 is None:
+            return {"encoder_hidden_states": text(ids(pipe.tokenizer, texts))[0]}
+        # train_text_to_image_lora_sdxl.py: penultimate states of both encoders, the second's pooled output
+        first = text(ids(pipe.tokenizer, texts), output_hidden_states=True)
+        second = text_2(ids(pipe.tokenizer_2, texts), output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]] * len(texts), device=device, dtype=hidden.dtype)
+        return {"encoder_hidden_states": hidden, "added_cond_kwargs": {"text_embeds": second[0], "time_ids": time_ids}}
+
     def step(i):
         index = [(i * args.batch + j) % len(files) for j in range(args.batch)]
         pixels = torch.stack([
@@ -90,10 +115,7 @@ def anchor(pipe, data: Path, args, device, dtype) -> tuple[float, float]:
             noise = torch.randn_like(latents)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), device=device)
             noisy = scheduler.add_noise(latents, noise, t)
-            ids = pipe.tokenizer([captions[k] for k in index], padding="max_length", truncation=True,
-                                 max_length=77, return_tensors="pt").input_ids  # fmt: skip
-            hidden = text(ids.to(device))[0]
-            pred = unet(noisy, t, hidden).sample
+            pred = unet(noisy, t, **conditioning([captions[k] for k in index])).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -140,6 +162,10 @@ def _sync(device) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the tiny pipeline (smoke test)")
+    parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
+    parser.add_argument(
+        "--quantize-base", default="none", help="quantize the frozen UNet: bnb-nf4 (GPU), torchao-int8, … or none"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--rank", type=int, default=16)
@@ -153,7 +179,7 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)  # random weights produce subnormals that slow CPU math by orders of magnitude
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    args.resolution = args.resolution or (32 if args.quick else 512)
+    args.resolution = args.resolution or (32 if args.quick else 512 if args.family == "sd15" else 1024)
     args.steps = args.steps or (3 if args.quick or not gpu else 30)
     args.mixed_precision = "bf16" if gpu else "no"
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -167,8 +193,17 @@ def main(argv=None) -> int:
     results = {"anchor": [], "lorastack": []}
     for _ in range(args.rounds):
         for label in ("anchor", "lorastack"):
-            pipe = build_tiny_pipeline("sd1") if args.quick else build_full_pipeline("sd15")
+            pipe = (
+                build_tiny_pipeline("sd1" if args.family == "sd15" else "sdxl")
+                if args.quick
+                else (build_full_pipeline(args.family))
+            )
             pipe.set_progress_bar_config(disable=True)
+            if args.quantize_base != "none":
+                from lorastack.core.quantized import quantize_loaded
+
+                pipe.unet.to(dtype)  # quantized in the compute dtype, as the engine's --quantize-base does
+                quantize_loaded(pipe, args.quantize_base, str(device))
             rate, peak = (
                 anchor(pipe, data, args, device, dtype) if label == "anchor" else ours(pipe, data, args, device, home)
             )
@@ -178,7 +213,8 @@ def main(argv=None) -> int:
     best = {k: max(r for r, _ in v) for k, v in results.items()}
     peaks = {k: max(p for _, p in v) for k, v in results.items()}
     summary = {
-        "model": "tiny sd1" if args.quick else "SD1.5-size random weights",
+        "model": f"{'tiny' if args.quick else 'full-size random-weight'} {args.family}",
+        "quantize_base": args.quantize_base,
         "device": torch.cuda.get_device_name() if gpu else "cpu",
         "resolution": args.resolution, "rank": args.rank, "batch": args.batch,
         "precision": args.mixed_precision, "gradient_checkpointing": args.gradient_checkpointing,

@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     p.add_argument("--adapters", type=int, default=10, help="N for (a)")
+    p.add_argument("--active", type=int, default=3, help="adapters active at once in (b) and (c)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--latent", type=int, default=16, help="latent side for the forward in (b) (128 = 1024 px)")
     p.add_argument("--repeats", type=int, default=4)
@@ -136,7 +137,9 @@ def forward_inputs(pipe, args):
 def main(argv=None):
     args = parse_args(argv)
     if args.quick:
-        args.adapters, args.repeats, args.latent, args.rank, args.dtype = 6, 2, 8, 4, "fp32"
+        args.adapters, args.repeats, args.latent, args.rank, args.dtype = max(6, 2 * args.active), 2, 8, 4, "fp32"
+    if not 1 <= args.active <= 5 or args.adapters < 2 * args.active:
+        raise SystemExit(f"--active {args.active}: 1 to 5, with --adapters at least twice that (two stacks to switch)")
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
         torch.set_flush_denormal(True)  # see bench_stack.py: measure the methods, not subnormal arithmetic
@@ -166,8 +169,9 @@ def main(argv=None):
         load = results["load"] = measure_loads(stack, theirs_pipe, paths, args.device)
         report_load(load["lorastack"], load["diffusers"], load["lorastack_index_build"])
         # (b) switching between two 3-adapter stacks, alone and followed by one forward
-        a_names, b_names = [f"adapter{i:02d}" for i in (0, 1, 2)], [f"adapter{i:02d}" for i in (3, 4, 5)]
-        weights = [0.8, 0.5, 0.3]
+        k = args.active
+        a_names, b_names = [f"adapter{i:02d}" for i in range(k)], [f"adapter{i:02d}" for i in range(k, 2 * k)]
+        weights = [0.8, 0.5, 0.3, 0.2, 0.1][:k]
         ours_step, theirs_step = forward_inputs(ours_pipe, args), forward_inputs(theirs_pipe, args)
         stack.activate(dict(zip(a_names, weights)))
         theirs_pipe.set_adapters(a_names, adapter_weights=weights)
@@ -189,15 +193,16 @@ def main(argv=None):
                 switch(who, names)
         results["switch_only"] = {"lorastack": runs["ours"][0], "diffusers": runs["theirs"][0]}
         results["switch_plus_step"] = {"lorastack": runs["ours"][1], "diffusers": runs["theirs"][1]}
-        report_pair("(b) switch 3-adapter stack", runs["ours"][0], runs["theirs"][0])
+        report_pair(f"(b) switch {k}-adapter stack", runs["ours"][0], runs["theirs"][0])
         report_pair(f"    switch + 1 forward ({args.latent}x{args.latent} latent)", runs["ours"][1], runs["theirs"][1])
         # (c) one forward: the base, lorastack's patched weights, diffusers' peft layers; the order rotates
         theirs_pipe.set_adapters(a_names, adapter_weights=weights)
-        timings = {"base": [], "lorastack_3_active": [], "diffusers_3_active": []}
+        ours_key, theirs_key = f"lorastack_{k}_active", f"diffusers_{k}_active"
+        timings = {"base": [], ours_key: [], theirs_key: []}
         variants = [
             ("base", stack.deactivate, ours_step),
-            ("lorastack_3_active", partial(stack.activate, dict(zip(a_names, weights))), ours_step),
-            ("diffusers_3_active", lambda: None, theirs_step),
+            (ours_key, partial(stack.activate, dict(zip(a_names, weights))), ours_step),
+            (theirs_key, lambda: None, theirs_step),
         ]
         for r in range(args.repeats * 2):
             for key, before, fn in variants[r % 3 :] + variants[: r % 3]:

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -65,3 +67,31 @@ def test_bench_arith_quick_runs(tmp_path):
         )
     assert results["resize"]["optimal_relative_error"] > 0.1  # rank 16 → 4 loses something real
     assert (tmp_path / "r.json").exists()
+
+
+def _gpu_suite():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_suite
+    finally:
+        sys.path.remove(str(BENCH))
+    return gpu_suite
+
+
+def test_gpu_suite_dry_run_of_two_rows():
+    results = _gpu_suite().main(["--dry-run", "--only", "bypass,flux"])
+    assert results["dry_run"] and results["machine"] == "cpu" and {"stack", "hotswap", "train"}.isdisjoint(results)
+    assert set(results["bypass"]) == {"base", "merge", "bypass", "diffusers", "merge_rescale", "bypass_rescale"}
+    step = results["flux"]["step"]  # the issue's row: a Flux step with 2 adapters, against diffusers
+    assert set(step) == {"base", "lorastack_2_active", "diffusers_2_active"} and all(step.values())
+
+
+@pytest.mark.slow  # the whole dry run: about 3 minutes of the 2-core machine
+def test_gpu_suite_whole_dry_run(tmp_path):
+    suite = _gpu_suite()
+    results = suite.main(["--dry-run", "--json", str(tmp_path / "r.json")])
+    assert not [name for name in suite.SECTIONS if "error" in results[name]]
+    assert set(results["train"]) == set(suite.TRAIN_ROWS)
+    assert results["train"]["sdxl_nf4"]["quantize_base"] == "torchao-int8"  # NF4's stand-in on the CPU
+    assert results["train"]["sdxl_1024"]["model"] == "tiny sdxl"
+    assert results["hotswap"]["lorastack"]["recompiles"] == 0
