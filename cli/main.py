@@ -32,6 +32,8 @@ QUIET_ENVIRONMENT = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
+#: The same, kept when the user set them (TORCH_LOGS is how a user asks torch for its logs).
+QUIET_DEFAULTS = {"TORCH_LOGS": "-all"}  # torch's own log handler: errors only (torchao's import warns, say)
 
 
 class ReportedError(LorastackError, click.ClickException):
@@ -97,6 +99,12 @@ def _quiet_environment(verbose: bool) -> None:
                 del os.environ[name]
         else:
             os.environ[name] = value
+    for name, value in QUIET_DEFAULTS.items():
+        if verbose:
+            if os.environ.get(name) == value:
+                del os.environ[name]
+        else:
+            os.environ.setdefault(name, value)
     for library in LIBRARIES:
         logging.getLogger(library).setLevel(logging.INFO if verbose else logging.ERROR)
     if verbose:

@@ -15,7 +15,7 @@ from lorastack.testing.models import load_pipeline
 #: What the libraries print when they are not silenced: log prefixes, warnings, loading bars.
 LIBRARY_LINE = re.compile(
     r"\[transformers\]|\[diffusers\]|Loading pipeline components|Loading weights|requires torchvision|"
-    r"warning|it/s\]|%\|",
+    r"warning|it/s\]|%\||^[WIE]\d{4} \d\d:",  # the last: torch's own log handler
     re.IGNORECASE,
 )
 
@@ -29,7 +29,7 @@ def files(tiny_sd1_dir, tmp_path_factory):
 
 def _piped(*args: str, home) -> tuple[int, str, str]:
     env = {**os.environ, "LORASTACK_HOME": str(home), "LORASTACK_LOAD_PLUGINS": ""}
-    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TORCH_LOGS"):
         env.pop(name, None)  # what a user's shell has: the libraries' own defaults
     done = subprocess.run([sys.executable, "-m", "lorastack.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -71,3 +71,12 @@ def test_train_prints_its_progress_and_result_only(tmp_path):
     assert code == 0, err
     assert _library_lines(out + err) == [], out + err
     assert [line for line in err.splitlines() if line.startswith("step ")], err  # its own progress stays
+
+
+def test_resize_prints_its_report_only(files, tmp_path):
+    """Arithmetic loads quantizer-aware libraries (torchao logs through torch's own handler when imported)."""
+    out_file = str(tmp_path / "r.safetensors")
+    code, out, err = _piped("resize", files["adapter"], "-o", out_file, "--rank", "1", home=tmp_path)
+    assert code == 0, err
+    assert err == "" and _library_lines(out) == [], out + err
+    assert out.splitlines()[-1] == f"wrote {out_file} (diffusers format)"
