@@ -191,8 +191,10 @@ def section_flux(args, out: Path) -> dict:
     import bench_transformer
 
     argv = ["--json", str(out / "flux.json"), "--active", "2"]  # the row: a step with 2 adapters
-    argv += ["--quick"] if args.dry_run else ["--model", "flux1-dev", "--device", "cuda", "--dtype", "bf16",
-                                              "--latent", "64", "--adapters", "4"]  # fmt: skip
+    if args.dry_run:
+        argv += ["--quick", "--threads", "1"]
+    else:
+        argv += ["--model", "flux1-dev", "--device", "cuda", "--dtype", "bf16", "--latent", "64", "--adapters", "4"]
     bench_transformer.main(argv)
     return json.loads((out / "flux.json").read_text())
 
@@ -234,6 +236,11 @@ def section_train(args, out: Path) -> dict:
 def main(argv=None) -> dict:
     args = _args(argv)
     torch.set_flush_denormal(True)
+    if args.device == "cpu":  # what bench_stack.py does on the CPU, for every section whichever runs first
+        import bench_stack
+
+        bench_stack.pin_allocator()
+        torch.set_num_threads(1)  # bench_stack.py's default: a shared 2-core machine measures steadier on one
     machine = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"gpu_suite on {machine}{' (dry run: tiny models)' if args.dry_run else ''}")
     results = {"machine": machine, "dry_run": args.dry_run, "torch": torch.__version__}
