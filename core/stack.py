@@ -51,7 +51,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+:-]{0,199}$")
 NAME_RULE = "use letters, digits and . _ - / @ + :, starting with a letter or digit, at most 200 characters"
 
 
-
 class AdapterStack(ApplyModes):
     """Load named adapters once; make any combination of them active at any scales; restore the base exactly.
 
