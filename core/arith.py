@@ -6,10 +6,8 @@ target, and one adapter file whose header says what it came from. Everything goe
 :mod:`lorastack.adapters`, so every input format (kohya, diffusers/peft, LyCORIS LoHa/LoKr/full, DoRA, fused
 Flux/SD3 slices) contributes its exact ΔW.
 
-A LoRA's ΔW = U·D (``out × r`` times ``r × in``) is factored without forming it: with ``U = Q₁R₁`` and
-``Dᵀ = Q₂R₂`` (QR), ΔW = Q₁ (R₁R₂ᵀ) Q₂ᵀ, so the SVD of the small ``r × r`` core gives ΔW's singular values and
-vectors exactly. kohya's ``resize_lora.py`` multiplies U·D out and takes the SVD of the whole ``out × in`` matrix;
-the result is the same, the work is ``O((out + in)·r²)`` instead of ``O(out·in·min(out, in))``.
+A LoRA's ΔW is factored without forming it (:mod:`.arith_svd`): kohya's ``resize_lora.py`` multiplies U·D out
+and takes the SVD of the whole ``out × in`` matrix; the result is the same, the work ``O((out + in)·r²)``.
 
 The rank criteria follow kohya-ss/sd-scripts ``networks/resize_lora.py`` to the letter (``index_sv_ratio``,
 ``index_sv_fro``, ``index_sv_cumulative``, ``rank_resize``: a zero matrix keeps rank 1, a rank above the cap is

@@ -8,6 +8,18 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.fixture(autouse=True)
+def torch_settings_restored():
+    """The scripts set process-wide torch settings for steady timings (one thread, subnormals flushed); the tests
+    that run after them in the same process must compute as before (bit-identical comparisons depend on it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # what the test session runs with (conftest's _flush_subnormals; no getter)
+
+
 def test_bench_stack_quick_runs(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

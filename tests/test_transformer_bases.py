@@ -58,7 +58,10 @@ def test_transformer_file_with_component_files(family, tiny_pipe_dir, tmp_path):
     assert set(recorded) == set(_components(paths))
     assert recorded["vae"] == {"path": str(paths["vae"].resolve()), "size": paths["vae"].stat().st_size}
     _same_weights(reference, pipe, family)
-    assert torch.equal(_latents(pipe), _latents(reference))
+    # the weights are equal bit for bit (above); the images agree to float rounding only: CPU matmul kernels
+    # take another path (and so another order of sums) when a weight lies at another memory alignment, and
+    # where diffusers' loader places a tensor depends on what the process allocated before
+    torch.testing.assert_close(_latents(pipe), _latents(reference), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3.5"])
@@ -77,7 +80,10 @@ def test_bundled_fp8_checkpoint(family, tiny_pipe_dir, tmp_path):
     assert pipe.transformer.dtype == torch.float32 and base_info(pipe).extra.get("components") is None
     round_through_fp8(reference)
     _same_weights(reference, pipe, family)
-    assert torch.equal(_latents(pipe), _latents(reference))
+    # the weights are equal bit for bit (above); the images agree to float rounding only: CPU matmul kernels
+    # take another path (and so another order of sums) when a weight lies at another memory alignment, and
+    # where diffusers' loader places a tensor depends on what the process allocated before
+    torch.testing.assert_close(_latents(pipe), _latents(reference), rtol=1e-3, atol=1e-3)
 
 
 def test_fp8_transformer_upcast_to_bf16_with_a_component_replacing_the_bundled_one(tiny_flux_dir, tmp_path):
@@ -135,7 +141,7 @@ def test_hub_id_from_the_cache_and_the_t5_tokenizer_found_there(tiny_flux_dir, t
     paths = save_transformer_files(reference, tmp_path / "files")
     single = load_base(paths["transformer"], config=config, hf_cache_dir=hub, **_components(paths))
     assert single.tokenizer_2("a cat").input_ids == reference.tokenizer_2("a cat").input_ids
-    assert torch.equal(_latents(single), _latents(reference))
+    torch.testing.assert_close(_latents(single), _latents(reference), rtol=1e-3, atol=1e-3)  # see above
     explicit = load_base(
         paths["transformer"], config=config, t5_tokenizer=tiny_flux_dir / "tokenizer_2", **_components(paths)
     )

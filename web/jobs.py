@@ -45,8 +45,9 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 """
 
 
-class JobCancelled(Exception):
-    """Raised inside a job (from its progress callback) when the user cancelled it."""
+class JobCancelled(LorastackError):
+    """Raised inside a job (from its progress callback) when the user cancelled it (the worker catches it before
+    other errors: a cancelled job is recorded as cancelled, not failed)."""
 
 
 class Job:
