@@ -147,3 +147,13 @@ def parse_name_tag(text: str) -> tuple[str, str | None]:
     if ref.version is not None:
         raise InvalidNameError(f"{text!r}: give a name and optionally a tag (name:tag), not a version")
     return ref.name, ref.tag
+
+
+def version_ranges(numbers: list[int]) -> str:
+    """Version numbers as a user reads them: ``1–4`` for a run, ``1, 3, 7`` otherwise, ``none``."""
+    numbers = sorted(numbers)
+    if not numbers:
+        return "none"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2:
+        return f"{numbers[0]}–{numbers[-1]}"
+    return ", ".join(map(str, numbers))

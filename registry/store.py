@@ -44,7 +44,7 @@ from .errors import (
 from .folder import check_root, check_writable, ensure_reserve, guarded, with_space, writable
 from .listing import list_rows
 from .maintenance import DEFAULT_GRACE_SECONDS
-from .names import LATEST, Ref, parse_ref, validate_name, validate_tag, validate_version
+from .names import LATEST, Ref, parse_ref, validate_name, validate_tag, validate_version, version_ranges
 from .records import (
     FileRecord,
     GcReport,
@@ -281,7 +281,8 @@ class Registry:
             ).fetchone()
             if found is None:
                 numbers = [r[0] for r in db.execute("SELECT number FROM versions WHERE adapter_id = ?", (row["id"],))]
-                raise NotFoundError(f"'{row['name']}' has no version {ref.version}; versions: {_ranges(numbers)}")
+                shown = version_ranges(numbers)
+                raise NotFoundError(f"'{row['name']}' has no version {ref.version}; versions: {shown}")
             return self._version(db, found["id"])
         tag = ref.tag or LATEST
         found = db.execute("SELECT version_id FROM tags WHERE adapter_id = ? AND tag = ?", (row["id"], tag)).fetchone()
@@ -450,12 +451,3 @@ class Registry:
         if not dry_run and self.index_path.exists() and self._writable():
             self._ensure_reserve()
         return report
-
-
-def _ranges(numbers: list[int]) -> str:
-    numbers = sorted(numbers)
-    if not numbers:
-        return "none"
-    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2:
-        return f"{numbers[0]}–{numbers[-1]}"
-    return ", ".join(map(str, numbers))
