@@ -7,11 +7,15 @@ a registry that cannot be written (read-only, busy, full) simply does not count 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 
-from .db import transaction
+from .db import BUSY_TIMEOUT_MS, transaction
 from .errors import RegistryError
+
+#: The most a use waits for another writer before it goes uncounted.
+USE_WAIT_MS = 100
 
 
 def record_use(registry, ref: str) -> bool:
@@ -21,6 +25,11 @@ def record_use(registry, ref: str) -> bool:
         return False
     try:
         db = registry._db(write=True)
+    except (RegistryError, sqlite3.Error, OSError):
+        return False
+    try:
+        # a registry busy with another writer (a scan's batch) is not waited for: the use goes uncounted
+        db.execute(f"PRAGMA busy_timeout = {USE_WAIT_MS}")
         with transaction(db):
             db.execute(
                 "INSERT INTO uses (version_id, count, last_used) SELECT v.id, 1, ? FROM versions v JOIN adapters a "
@@ -31,6 +40,9 @@ def record_use(registry, ref: str) -> bool:
         return True
     except (RegistryError, sqlite3.Error, OSError):
         return False
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def uses(registry, ref: str) -> int:

@@ -291,3 +291,24 @@ def test_uses_are_counted_when_a_version_is_loaded_and_never_block_it(registry, 
     registry._db = real
     registry.remove("style@1", force=True)
     assert uses(registry, "style@1") == 0  # a removed version's count goes with it
+
+
+def test_a_use_never_waits_for_another_writer(registry, files):
+    """A registry another process is writing (a scan's batch) is not waited for: the use goes uncounted, at once."""
+    import sqlite3
+    import time
+
+    from lorastack.registry.uses import record_use, uses
+
+    registry.import_file(files[0], "style")
+    other = sqlite3.connect(registry.index_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the index
+    try:
+        started = time.perf_counter()
+        assert not record_use(registry, "style@1")
+        assert time.perf_counter() - started < 5
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert record_use(registry, "style@1") and uses(registry, "style@1") == 1
+    registry.list()  # the registry's own waits are back to normal
