@@ -115,6 +115,24 @@ def section_bypass(args, out: Path) -> dict:
     return times
 
 
+def _switches(step, switch, switches: int, device: str) -> dict:
+    """The first (compiling) step, then ``switches`` timed switches each followed by a step: the median switch and
+    the graphs compiled after the first step (both sides of the hot-swap row are measured the same way)."""
+    import bench_stack
+
+    from lorastack.core.compiled import compile_counts
+
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    before = compile_counts()
+    times = []
+    for i in range(switches):
+        times.append(bench_stack.timed(lambda i=i: switch(i), device))
+        step()
+    return {"first_step_s": first, "switch_ms": statistics.median(times) * 1e3, "recompiles": _recompiles(before)}
+
+
 def _recompiles(before: dict) -> int:
     from lorastack.core.compiled import compile_counts
 
@@ -125,7 +143,7 @@ def _recompiles(before: dict) -> int:
 def section_hotswap(args, out: Path) -> dict:
     import bench_stack
 
-    from lorastack.core.compiled import compile_counts, compile_denoiser
+    from lorastack.core.compiled import compile_denoiser
     from lorastack.core.stack import AdapterStack
 
     backend = "eager" if args.dry_run else "inductor"
@@ -143,17 +161,9 @@ def section_hotswap(args, out: Path) -> dict:
         stack.load(f"a{i}", path)
     stack.activate({"a0": 1.0})
     compile_denoiser(stack, backend=backend, max_rank=4 * sargs.rank)
-    t = time.perf_counter()
-    step()
-    first = time.perf_counter() - t
-    before = compile_counts()
-    times = []
-    for i in range(switches):
-        times.append(bench_stack.timed(lambda i=i: stack.activate({f"a{i % 4}": 0.8, f"a{(i + 1) % 4}": 0.4}),
-                                       args.device))  # fmt: skip
-        step()
-    results["lorastack"] = {"first_step_s": first, "switch_ms": statistics.median(times) * 1e3,
-                            "recompiles": _recompiles(before)}  # fmt: skip
+    results["lorastack"] = _switches(
+        step, lambda i: stack.activate({f"a{i % 4}": 0.8, f"a{(i + 1) % 4}": 0.4}), switches, args.device
+    )
     stack.deactivate()
     stack.bypass.clear()
     stack = pipe = None  # freed before diffusers' copy is built
@@ -166,18 +176,12 @@ def section_hotswap(args, out: Path) -> dict:
         pipe.enable_lora_hotswap(target_rank=sargs.rank)
         pipe.load_lora_weights(str(paths[0]), adapter_name="hot")
         unet.compile(backend=backend)
-        t = time.perf_counter()
-        step()
-        first = time.perf_counter() - t
-        before = compile_counts()
-        times = []
-        for i in range(switches):
-            path = str(paths[(i + 1) % 4])
-            times.append(bench_stack.timed(lambda p=path: pipe.load_lora_weights(p, adapter_name="hot", hotswap=True),
-                                           args.device))  # fmt: skip
-            step()
-        results["diffusers"] = {"first_step_s": first, "switch_ms": statistics.median(times) * 1e3,
-                                "recompiles": _recompiles(before)}  # fmt: skip
+        results["diffusers"] = _switches(
+            step,
+            lambda i: pipe.load_lora_weights(str(paths[(i + 1) % 4]), adapter_name="hot", hotswap=True),
+            switches,
+            args.device,
+        )
     except Exception as e:  # an older diffusers without hot-swap: said, not hidden
         results["diffusers"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     ours, theirs = results["lorastack"], results["diffusers"]
