@@ -8,6 +8,17 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def _script(name: str):
+    """A benchmark script imported as a module (bench/ is not a package)."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
 @pytest.fixture(autouse=True)
 def torch_settings_restored():
     """The scripts set process-wide torch settings for steady timings (one thread, subnormals flushed); the tests
@@ -21,11 +32,7 @@ def torch_settings_restored():
 
 
 def test_bench_stack_quick_runs(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_stack
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_stack = _script("bench_stack")
     results = bench_stack.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert len(results["load"]["lorastack"]) == len(results["load"]["diffusers"]) == 6
     assert set(results["step"]) == {"base", "lorastack_3_active", "merged_control", "diffusers_3_active"}
@@ -33,11 +40,7 @@ def test_bench_stack_quick_runs(tmp_path):
 
 
 def test_bench_transformer_quick_runs(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_transformer
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_transformer = _script("bench_transformer")
     results = bench_transformer.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert len(results["load"]["lorastack"]) == len(results["load"]["diffusers"]) == 6
     assert len(results["switch_only"]["lorastack"]) == len(results["switch_plus_step"]["diffusers"]) == 4
@@ -46,11 +49,7 @@ def test_bench_transformer_quick_runs(tmp_path):
 
 
 def test_bench_library_quick_runs(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_library
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_library = _script("bench_library")
     results = bench_library.main(["--quick", "--json", str(tmp_path / "r.json")])
     library, first = results["library"], results["first_scan"]
     assert first["added"] == library["adapters"] + library["duplicates"] and first["errors"] == 0
@@ -62,11 +61,7 @@ def test_bench_library_quick_runs(tmp_path):
 
 
 def test_bench_arith_quick_runs(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_arith
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_arith = _script("bench_arith")
     results = bench_arith.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert results["layers"] == 2 and (results["source_rank"], results["rank"]) == (16, 4)
     for op in ("resize", "merge"):
@@ -82,12 +77,7 @@ def test_bench_arith_quick_runs(tmp_path):
 
 
 def _gpu_suite():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_suite
-    finally:
-        sys.path.remove(str(BENCH))
-    return gpu_suite
+    return _script("gpu_suite")
 
 
 def test_gpu_suite_dry_run_of_two_rows():
