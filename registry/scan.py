@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +29,9 @@ from lorastack.adapters.errors import AdapterError
 from lorastack.faults import crash_point
 
 from . import scan_records
-from .db import index_error, transaction
+from .db import transaction
 from .errors import BusyError
-from .folder import os_error
+from .folder import guarded
 from .inplace import INPLACE, FileStat, ReadFile, read_once
 from .scan_names import base_name, check_namespace, unique_name
 from .scan_walk import Found, kind, walk
@@ -77,19 +76,12 @@ class ScanReport:
         return {**self.__dict__, "counts": {**counts, "unchanged": self.unchanged, "sidecars": self.sidecars}}
 
 
+@guarded
 def scan(registry, roots: Iterable[str | Path], **options) -> ScanReport:
     """Scan ``roots`` into ``registry`` (see :func:`_scan`); SQLite and file-system failures of the registry itself
     become one-line registry errors (a file that cannot be read is reported, never raised)."""
-    try:
-        with _one_scan(registry):
-            return _scan(registry, roots, **options)
-    except sqlite3.Error as e:
-        error = index_error(e, registry.index_path)
-        if error is None:
-            raise
-        raise error from None
-    except OSError as e:
-        raise os_error(e, registry.root) from None
+    with _one_scan(registry):
+        return _scan(registry, roots, **options)
 
 
 @contextlib.contextmanager
