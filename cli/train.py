@@ -173,6 +173,10 @@ def _train(ctx: click.Context, trainer: str, values: dict[str, Any]) -> None:
         best = result.evaluation
         score = f", {best['best_value']:.4f}" if best.get("best_value") is not None else ""
         click.echo(f"best checkpoint ({best['metric']}{score}): {best['best']}")
+    if result.processes > 1:
+        split = f", sharded ({result.shard}): each held {result.held:.0%} of the trained components" if (
+            result.shard != "none") else ", each with the whole model (DDP)"  # fmt: skip
+        click.echo(f"processes: {result.processes}{split}")
     click.echo(f"run: {result.run_dir} ({result.steps} steps in {result.seconds:.0f} s; mean loss "
                f"{result.loss_first:.4f} over the first tenth of the steps -> {result.loss_final:.4f} over the "
                "last)")  # fmt: skip
@@ -196,6 +200,9 @@ def result_json(result, trainer: str) -> dict[str, Any]:
         "best_checkpoint": result.best_checkpoint,
         "validation_losses": {str(k): v for k, v in sorted(result.validation_losses.items())},
         "evaluation": result.evaluation,
+        "processes": result.processes,
+        "shard": result.shard,
+        "held": round(result.held, 4),
     }
 
 

@@ -116,9 +116,10 @@ class RunEvaluation:
             if progress is not None:
                 pipe._progress_bar_config = progress
 
-    def score(self, step: int) -> list[ScoreRow]:
-        """Draw and score the pipeline as it is now (the base at step 0), record it, re-mark the best step."""
-        drawn = self._draw()
+    def score(self, step: int, drawn: list[tuple[str, int, Any]] | None = None) -> list[ScoreRow]:
+        """Draw (unless ``drawn`` is given) and score the pipeline as it is now (the base at step 0), record it,
+        re-mark the best step."""
+        drawn = self._draw() if drawn is None else drawn
         if step == 0:
             self.base_images = {(p, s): img for p, s, img in drawn}
         adapter, weight = (None, 0.0) if step == 0 else (LABEL, 1.0)
@@ -146,9 +147,12 @@ class RunEvaluation:
         return self.process is None or self.process.is_main_process
 
     def _on_main(self, step: int) -> None:
-        """Score ``step`` on the main process; every process leaves together (the others wait at the barrier)."""
+        """Score ``step`` on the main process; every process leaves together (the others wait at the barrier).
+        A sharded run's pipeline needs every process for each forward: all of them draw, the main one scores."""
+        sharded = self.process is not None and self.process.num_processes > 1 and self.context.options.shard != "none"
+        drawn = self._draw() if sharded else None
         if self.main:
-            self.score(step)
+            self.score(step, drawn)
         self._barrier()
 
     def _barrier(self) -> None:

@@ -23,6 +23,7 @@ def main(jobs_file: str, out_dir: str) -> None:
         result = train(job["trainer"], job["base"], job["data"], output=job["output"], options=job["options"],
                        name=job.get("name"), progress=False)  # fmt: skip
         results.append({"digest": result.digest, "losses": result.losses, "registered": result.registered,
+                        "shard": result.shard, "held": result.held,
                         "processes": result.processes, "adapter": str(result.adapter_path)})  # fmt: skip
     state = PartialState()
     out = Path(out_dir) / f"rank-{state.process_index}.json"

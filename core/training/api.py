@@ -127,6 +127,12 @@ def train(
     check = optional_member(plugin, Trainer, "check")
     if check is not None:
         check(resolved)  # trainer-specific rules (a class without a token, …) before any work
+    from .sharded import accelerate_shard, check_shard_options
+
+    if resolved.shard == "none" and (asked := accelerate_shard()):  # accelerate launch with an FSDP config
+        resolved = resolved.replace(shard=asked)
+    if resolved.shard != "none":
+        check_shard_options(resolved, trainer == "pivotal")
     from lorastack.core.evaluation_training import check_options as check_evaluation
 
     evaluation_settings = check_evaluation(resolved)  # evaluators, their metric, prompts: before any work

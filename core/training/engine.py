@@ -49,6 +49,8 @@ class TrainResult:
     evaluation: dict | None = None  # --eval-every: the metric, the best checkpoint and its score
     processes: int = 1  # processes that trained it (accelerate launch / torchrun), each on a slice of every batch
     digest: str = ""  # sha256 of the trained tensors, checked equal on every process at each checkpoint
+    shard: str = "none"  # --shard: how the processes split the model (none: each held it whole)
+    held: float = 1.0  # the share of the trained components' weights each process held
 
     @property
     def loss_first(self) -> float:
@@ -338,15 +340,18 @@ class Engine:
         if self.extras is not None:
             for name, p in self.extras.parameters().items():
                 params[name] = p.requires_grad_(True)  # add_lora froze the text encoders, these rows included
-        optimizer = self._optimizer(params)
-        # stepped once per optimizer step, not prepared: accelerate would step it once per process, and here a step
-        # is one global batch whatever the number of processes
-        lr_scheduler = self._scheduler(optimizer)
         self.model = getattr(self.pipe, self.denoiser)
         holders = {c: m for c in MODEL_COMPONENTS if (m := getattr(self.pipe, c, None)) is not None
                    and any(p.requires_grad for p in m.parameters())}  # fmt: skip
         trainable = TrainedModules(holders, self._micro_loss)
-        if self.accelerator.num_processes > 1:
+        self.sharded = None
+        if self.accelerator.num_processes > 1 and options.shard != "none":
+            from .sharded import Sharded, check_shard_options
+
+            check_shard_options(options, self.extras is not None)
+            self.sharded = Sharded(holders, options.shard)
+            params = trainable_parameters(trained)  # the same parameters, now DTensors holding this process's shard
+        elif self.accelerator.num_processes > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             # the frozen base is the same on every process (the same files): DDP need not broadcast gigabytes of it
@@ -355,8 +360,15 @@ class Engine:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 trainable, frozen + [n for n, _ in trainable.named_buffers()]
             )
-        self.step_model, optimizer = self.accelerator.prepare(trainable, optimizer)
-        start, losses = self.run.restore(params, optimizer, lr_scheduler)
+        optimizer = self._optimizer(params)
+        # stepped once per optimizer step, not prepared: accelerate would step it once per process, and here a step
+        # is one global batch whatever the number of processes
+        lr_scheduler = self._scheduler(optimizer)
+        if self.sharded is None:
+            self.step_model, optimizer = self.accelerator.prepare(trainable, optimizer)
+        else:  # sharded in place: FSDP reduce-scatters the gradients itself
+            self.step_model = trainable
+        start, losses = self.run.restore(params, optimizer, lr_scheduler, self.sharded)
         if self.accelerator.trackers:
             self.accelerator.init_trackers("lorastack", config={k: str(v) for k, v in options.as_dict().items()})
         accumulation = options.gradient_accumulation
@@ -372,7 +384,7 @@ class Engine:
                 for micro in range(step * accumulation, (step + 1) * accumulation):
                     last = micro == (step + 1) * accumulation - 1
                     # gradients are reduced across processes once per optimizer step, after its last micro-batch
-                    with contextlib.nullcontext() if last else self.accelerator.no_sync(self.step_model):
+                    with contextlib.nullcontext() if last else self._no_sync():
                         loss = self.step_model(micro) / accumulation
                         # the whole batch's loss, the same on every process, so all of them stop together
                         reduced = float(self.accelerator.reduce(loss.detach(), "mean"))
@@ -384,7 +396,9 @@ class Engine:
                             )
                         self.accelerator.backward(loss)
                     total += reduced
-                if options.max_grad_norm:
+                if options.max_grad_norm and self.sharded is not None:
+                    self.sharded.clip(params, options.max_grad_norm)
+                elif options.max_grad_norm:
                     self.accelerator.clip_grad_norm_(list(params.values()), options.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
@@ -405,7 +419,7 @@ class Engine:
             ) from None
         finally:
             bar.close()
-        digest = params_digest(params)
+        digest = params_digest(self._whole(params))
         if main:
             self.run.finish(losses)
         self.accelerator.wait_for_everyone()
@@ -416,12 +430,22 @@ class Engine:
                              encodes=getattr(self.cache, "encodes", 0),
                              text_encodes=getattr(self.text_cache, "encodes", 0),
                              processes=self.accelerator.num_processes, digest=digest)  # fmt: skip
-        remove_lora(trained)
+        if self.sharded is not None:
+            result.shard, result.held = self.sharded.mode, self.sharded.held
+        if self.sharded is None:  # a sharded pipeline stays sharded: its modules are FSDP modules now
+            remove_lora(trained)
         if self.extras is not None:
             self.extras.close()
         if self.accelerator.trackers:
             self.accelerator.end_training()
         return result
+
+    def _no_sync(self):
+        return self.sharded.no_sync() if self.sharded is not None else self.accelerator.no_sync(self.step_model)
+
+    def _whole(self, params):
+        """The trained tensors whole: gathered from every process's shard when sharded (every process calls it)."""
+        return self.sharded.full(params) if self.sharded is not None else params
 
     def _due(self, done: int) -> bool:
         every = self.options.checkpoint_every
@@ -429,16 +453,21 @@ class Engine:
 
     def _checkpoint(self, done, trained, params, optimizer, lr_scheduler, losses) -> None:
         """Save checkpoint ``done``: the main process writes it, once every process holds the same tensors."""
-        check_agreement(self.accelerator, params_digest(params), done)
+        whole = self._whole(params)
+        check_agreement(self.accelerator, params_digest(whole), done)
         for module in trained.values():
             module.eval()
-        adapter = export_adapter(trained, self.options.alpha, self.header)
+        states = None if self.sharded is None else self.sharded.component_states(whole)
+        adapter = export_adapter(trained, self.options.alpha, self.header, states)
         if self.extras is not None:
             self.extras.export(adapter)
+        optimizer_state = optimizer if self.sharded is None else self.sharded.optimizer_state(optimizer)
         validation = self.validation_loss()
+        # the pipeline's own modules, unwrapped: no process need join in, unless they are sharded (every one samples)
+        samples = checkpoint_samples(self, done) if self.accelerator.is_main_process or self.sharded else None
         if self.accelerator.is_main_process:
-            samples = checkpoint_samples(self, done)  # the pipeline's own modules, unwrapped: no process need join in
-            self.run.save_checkpoint(done, adapter, params, optimizer, lr_scheduler, losses, validation, samples)
+            self.run.save_checkpoint(done, adapter, whole, optimizer_state, lr_scheduler, losses, validation,
+                                     samples)  # fmt: skip
         self.accelerator.wait_for_everyone()
         if self.accelerator.trackers and validation is not None:
             self.accelerator.log({"validation_loss": validation}, step=done)

@@ -127,8 +127,9 @@ def trainable_parameters(trained: Mapping[str, torch.nn.Module]) -> dict[str, to
     }
 
 
-def export_adapter(trained: Mapping[str, torch.nn.Module], alpha: float, header: Mapping[str, str]):
-    """The trained LoRA as a lorastack ``Adapter`` (canonical form), ready for any writer.
+def export_adapter(trained: Mapping[str, torch.nn.Module], alpha: float, header: Mapping[str, str], states=None):
+    """The trained LoRA as a lorastack ``Adapter`` (canonical form), ready for any writer. ``states``: component →
+    its trained tensors by parameter name, whole (a sharded run's modules hold shards of them).
 
     Every trained tensor must be in it: a key the reader does not place is an error here, not a layer missing
     from the saved file.
@@ -140,7 +141,8 @@ def export_adapter(trained: Mapping[str, torch.nn.Module], alpha: float, header:
     tensors = {}
     for component, module in trained.items():
         # new tokens travel as bundled embeddings, never as a copy of the whole (resized) embedding matrix
-        state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
+        given = None if states is None else states.get(component, {})
+        state = get_peft_model_state_dict(module, given, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
         for key, value in state.items():
             tensors[f"{component}.{key}"] = value.detach().to("cpu", torch.float32).clone()
     adapter = parse_state_dict(tensors, dict(header))

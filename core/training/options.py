@@ -82,6 +82,11 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("quantize_base", "choice", "none", "Train on the denoiser loaded quantized from a diffusers-folder base "
            "(QLoRA): torchao-int8 (runs on the CPU too), torchao-fp8, bnb-nf4, bnb-int8 (these three on a GPU).",
            choices=QUANTIZE_CHOICES),
+    # FSDP2 (lorastack.core.training.sharded) under several processes; one process shards nothing
+    Option("shard", "choice", "none", "Under several processes (torchrun, accelerate launch): fsdp shards the "
+           "trained components' weights, gradients and optimizer state over the processes (ZeRO-3), fsdp-grad-op "
+           "the gradients and optimizer state (ZeRO-2); none: each process holds the whole model (DDP).",
+           choices=("none", "fsdp", "fsdp-grad-op")),
     # decoupled decay shrinks weights by lr x decay per step: 0.01–0.1 is usual, over 1 is never meant
     Option("weight_decay", "float", 1e-2, "AdamW weight decay.", minimum=0, maximum=1),
     Option("lr_scheduler", "choice", "constant", "Learning-rate schedule.",
@@ -272,7 +277,8 @@ def _check_device(device: str) -> None:
 def recipe_fingerprint(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options that define what a run computes (a resumed run must match them); not how often it reports."""
     reporting = {"steps", "checkpoint_every", "validate_every", "validation_prompts", "sample_steps", "device",
-                 "eval_every", "eval_metric", "evaluators", "eval_prompts", "eval_seeds"}  # fmt: skip
+                 "eval_every", "eval_metric", "evaluators", "eval_prompts", "eval_seeds",
+                 "shard"}  # a checkpoint holds whole tensors: a run resumes sharded or not  # fmt: skip
     return {k: _plain(v) for k, v in sorted(options.items()) if k not in reporting}
 
 

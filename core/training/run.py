@@ -120,6 +120,8 @@ class RunFolder:
     # --- checkpoints --------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, step, adapter, params, optimizer, lr_scheduler, losses, validation, samples) -> Path:
+        """Write checkpoint ``step``: ``params`` (whole tensors) and ``optimizer`` (an optimizer, or the state dict
+        of one: a sharded run's, gathered whole) with the schedule and losses, so a resumed run continues it."""
         folder = self.path / "checkpoints" / f"step-{step:06d}"
         if folder.exists():
             shutil.rmtree(folder)  # an incomplete one from a killed run
@@ -128,7 +130,7 @@ class RunFolder:
         state = {
             "step": step,
             "params": {name: p.detach().to("cpu").clone() for name, p in params.items()},
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "losses": list(losses),
         }
@@ -149,8 +151,9 @@ class RunFolder:
         self._plot(losses)
         return folder
 
-    def restore(self, params, optimizer, lr_scheduler) -> tuple[int, list[float]]:
-        """Load the last complete checkpoint into the parameters and optimizer; ``(0, [])`` when there is none."""
+    def restore(self, params, optimizer, lr_scheduler, sharded=None) -> tuple[int, list[float]]:
+        """Load the last complete checkpoint into the parameters and optimizer; ``(0, [])`` when there is none.
+        ``sharded`` (a ``sharded.Sharded``): the parameters are shards, each process takes its part."""
         complete = self._complete()
         if not complete:
             return 0, []
@@ -164,10 +167,13 @@ class RunFolder:
                 f"checkpoint {str(complete[-1])!r} does not fit this model (parameters differ: {missing[0]}, …): "
                 "was the base model changed?"
             )
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state["params"][name])
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded is not None:
+            sharded.load(params, optimizer, state["params"], state["optimizer"])
+        else:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(state["params"][name])
+            optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         return int(state["step"]), list(state["losses"])
 
