@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,24 @@ class TrainingContext:
     trigger_words: list[str] = field(default_factory=list)
     progress: bool = True
     on_step: Any = None  # called with (step, loss) after each optimizer step
+    process: Any = None  # accelerate's process state under torchrun / accelerate launch
+
+    def share(self, items: Sequence[Any]) -> list[Any]:
+        """The part of ``items`` this process works on when the run was launched on several processes (a contiguous
+        slice each; all of them with one process), such as class images to generate; ``wait_for_everyone()``
+        before reading what the other processes made."""
+        from .processes import local_positions
+
+        items = list(items)
+        if self.process is None or self.process.num_processes == 1:
+            return items
+        positions = local_positions(len(items), self.process.num_processes, self.process.process_index)
+        return [items[i] for i in positions]
+
+    def wait_for_everyone(self) -> None:
+        """Wait until every process of the launch gets here (nothing with one process)."""
+        if self.process is not None and self.process.num_processes > 1:
+            self.process.wait_for_everyone()
 
     def status(self, message: str) -> None:
         """A status line on stderr (``generating 50 class images …``), unless the run is quiet."""
@@ -193,7 +211,7 @@ def train(
         header["ss_sd_model_name"] = hub_base or base_id
     context = TrainingContext(
         pipe, base_id, dataset, run, resolved, trainer, name, header, progress=progress and state.is_main_process,
-        on_step=on_step,
+        on_step=on_step, process=state,
     )  # fmt: skip
     evaluation = None
     if evaluation_settings:
