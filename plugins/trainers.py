@@ -179,29 +179,31 @@ def class_images(context, prompt: str | None, options) -> list[DatasetItem]:
     )
     folder = data_home() / "cache" / "class-images" / key.hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
-    missing = sum(not (folder / f"{index:05d}.png").exists() for index in range(count))
-    bar = None
+    context.wait_for_everyone()  # every process lists the folder before any writes to it: the same list
+    missing = [index for index in range(count) if not (folder / f"{index:05d}.png").exists()]
+    # under several processes each generates its share of them (each image has its own seed), then all read all
+    mine = context.share(missing)
     if missing:
-        context.status(f"generating {missing} class images ({prompt or 'unconditional'!r}) with the base; they are "
-                       f"cached for later runs in {folder}")  # fmt: skip
-        bar = context.progress_bar(missing, "class image")
-    items = []
-    for index in range(count):
-        path = folder / f"{index:05d}.png"
-        if not path.exists():
+        context.status(f"generating {len(missing)} class images ({prompt or 'unconditional'!r}) with the base; they "
+                       f"are cached for later runs in {folder}")  # fmt: skip
+        bar = context.progress_bar(len(mine), "class image")
+        for index in mine:
             import torch
 
             g = torch.Generator().manual_seed(options.seed * 100_003 + index)
             image = context.pipe(prompt, num_inference_steps=options.sample_steps, generator=g, height=size,
                                  width=size, **guidance, **extra).images[0]  # fmt: skip
-            with atomic_path(path, durable=False) as tmp:  # a cache: a torn file would be generated again
+            with atomic_path(folder / f"{index:05d}.png", durable=False) as tmp:  # a cache: a torn file is redone
                 image.save(tmp)
             bar.update(1)
+        bar.close()
+        context.wait_for_everyone()
+    items = []
+    for index in range(count):
+        path = folder / f"{index:05d}.png"
         data = path.read_bytes()
         items.append(DatasetItem(open_image(data, path.name), prompt, f"class/{path.name}",
                                  key=image_key(data), path=path))  # fmt: skip
-    if bar is not None:
-        bar.close()
     return items
 
 

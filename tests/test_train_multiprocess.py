@@ -224,3 +224,27 @@ def test_accelerate_launch_runs_the_cli_and_a_second_process_fails_with_the_firs
     assert len(errors) == 2 and sum(e.endswith("(reported by the main process)") for e in errors) == 1
     # the launcher prints its own traceback of the failed child; lorastack's processes print none
     assert "training/api.py" not in refused.stderr and "training/run.py" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_processes_share_the_class_images_they_generate(tiny_sd1_dir, tmp_path):
+    """DreamBooth's class images under two processes: each process generates its half, both train on all of them,
+    and one process later finds them all cached (the same images a one-process run would make)."""
+    data = _images(tmp_path / "data", 2)
+    home = tmp_path / "home"
+    options = {**BASE_OPTIONS, "resolution": 32, "steps": 2, "token": "aawxbc", "class_name": "square",
+               "class_images": 3}  # fmt: skip
+    jobs = [{"trainer": "dreambooth", "base": str(tiny_sd1_dir), "data": str(data), "output": str(tmp_path / "two"),
+             "options": options}]  # fmt: skip
+    ranks = _launch(jobs, tmp_path, home)
+    first, second = (r["jobs"][0] for r in ranks)
+    assert first["digest"] == second["digest"]
+    assert sorted([first["pipeline_calls"], second["pipeline_calls"]]) == [1, 2]  # 3 images, split 2 + 1
+    folders = list((home / "cache" / "class-images").iterdir())
+    assert len(folders) == 1 and sorted(p.name for p in folders[0].iterdir()) == [f"{i:05d}.png" for i in range(3)]
+    generated = {p.name: p.read_bytes() for p in folders[0].iterdir()}
+
+    os.environ["LORASTACK_HOME"] = str(tmp_path / "alone")  # one process, its own cache: the same images
+    train("dreambooth", tiny_sd1_dir, data, output=tmp_path / "one", options=options, progress=False)
+    alone = next((tmp_path / "alone" / "cache" / "class-images").iterdir())
+    assert {p.name: p.read_bytes() for p in alone.iterdir()} == generated
