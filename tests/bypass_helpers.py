@@ -57,3 +57,19 @@ def tucker_locon(pipe, seed: int = 0, rank: int = 2) -> Adapter:
                 alpha=1.0,
             )
     return Adapter(layers)
+
+
+def sd3_output(pipe, seed: int = 0) -> torch.Tensor:
+    """One SD3 transformer forward on random latents and text states."""
+    cfg = pipe.transformer.config
+    g = torch.Generator().manual_seed(seed)
+    compute = (torch.float32, torch.float16, torch.bfloat16)
+    dtype = next((p.dtype for p in pipe.transformer.parameters() if p.dtype in compute), torch.float32)
+    kwargs = dict(
+        hidden_states=torch.randn(1, cfg.in_channels, 8, 8, generator=g).to(dtype),
+        encoder_hidden_states=torch.randn(1, 8, cfg.joint_attention_dim, generator=g).to(dtype),
+        pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g).to(dtype),
+        timestep=torch.tensor([500.0]),
+    )
+    with torch.no_grad():
+        return pipe.transformer(**kwargs).sample.float()

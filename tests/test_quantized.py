@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 from adapter_cases import make_case
-from bypass_helpers import flux_output, sd_outputs
+from bypass_helpers import flux_output, sd3_output, sd_outputs
 from stack_helpers import lycoris_adapter
 
 from lorastack.adapters import parse_state_dict, read_adapter
@@ -109,30 +109,32 @@ def test_merge_mode_refuses_a_quantized_layer_in_one_line(tiny_sd1_dir, tmp_path
 
 
 @needs_gguf
-def test_gguf_flux_base_in_bypass(tiny_flux_dir, tmp_path):
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_gguf_transformer_base_in_bypass(family, tiny_flux_dir, tiny_sd3_dir, tmp_path):
     from lorastack.testing.quantized_files import save_gguf
     from lorastack.testing.transformer_files import transformer_state
 
-    float_pipe = load_pipeline(tiny_flux_dir)
-    path, quantized = save_gguf(transformer_state(float_pipe.transformer), tmp_path / "flux.gguf")
+    folder, output = (tiny_flux_dir, flux_output) if family == "flux" else (tiny_sd3_dir, sd3_output)
+    float_pipe = load_pipeline(folder)
+    path, quantized = save_gguf(transformer_state(float_pipe.transformer), tmp_path / f"{family}.gguf", family)
     assert quantized >= 5
-    lora = parse_state_dict(original_state_dict(make_original_lora(float_pipe, "flux", rank=4, seed=1, std=0.05)))
+    lora = parse_state_dict(original_state_dict(make_original_lora(float_pipe, family, rank=4, seed=1, std=0.05)))
     reference = AdapterStack(float_pipe, mode="merge")
     reference.load("a", lora)
-    f_base = flux_output(float_pipe)
+    f_base = output(float_pipe)
     reference.activate({"a": 1.0})
-    f_adapted = flux_output(float_pipe)
+    f_adapted = output(float_pipe)
 
-    pipe = load_pipeline(tiny_flux_dir)
-    pipe.register_modules(transformer=load_gguf_denoiser(path, tiny_flux_dir, torch.float32))
+    pipe = load_pipeline(folder)
+    pipe.register_modules(transformer=load_gguf_denoiser(path, folder, torch.float32))
     stored = _stored(pipe, "transformer")
     assert len(stored) == quantized
     stack = AdapterStack(pipe)
     stack.load("a", lora)
     assert {v["why"] for v in stack.apply_report()["layers"].values()} == {"quantized (gguf)", "a plain weight"}
-    q_base = flux_output(pipe)
+    q_base = output(pipe)
     stack.activate({"a": 1.0})
-    q_adapted = flux_output(pipe)
+    q_adapted = output(pipe)
     assert _stored(pipe, "transformer") == stored
     assert _relative(q_adapted - q_base, f_adapted - f_base) < 0.05
 

@@ -156,11 +156,13 @@ def test_sdxl_flux_and_an_evaluated_run_train_sharded(tiny_sdxl_dir, tiny_flux_d
          "options": flux},
         {"trainer": "dreambooth", "base": "toy", "data": str(concept_images(tmp_path / "concept", 2, 0)),
          "output": str(tmp_path / "toy"), "options": evaluated},
+        {"trainer": "dreambooth", "base": "toy", "data": str(tmp_path / "concept"),
+         "output": str(tmp_path / "toy-ddp"), "options": {**evaluated, "shard": "none"}},
     ]  # fmt: skip
     ranks = _launch(jobs, tmp_path, tmp_path / "home", timeout=600)
     for first, second in zip(*(r["jobs"] for r in ranks)):
         assert first["digest"] == second["digest"] and first["losses"] == second["losses"]
-    xl_job, flux_job, ddp_job, toy_job = ranks[1]["jobs"]
+    xl_job, flux_job, ddp_job, toy_job, toy_ddp = ranks[1]["jobs"]
     assert xl_job["shard"] == "fsdp-grad-op" and xl_job["held"] == pytest.approx(0.5, abs=1e-3)
     xl_adapter = load_file(tmp_path / "xl" / "adapter.safetensors")
     assert {"text_encoder", "text_encoder_2"} <= {k.split(".")[0] for k in xl_adapter}
@@ -168,9 +170,15 @@ def test_sdxl_flux_and_an_evaluated_run_train_sharded(tiny_sdxl_dir, tiny_flux_d
     assert flux_job["losses"] == pytest.approx(ddp_job["losses"], rel=1e-4)
     assert torch.allclose(_flat(tmp_path / "flux"), _flat(tmp_path / "flux-ddp"), atol=1e-4)
     assert (tmp_path / "flux" / "samples" / "step-000002.png").is_file()
+    # evaluated by the main process while the other waits (DDP), or drawn by both (sharded): the same scores
     state = json.loads((tmp_path / "toy" / "run.json").read_text())
-    assert toy_job["shard"] == "fsdp" and state["status"] == "done"
+    assert toy_job["shard"] == "fsdp" and toy_ddp["shard"] == "none" and state["status"] == "done"
     assert sorted(state["evaluation"]["steps"], key=int) == ["0", "1", "2"]
+    ddp_state = json.loads((tmp_path / "toy-ddp" / "run.json").read_text())
+    for step in ("0", "1", "2"):
+        scores = {(r["adapter"], r["metric"]): r["mean"] for r in state["evaluation"]["steps"][step]}
+        ddp_scores = {(r["adapter"], r["metric"]): r["mean"] for r in ddp_state["evaluation"]["steps"][step]}
+        assert scores.keys() == ddp_scores.keys() and scores == pytest.approx(ddp_scores, abs=0.02)
 
 
 def _docs_block(marker: str) -> str:
