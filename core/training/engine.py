@@ -377,7 +377,8 @@ class Engine:
         try:
             for step in range(start, options.steps):
                 for module in trained.values():
-                    module.train()
+                    if not module.training:  # a checkpoint's or an evaluation's eval(); train() walks every module
+                        module.train()
                 total = 0.0
                 if self.extras is not None:
                     self.extras.before_step(step, params)
