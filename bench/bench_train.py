@@ -107,7 +107,7 @@ def anchor(pipe, data: Path, args, device, dtype) -> tuple[float, float]:
     def step(i):
         index = [(i * args.batch + j) % len(files) for j in range(args.batch)]
         pixels = torch.stack([
-            torch.from_numpy(np.asarray(Image.open(files[k]).convert("RGB").resize((size, size))))
+            torch.from_numpy(np.array(Image.open(files[k]).convert("RGB").resize((size, size))))
             .permute(2, 0, 1).float() / 127.5 - 1 for k in index
         ]).to(device)  # fmt: skip
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
