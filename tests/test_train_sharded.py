@@ -56,6 +56,21 @@ def test_what_a_sharded_run_cannot_do_is_refused_before_the_base_loads(tiny_sd1_
     assert "\n" not in str(refused.value) and str(refused.value).startswith("--shard fsdp ")
 
 
+def test_one_process_says_it_shards_nothing(tiny_sd1_dir, tmp_path, lorastack_home, monkeypatch, caplog):
+    import lorastack.core.base as base
+
+    def stop(*args, **kwargs):
+        raise TrainingError("stopped where the base would load")
+
+    monkeypatch.setattr(base, "load_base", stop)
+    with pytest.raises(TrainingError, match="stopped where the base would load"):
+        train("lora", tiny_sd1_dir, _images(tmp_path / "data", 1), output=tmp_path / "run",
+              options={"shard": "fsdp-grad-op"}, progress=False)  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == ["--shard fsdp-grad-op splits a model between processes, and this run has one: it trains "
+                    "unsharded (launch it with torchrun --nproc_per_node N or accelerate launch)"]  # fmt: skip
+
+
 def test_pivotal_tuning_is_refused_sharded(tiny_sd1_dir, tmp_path, lorastack_home, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch --config_file fsdp.yaml passes on
     monkeypatch.setenv("FSDP_VERSION", "2")

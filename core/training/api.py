@@ -167,6 +167,9 @@ def train(
     data_home()
     # under accelerate launch / torchrun: the main process names the folder (a default one has the time in its name)
     state = process_state(resolved.device)
+    if resolved.shard != "none" and state.num_processes == 1:
+        log.warning("--shard %s splits a model between processes, and this run has one: it trains unsharded "
+                    "(launch it with torchrun --nproc_per_node N or accelerate launch)", resolved.shard)  # fmt: skip
     run_dir = on_main(state, lambda: Path(output) if output is not None else default_run_dir(name, trainer))
     check_output_dir(run_dir)
     dataset = open_dataset(data, source, source_options)
