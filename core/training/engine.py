@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,39 +26,11 @@ from .lora import MODEL_COMPONENTS, add_lora, denoiser_name, export_adapter, rem
 from .options import TrainingError
 from .pictures import checkpoint_samples
 from .processes import TrainedModules, check_agreement, local_positions, params_digest
-from .progress import Progress, smoothed_ends
+from .progress import Progress
+from .result import TrainResult
 from .run import RunFolder
 
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    adapter_path: Path
-    steps: int
-    losses: list[float]
-    best_checkpoint: str | None = None
-    validation_losses: dict[int, float] = field(default_factory=dict)
-    registered: str | None = None
-    encodes: int = 0  # VAE encode calls (latent cache misses)
-    text_encodes: int = 0  # text-encoder calls of the text cache (misses)
-    seconds: float = 0.0  # the whole run, from the checks to the registered adapter
-    evaluation: dict | None = None  # --eval-every: the metric, the best checkpoint and its score
-    processes: int = 1  # processes that trained it (accelerate launch / torchrun), each on a slice of every batch
-    digest: str = ""  # sha256 of the trained tensors, checked equal on every process at each checkpoint
-    shard: str = "none"  # --shard: how the processes split the model (none: each held it whole)
-    held: float = 1.0  # the share of the trained components' weights each process held
-
-    @property
-    def loss_first(self) -> float:
-        """The mean loss of the first tenth of the steps (one step's loss is mostly noise)."""
-        return smoothed_ends(self.losses)[0]
-
-    @property
-    def loss_final(self) -> float:
-        """The mean loss of the last tenth of the steps."""
-        return smoothed_ends(self.losses)[1]
 
 
 def _generator(seed: int, *parts: int) -> torch.Generator:
@@ -397,10 +367,8 @@ class Engine:
                             )
                         self.accelerator.backward(loss)
                     total += reduced
-                if options.max_grad_norm and self.sharded is not None:
-                    self.sharded.clip(params, options.max_grad_norm)
-                elif options.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(list(params.values()), options.max_grad_norm)
+                if options.max_grad_norm:
+                    self._clip(params, options.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -431,15 +399,21 @@ class Engine:
                              encodes=getattr(self.cache, "encodes", 0),
                              text_encodes=getattr(self.text_cache, "encodes", 0),
                              processes=self.accelerator.num_processes, digest=digest)  # fmt: skip
-        if self.sharded is not None:
+        if self.sharded is not None:  # a sharded pipeline stays sharded: its modules are FSDP modules now
             result.shard, result.held = self.sharded.mode, self.sharded.held
-        if self.sharded is None:  # a sharded pipeline stays sharded: its modules are FSDP modules now
+        else:
             remove_lora(trained)
         if self.extras is not None:
             self.extras.close()
         if self.accelerator.trackers:
             self.accelerator.end_training()
         return result
+
+    def _clip(self, params, max_norm: float) -> None:
+        if self.sharded is not None:
+            self.sharded.clip(params, max_norm)
+        else:
+            self.accelerator.clip_grad_norm_(list(params.values()), max_norm)
 
     def _no_sync(self):
         return self.sharded.no_sync() if self.sharded is not None else self.accelerator.no_sync(self.step_model)
