@@ -181,7 +181,8 @@ def test_sdxl_flux_and_an_evaluated_run_train_sharded(tiny_sdxl_dir, tiny_flux_d
     assert xl_job["shard"] == "fsdp-grad-op" and xl_job["held"] == pytest.approx(0.5, abs=1e-3)
     xl_adapter = load_file(tmp_path / "xl" / "adapter.safetensors")
     assert {"text_encoder", "text_encoder_2"} <= {k.split(".")[0] for k in xl_adapter}
-    assert flux_job["shard"] == "fsdp" and ddp_job["shard"] == "none"
+    assert flux_job["shard"] == "fsdp" and flux_job["held"] == pytest.approx(0.5, abs=2e-3)
+    assert ddp_job["shard"] == "none" and ddp_job["held"] == 1.0
     assert flux_job["losses"] == pytest.approx(ddp_job["losses"], rel=1e-4)
     assert torch.allclose(_flat(tmp_path / "flux"), _flat(tmp_path / "flux-ddp"), atol=1e-4)
     assert (tmp_path / "flux" / "samples" / "step-000002.png").is_file()
