@@ -77,14 +77,6 @@ def compare(
 
 def json_ready(check: dict[str, Any]) -> dict[str, Any]:
     """``inf`` PSNR (identical images) written as the text ``"inf"``, which JSON can hold."""
+    from .arith_result import replace_floats
 
-    def fix(v):
-        if isinstance(v, float) and math.isinf(v):
-            return "inf"
-        if isinstance(v, dict):
-            return {k: fix(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        return v
-
-    return fix(check)
+    return replace_floats(check, lambda v: "inf" if math.isinf(v) else v)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arith import ArithmeticInputError, Result, load_sources, writable_format, write_result
+from .arith import ArithmeticInputError, load_sources
 from .arith_check import Side, compare, json_ready, parse_prompts
+from .arith_result import Result, writable_format, write_result
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _finish(result: Result, out: Output, template, default_format: str) -> dict[
 
 def _check_adapters(pipe, originals: dict[str, tuple[Any, Any]], result: Result, check: Check) -> dict[str, Any]:
     """Generate with ``originals`` (name → (adapter, scale)) and with the result at 1 on the same base."""
-    from .arith import result_adapter
+    from .arith_result import result_adapter
     from .generate import Generator
 
     prompts = parse_prompts(check.prompts)
@@ -151,7 +152,7 @@ def run_extract(base: str, tuned: str, out: Output, *, rank=None, dynamic=None, 
         clamp_quantile=clamp_quantile, min_diff=min_diff, sources=sources,
     )  # fmt: skip
     if check.prompts:
-        from .arith import result_adapter
+        from .arith_result import result_adapter
 
         with_lora = Generator(base_pipe)
         with_lora.stack.load("arith-result", result_adapter(result), strict=False)
@@ -181,7 +182,7 @@ def run_bake(base: str, loras: list[str], out: Output, *, blocks: str | None = N
     if as_lora:
         result = bake_lora(stack, scales, sources, rank)
         if check.prompts:
-            from .arith import result_adapter
+            from .arith_result import result_adapter
 
             stack.load("arith-result", result_adapter(result), strict=False)
             from .generate import Generator

@@ -27,7 +27,6 @@ import torch
 from .arith import (
     ArithmeticInputError,
     LayerReport,
-    Result,
     check_dynamic,
     check_rank,
     choose_rank,
@@ -35,6 +34,7 @@ from .arith import (
     spectrum_stats,
     svd_dense,
 )
+from .arith_result import Result
 
 
 def parse_components(text: str | None, family: str) -> tuple[str, ...]:

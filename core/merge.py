@@ -26,7 +26,6 @@ import torch
 from .arith import (
     ArithmeticInputError,
     LayerReport,
-    Result,
     Source,
     block_counts_of,
     check_rank,
@@ -41,6 +40,7 @@ from .arith import (
     spectrum_stats,
     svd_dense,
 )
+from .arith_result import Result
 
 METHODS = ("concat", "svd", "ties", "dare", "dare_ties", "magnitude_prune")
 _PEFT = {"ties": "ties", "dare": "dare_linear", "dare_ties": "dare_ties", "magnitude_prune": "magnitude_prune"}

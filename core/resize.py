@@ -21,7 +21,6 @@ import torch
 from .arith import (
     ArithmeticInputError,
     LayerReport,
-    Result,
     Source,
     check_dynamic,
     check_rank,
@@ -34,6 +33,7 @@ from .arith import (
     spectrum_stats,
     svd_dense,
 )
+from .arith_result import Result
 
 
 def resize(
